@@ -1,0 +1,3 @@
+from unit_p2p.cli import main
+
+raise SystemExit(main())

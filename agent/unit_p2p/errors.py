@@ -1,0 +1,121 @@
+"""The exceptions unit-p2p raises, in one small hierarchy.
+
+Lower-layer errors (requests, OSError, libp2p, yaml) are translated into these once, at the
+boundary of the component that talks to that layer, so the rest of the agent handles a handful
+of named errors instead of every library's own.
+
+    UnitP2PError
+    ├── SettingsError          bad settings file, variable or flag (CLI exits 2)
+    ├── IdentityError          key file missing, unreadable, malformed or with loose permissions
+    ├── UnitError              NGINX Unit's control API (see unit_p2p.unit.client)
+    │   ├── UnitUnreachable        socket missing, connection refused, timeout
+    │   └── UnitRejected           Unit answered with an error status
+    │       ├── UnitInvalidJSON        400 "Invalid JSON."
+    │       ├── UnitInvalidConfig      400 "Invalid configuration."
+    │       ├── UnitPathNotFound       404 "Value doesn't exist." / "Invalid path."
+    │       ├── UnitMethodNotAllowed   405
+    │       └── UnitApplyFailed        500 "Failed to apply new configuration."
+    ├── WireError              a malformed, oversized or unsupported wire message
+    ├── MeshError              the libp2p host could not start (listen failed, ...)
+    └── SyncError              a revision could not be fetched, verified or applied
+"""
+
+from __future__ import annotations
+
+
+class UnitP2PError(Exception):
+    """Base class of every error unit-p2p raises on purpose."""
+
+
+class SettingsError(UnitP2PError):
+    """Settings are invalid. ``str(err)`` is one line naming the source, the key and the problem."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+        self.source = source
+        self.key = key
+        self.problem = message
+        where = ": ".join(p for p in (source, key) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class IdentityError(UnitP2PError):
+    """The identity key cannot be used."""
+
+
+class UnitError(UnitP2PError):
+    """NGINX Unit's control API failed."""
+
+
+class UnitUnreachable(UnitError):
+    """Unit's control socket is missing, refused the connection, or did not answer in time."""
+
+
+class UnitRejected(UnitError):
+    """Unit answered with an error status. Carries Unit's own ``error``/``detail``/``location``."""
+
+    status: int = 0
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str | None = None,
+        location: dict | None = None,
+        *,
+        method: str = "",
+        path: str = "",
+    ):
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.location = location
+        self.method = method
+        self.path = path
+        text = f"Unit {status} on {method} {path}: {error}".replace("  ", " ")
+        if detail:
+            text += f" {detail}"
+        if location:
+            text += f" (line {location.get('line')}, column {location.get('column')})"
+        super().__init__(text)
+
+
+class UnitInvalidJSON(UnitRejected):
+    """400 "Invalid JSON." (with ``location``)."""
+
+
+class UnitInvalidConfig(UnitRejected):
+    """400 "Invalid configuration." (with ``detail``)."""
+
+
+class UnitPathNotFound(UnitRejected):
+    """404: the path does not exist."""
+
+
+class UnitMethodNotAllowed(UnitRejected):
+    """405: the method is not allowed on that path."""
+
+
+class UnitApplyFailed(UnitRejected):
+    """500 "Failed to apply new configuration.": valid, but Unit could not apply it (port taken,
+    application failed to start). Unit keeps the old configuration."""
+
+
+class WireError(UnitP2PError):
+    """A wire message is malformed, oversized, of an unknown version or fails the schema."""
+
+    def __init__(self, reason: str, message: str):
+        #: a short machine-readable reason, used as a metrics label
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")
+
+
+class MeshError(UnitP2PError):
+    """The libp2p host could not be started as configured."""
+
+
+class SyncError(UnitP2PError):
+    """A revision could not be fetched, verified or applied."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(f"{reason}: {message}")
