@@ -1,0 +1,218 @@
+"""HTTP to a local control socket: ``unix:/path`` or loopback TCP, with ``requests``.
+
+Both the NGINX Unit connector and the agent API client talk through :class:`Endpoint`, so the
+address syntax, the timeouts and the translation of lower-layer errors (``requests``, urllib3,
+``OSError``) into one "unreachable" error live here once. What an answer *means* (Unit's error
+bodies, the agent's) is the caller's business.
+
+Addresses: ``unix:/run/x.sock`` (also ``unix:///run/x.sock`` or a bare absolute path),
+``http://127.0.0.1:8080`` or ``127.0.0.1:8080`` (``[::1]:8080`` for IPv6).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.connection
+import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError, NewConnectionError
+
+__all__ = ["Address", "Endpoint", "Unreachable", "make_session", "parse_address"]
+
+#: ``unreachable(kind, message, path)`` builds the caller's own exception for a request to
+#: ``path`` that got no answer. ``kind`` is one of "missing" (no socket file), "denied" (no
+#: permission on it), "refused", "timeout", "closed" (connected, but the peer closed or reset
+#: without a complete answer), "failed" (any other connect error).
+Unreachable = Callable[[str, str, str], Exception]
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed control address. ``str()`` gives the canonical form used in messages."""
+
+    socket_path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        # Over a unix socket the host part only fills the Host header; nothing resolves it.
+        if self.socket_path is not None:
+            return "http://localhost"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"unix:{self.socket_path}" if self.socket_path is not None else self.base_url
+
+
+def parse_address(address: str) -> Address:
+    """Parse ``unix:/path``, ``http://HOST:PORT`` or ``HOST:PORT``; ``ValueError`` says why not."""
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"empty control address {address!r}")
+    address = address.strip()
+    if address.startswith("unix:") or address.startswith("/"):
+        path = address.removeprefix("unix:")
+        if path.startswith("//"):  # unix:///run/x.sock
+            path = path[2:]
+        if not path:
+            raise ValueError(f"{address!r}: no socket path after 'unix:'")
+        return Address(socket_path=path)
+    url = address if "://" in address else f"http://{address}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"{address!r}: {e}") from None
+    if parts.scheme != "http":
+        raise ValueError(f"{address!r}: only unix:/path or http://HOST:PORT is supported")
+    if not parts.hostname or port is None:
+        raise ValueError(f"{address!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{address!r}: an address has no path, query or credentials")
+    return Address(host=parts.hostname, port=port)
+
+
+class _UnixConnection(urllib3.connection.HTTPConnection):
+    def __init__(self, *args, socket_path: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._socket_path = socket_path
+
+    def _new_conn(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # urllib3 has already resolved the connect timeout into self.timeout.
+            if isinstance(self.timeout, int | float):
+                sock.settimeout(self.timeout)
+            sock.connect(self._socket_path)
+        except OSError as e:
+            sock.close()
+            # The same wrapping urllib3 does for TCP, so _translate sees one shape for both.
+            raise NewConnectionError(self, f"cannot connect to {self._socket_path}: {e}") from e
+        return sock
+
+
+class _UnixPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _UnixConnection
+
+
+class _UnixAdapter(HTTPAdapter):
+    """Sends every request of its session to one unix socket, whatever the URL's host."""
+
+    def __init__(self, socket_path: str):
+        super().__init__(max_retries=0)
+        self._pool = _UnixPool("localhost", socket_path=socket_path, maxsize=4)
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        return self._pool
+
+    def get_connection(self, url, proxies=None):  # requests < 2.32
+        return self._pool
+
+    def close(self):
+        self._pool.close()
+        super().close()
+
+
+def make_session(address: str | Address) -> requests.Session:
+    """A ``requests.Session`` that talks to ``address``; send requests to its ``base_url``."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    session = requests.Session()
+    # Never route loopback/control traffic through an HTTP(S)_PROXY from the environment,
+    # and never pick up .netrc credentials.
+    session.trust_env = False
+    if addr.socket_path is not None:
+        session.mount("http://", _UnixAdapter(addr.socket_path))
+    else:
+        # No retries: a PUT that reached Unit must not be sent twice behind the caller's back.
+        session.mount("http://", HTTPAdapter(max_retries=0))
+    return session
+
+
+class Endpoint:
+    """One control address, a session for it, a default timeout and one error translation."""
+
+    def __init__(self, address: str, *, timeout: float, name: str, unreachable: Unreachable):
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+        self.address = parse_address(address)
+        self.timeout = float(timeout)
+        self.name = name
+        self._unreachable = unreachable
+        self._session = make_session(self.address)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> requests.Response:
+        """Send one request; any status is returned, every failure to get one is translated."""
+        t = self.timeout if timeout is None else timeout
+        try:
+            return self._session.request(
+                method,
+                self.address.base_url + path,
+                data=body,
+                headers=dict(headers or {}),
+                timeout=(t, t),
+                allow_redirects=False,
+            )
+        except (requests.RequestException, OSError) as e:
+            kind, message = self._translate(e, method, path, t)
+            raise self._unreachable(kind, message, path) from e
+
+    def _translate(self, e: BaseException, method: str, path: str, t: float) -> tuple[str, str]:
+        where = f"{self.name} at {self.address}"
+        if isinstance(e, requests.ConnectTimeout):
+            return "timeout", f"{where} did not accept a connection within {t:g}s"
+        if isinstance(e, requests.Timeout):
+            return "timeout", f"{where} did not answer {method} {path} within {t:g}s"
+        chain = list(_causes(e))
+        # requests' and urllib3's own errors are OSErrors too; we want the socket's.
+        os_error = next(
+            (c for c in chain if isinstance(c, OSError) and not isinstance(c, _WRAPPERS)), None
+        )
+        if any(isinstance(c, NewConnectionError) for c in chain):
+            path = self.address.socket_path
+            if isinstance(os_error, FileNotFoundError):
+                return "missing", f"{self.name}: socket {path} does not exist"
+            if isinstance(os_error, PermissionError):
+                return "denied", f"{self.name}: permission denied on socket {path}"
+            if isinstance(os_error, ConnectionRefusedError):
+                return "refused", f"{where} refused the connection (nothing listens there)"
+            return "failed", f"{where}: cannot connect: {os_error or e}"
+        return "closed", (
+            f"{where} closed the connection without a complete answer to {method} {path}"
+            f" ({os_error or e})"
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+
+_WRAPPERS = (requests.RequestException, HTTPError)
+
+
+def _causes(e: BaseException):
+    """``e`` and everything it wraps: requests and urllib3 nest errors in ``args``/``reason``."""
+    seen: set[int] = set()
+    todo: list[object] = [e]
+    while todo:
+        cur = todo.pop(0)
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        todo.append(cur.__cause__)
+        todo.append(cur.__context__)
+        todo.append(getattr(cur, "reason", None))
+        todo.extend(cur.args)
