@@ -17,7 +17,10 @@ of named errors instead of every library's own.
     │       └── UnitApplyFailed        500 "Failed to apply new configuration."
     ├── WireError              a malformed, oversized or unsupported wire message
     ├── MeshError              the libp2p host could not start (listen failed, ...)
-    └── SyncError              a revision could not be fetched, verified or applied
+    ├── SyncError              a revision could not be fetched, verified or applied
+    ├── ApiError               the agent's local API answered with an error (docs/api.md)
+    └── AgentUnreachable       the agent's API socket is missing, refused or timed out
+                               (defined in unit_p2p.api.client)
 """
 
 from __future__ import annotations
@@ -119,3 +122,14 @@ class SyncError(UnitP2PError):
     def __init__(self, reason: str, message: str):
         self.reason = reason
         super().__init__(f"{reason}: {message}")
+
+
+class ApiError(UnitP2PError):
+    """The agent's local API answered with an error status and ``{"error", "detail"}``."""
+
+    def __init__(self, status: int, error: str, detail: str | None = None):
+        self.status = status
+        #: the API's short code, e.g. "unit_rejected", "bad_request"
+        self.error = error
+        self.detail = detail
+        super().__init__(f"agent API {status} {error}" + (f": {detail}" if detail else ""))
