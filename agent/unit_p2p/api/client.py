@@ -1,0 +1,135 @@
+"""Client for the agent's local API (docs/api.md), for ``unit-p2p publish/status/peers`` and tests.
+
+Every method returns the documented JSON document as parsed (``metrics()`` returns text). An
+error status becomes :class:`~unit_p2p.errors.ApiError` with the API's ``error`` code and
+``detail``; no answer at all becomes :class:`AgentUnreachable`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from unit_p2p.errors import ApiError, UnitP2PError
+from unit_p2p.httpunix import Endpoint
+
+__all__ = ["AgentUnreachable", "ApiClient"]
+
+
+class AgentUnreachable(UnitP2PError):
+    """The agent's API socket is missing, refused the connection or did not answer in time."""
+
+    def __init__(self, message: str, *, kind: str = "failed"):
+        #: "missing", "denied", "refused", "timeout", "closed" or "failed" (see httpunix)
+        self.kind = kind
+        super().__init__(message)
+
+
+_HINTS = {
+    "missing": "the unit-p2p agent may not be running (or uses another api address)",
+    "refused": "the unit-p2p agent may not be running",
+    "denied": "run as root or as a member of the agent's api_group",
+    "timeout": "the agent may be overloaded or stuck",
+}
+
+
+def _unreachable(kind: str, message: str, path: str) -> AgentUnreachable:
+    hint = _HINTS.get(kind)
+    return AgentUnreachable(f"{message}; {hint}" if hint else message, kind=kind)
+
+
+class ApiClient:
+    """Blocking client for one agent API address (``unix:/path`` or ``127.0.0.1:PORT``)."""
+
+    def __init__(self, address: str, token: str | None = None, timeout: float = 10.0):
+        self._endpoint = Endpoint(
+            address, timeout=timeout, name="unit-p2p agent API", unreachable=_unreachable
+        )
+        self.address = str(self._endpoint.address)
+        self.timeout = self._endpoint.timeout
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    def healthz(self) -> dict:
+        return self._json("GET", "/v1/healthz")
+
+    def status(self) -> dict:
+        return self._json("GET", "/v1/status")
+
+    def peers(self) -> dict:
+        """``{"peers": [...]}`` as documented."""
+        return self._json("GET", "/v1/peers")
+
+    def config(self) -> dict:
+        return self._json("GET", "/v1/config")
+
+    def publish(
+        self,
+        config: dict | None = None,
+        wait: bool = False,
+        timeout: float = 30,
+        dry_run: bool = False,
+        min_peers: int | None = None,
+        require_all: bool = True,
+        diff: bool = False,
+    ) -> dict:
+        request: dict[str, Any] = {
+            "wait": wait,
+            "timeout": timeout,
+            "dry_run": dry_run,
+            "min_peers": min_peers,
+            "require_all": require_all,
+            "diff": diff,
+        }
+        if config is not None:
+            request["config"] = config
+        # With wait the agent legitimately holds the answer for up to `timeout` seconds.
+        read_timeout = self.timeout + (timeout if wait else 0)
+        return self._json("POST", "/v1/publish", request, timeout=read_timeout)
+
+    def metrics(self) -> str:
+        return self._send("GET", "/metrics").text
+
+    def _json(self, method: str, path: str, value: Any = None, timeout: float | None = None):
+        response = self._send(method, path, value, timeout)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(
+                response.status_code,
+                "bad_response",
+                f"{method} {path} answered without JSON: {response.content[:200]!r}",
+            ) from None
+
+    def _send(self, method: str, path: str, value: Any = None, timeout: float | None = None):
+        headers = dict(self._headers)
+        body = None
+        if value is not None:
+            body = json.dumps(value).encode()
+            headers["Content-Type"] = "application/json"
+        response = self._endpoint.request(method, path, body=body, headers=headers, timeout=timeout)
+        if response.status_code >= 400:
+            raise _api_error(response.status_code, response.content)
+        return response
+
+    def close(self) -> None:
+        self._endpoint.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _api_error(status: int, body: bytes) -> ApiError:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        detail = doc.get("detail")
+        return ApiError(status, doc["error"], detail if isinstance(detail, str) else None)
+    text = body[:200].decode("utf-8", "replace").strip()
+    return ApiError(status, f"http_{status}", text or None)
