@@ -1,0 +1,50 @@
+"""Prometheus metrics of one agent, on a registry of its own (tests run several agents per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.peers_connected = Gauge("unit_p2p_peers_connected", "Peers with a live connection",
+                                     registry=r)
+        self.head_counter = Gauge("unit_p2p_head_revision_counter",
+                                  "Counter of the revision applied on this host (0: none)",
+                                  registry=r)
+        self.applies = Counter("unit_p2p_applies", "Revisions applied to the local Unit",
+                               ["result"], registry=r)
+        self.publishes = Counter("unit_p2p_publishes", "Revisions published from this host",
+                                 registry=r)
+        self.pulls_served = Counter("unit_p2p_pulls_served", "Documents served to peers",
+                                    registry=r)
+        self.pull_bytes = Counter("unit_p2p_pulled_bytes", "Document bytes pulled from peers",
+                                  registry=r)
+        self.rejected = Counter("unit_p2p_messages_rejected",
+                                "Messages, streams or revisions refused, by reason",
+                                ["reason"], registry=r)
+        self.unit_up = Gauge("unit_p2p_unit_reachable", "1 when the local Unit answers",
+                             registry=r)
+        self.last_convergence = Gauge(
+            "unit_p2p_last_convergence_seconds",
+            "Seconds from a revision's announcement reaching this host to it being applied",
+            registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def rejected_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for metric in self.rejected.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["reason"]] = int(sample.value)
+        return out
+
+    def applies_count(self, result: str) -> int:
+        return int(self.applies.labels(result)._value.get())

@@ -1,0 +1,217 @@
+"""Revisions, digests and signed heads: the vocabulary of convergence.
+
+A revision is ``(counter, origin peer id)``, totally ordered by counter, then origin, so two
+agents publishing at once still agree on one winner everywhere. The shared document is Unit's
+``/config`` with the host-local exclusions removed; its digest is the sha256 of its canonical JSON,
+so the same config has the same digest on every host whatever key order Unit returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import total_ordering
+from typing import Any
+
+from unit_p2p.errors import SyncError
+
+_REVISION_RE = re.compile(r"^(\d{1,18})@([1-9A-HJ-NP-Za-km-z]{30,100})$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@total_ordering
+@dataclass(frozen=True)
+class Revision:
+    counter: int
+    origin: str
+
+    def __str__(self) -> str:
+        return f"{self.counter}@{self.origin}"
+
+    def _key(self) -> tuple[int, bytes]:
+        return (self.counter, self.origin.encode())
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Revision):
+            return NotImplemented
+        return self._key() < other._key()
+
+    @classmethod
+    def parse(cls, text: str) -> Revision:
+        m = _REVISION_RE.match(text) if isinstance(text, str) else None
+        if m is None:
+            raise ValueError(f"not a revision: {text!r} (expected COUNTER@PEER_ID)")
+        return cls(int(m.group(1)), m.group(2))
+
+
+def canonical_json(doc: Any) -> bytes:
+    """One byte string per JSON value: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest_of_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- host-local exclusions (RFC 6901 JSON pointers) -------------------------------------------
+
+
+def _split_pointer(pointer: str) -> list[str]:
+    return [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+
+
+def _lookup_parent(doc: Any, parts: list[str]) -> tuple[Any, str | int] | None:
+    """The container holding the pointed-to value and the key in it, or None if absent."""
+    node = doc
+    for part in parts[:-1]:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    last = parts[-1]
+    if isinstance(node, dict) and last in node:
+        return node, last
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        return node, int(last)
+    return None
+
+
+def strip_exclusions(doc: Any, exclusions: tuple[str, ...]) -> Any:
+    """A copy of ``doc`` without the host-local parts: what is shared, digested and sent."""
+    if not exclusions:
+        return doc
+    out = copy.deepcopy(doc)
+    # Longest pointers first so removing an array element cannot shift a later pointer.
+    for pointer in sorted(exclusions, key=lambda p: (-p.count("/"), p), reverse=False):
+        found = _lookup_parent(out, _split_pointer(pointer))
+        if found is not None:
+            container, key = found
+            del container[key]
+    return out
+
+
+def merge_exclusions(shared: Any, local: Any, exclusions: tuple[str, ...]) -> Any:
+    """The config to apply on this host: ``shared`` with this host's own values at the exclusions.
+
+    Where the local config has no value at an excluded pointer, the shared document has none
+    either (it was stripped), so the result has none: a host-local part is never invented.
+    """
+    if not exclusions:
+        return shared
+    out = copy.deepcopy(shared)
+    for pointer in sorted(exclusions, key=lambda p: p.count("/")):
+        parts = _split_pointer(pointer)
+        found = _lookup_parent(local, parts)
+        if found is None:
+            continue
+        container, key = found
+        value = copy.deepcopy(container[key])
+        node = out
+        for part in parts[:-1]:
+            if isinstance(node, dict):
+                node = node.setdefault(part, {})
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                break
+        else:
+            if isinstance(node, dict):
+                node[parts[-1]] = value
+            elif isinstance(node, list) and parts[-1].isdigit():
+                idx = int(parts[-1])
+                if idx < len(node):
+                    node[idx] = value
+                else:
+                    node.append(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Document:
+    """A shared config: the stripped tree, its canonical bytes and digest, computed once."""
+
+    tree: dict
+    data: bytes
+    digest: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @classmethod
+    def from_config(cls, config: Any, exclusions: tuple[str, ...]) -> Document:
+        if not isinstance(config, dict):
+            raise SyncError("not_an_object", f"a Unit config is a JSON object, got {type(config).__name__}")
+        shared = strip_exclusions(config, exclusions)
+        data = canonical_json(shared)
+        return cls(shared, data, digest_of_bytes(data))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, expected_digest: str) -> Document:
+        """Verify a served document against the digest it was announced with."""
+        digest = digest_of_bytes(data)
+        if digest != expected_digest:
+            raise SyncError("digest_mismatch", f"served document has {digest}, announced {expected_digest}")
+        try:
+            tree = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SyncError("bad_document", f"served document is not JSON: {exc}") from None
+        if not isinstance(tree, dict):
+            raise SyncError("not_an_object", "served document is not a JSON object")
+        return cls(tree, data, digest)
+
+
+def signing_payload(mesh: str, revision: Revision, digest: str) -> bytes:
+    # Domain-separated so a signature made for one mesh or purpose cannot be replayed as another.
+    return f"unit-p2p/revision/v1\n{mesh}\n{revision}\n{digest}".encode()
+
+
+@dataclass(frozen=True)
+class Head:
+    """A signed revision: what an agent has applied, and what it announces."""
+
+    revision: Revision
+    digest: str
+    size: int
+    signature: bytes
+
+    def to_json(self) -> dict:
+        import base64
+
+        return {
+            "revision": str(self.revision),
+            "counter": self.revision.counter,
+            "origin": self.revision.origin,
+            "digest": self.digest,
+            "size": self.size,
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+
+
+def sign_revision(private_key: Any, mesh: str, revision: Revision, digest: str) -> bytes:
+    return private_key.sign(signing_payload(mesh, revision, digest))
+
+
+def verify_revision(mesh: str, revision: Revision, digest: str, signature: bytes) -> bool:
+    """True when ``signature`` is the origin's own signature over (mesh, revision, digest).
+
+    The origin's Ed25519 public key is inlined in its peer id, so no key exchange is needed and a
+    relayer cannot substitute its own key.
+    """
+    from libp2p.peer.id import ID
+
+    try:
+        public_key = ID.from_base58(revision.origin).extract_public_key()
+    except Exception:  # malformed base58/multihash from the wire: not verifiable
+        return False
+    if public_key is None:
+        return False
+    try:
+        return bool(public_key.verify(signing_payload(mesh, revision, digest), signature))
+    except Exception:  # the crypto backend raises on malformed signatures instead of returning False
+        return False

@@ -1,0 +1,133 @@
+"""The agent's state on disk: its head and the last K configs it applied.
+
+Layout under ``state_dir``::
+
+    head.json                 the applied head (revision, digest, size, origin signature) + max seen counter
+    configs/<hex>.json        shared documents by digest (canonical bytes), the last K kept
+    backups/<ts>-<hex>.json   this host's full Unit config as it was before each apply, the last K kept
+    last_error.json           the last failed revision and why (shown by status)
+
+Every write is atomic (temp file, fsync, rename, fsync of the directory), so a SIGKILL at any
+point leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+
+from unit_p2p.sync.revision import DIGEST_RE, Document, Head, Revision
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateStore:
+    """Blocking file operations: the reconciler calls them through ``trio.to_thread``."""
+
+    def __init__(self, state_dir: Path, keep: int = 10):
+        self.dir = Path(state_dir)
+        self.keep = max(1, keep)
+        self.configs = self.dir / "configs"
+        self.backups = self.dir / "backups"
+        for d in (self.dir, self.configs, self.backups):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # --- head ---------------------------------------------------------------------------------
+
+    def load_head(self) -> tuple[Head | None, int, float | None]:
+        """(head, max counter seen, applied_at); a missing or unreadable head is 'no head'."""
+        try:
+            raw = json.loads((self.dir / "head.json").read_bytes())
+            max_seen = int(raw.get("max_seen", 0))
+            if raw.get("head") is None:
+                return None, max_seen, None
+            h = raw["head"]
+            head = Head(Revision.parse(h["revision"]), h["digest"], int(h["size"]),
+                        base64.b64decode(h["signature"]))
+            if not DIGEST_RE.match(head.digest) or not self.has_document(head.digest):
+                return None, max_seen, None
+            return head, max(max_seen, head.revision.counter), raw.get("applied_at")
+        except FileNotFoundError:
+            return None, 0, None
+        except (ValueError, KeyError, TypeError):
+            # A head we cannot read is treated as none; the mesh will hand us the current one.
+            return None, 0, None
+
+    def save_head(self, head: Head | None, max_seen: int, applied_at: float | None) -> None:
+        body = {"head": head.to_json() if head else None, "max_seen": max_seen,
+                "applied_at": applied_at}
+        atomic_write(self.dir / "head.json", json.dumps(body, indent=1).encode())
+
+    # --- documents by digest ------------------------------------------------------------------
+
+    def _doc_path(self, digest: str) -> Path:
+        if not DIGEST_RE.match(digest):
+            raise ValueError(f"bad digest {digest!r}")
+        return self.configs / f"{digest[7:]}.json"
+
+    def has_document(self, digest: str) -> bool:
+        return self._doc_path(digest).exists()
+
+    def save_document(self, doc: Document) -> None:
+        path = self._doc_path(doc.digest)
+        if not path.exists():
+            atomic_write(path, doc.data)
+        else:
+            os.utime(path)  # recently used: keeps it out of pruning
+        self._prune(self.configs, protect={path.name})
+
+    def load_document_bytes(self, digest: str) -> bytes | None:
+        """Bytes of a held document, verified against its digest (a corrupt file is not served)."""
+        try:
+            data = self._doc_path(digest).read_bytes()
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            Document.from_bytes(data, digest)
+        except Exception:
+            return None
+        return data
+
+    # --- backups and errors -------------------------------------------------------------------
+
+    def save_backup(self, config: object, label: str) -> Path:
+        path = self.backups / f"{time.time_ns()}-{label}.json"
+        atomic_write(path, json.dumps(config).encode())
+        self._prune(self.backups, protect={path.name})
+        return path
+
+    def save_last_error(self, error: dict | None) -> None:
+        atomic_write(self.dir / "last_error.json", json.dumps(error).encode())
+
+    def load_last_error(self) -> dict | None:
+        try:
+            value = json.loads((self.dir / "last_error.json").read_bytes())
+            return value if isinstance(value, dict) else None
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _prune(self, folder: Path, protect: set[str]) -> None:
+        files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in files[self.keep:]:
+            if old.name not in protect:
+                old.unlink(missing_ok=True)

@@ -1,0 +1,254 @@
+"""The wire messages of unit-p2p, encoded as small versioned JSON objects and decoded strictly.
+
+Everything that arrives from a peer passes through :func:`decode` (or :func:`decode_served`),
+which either returns a typed message or raises :class:`~unit_p2p.errors.WireError` with a short
+reason used as a metrics label. Nothing from the wire reaches the reconciler unvalidated.
+
+Messages (``v`` is the wire version, 1):
+
+- ``announce``: a signed head — gossip, direct pushes and the heads exchange.
+- ``nohead``: the heads exchange of an agent that has no revision yet.
+- ``report``: "I applied / failed to apply revision R", from the reporting agent itself.
+- ``pull``: "send me the document with this digest".
+- ``served`` / ``error``: the answer to a pull; ``served`` is followed by the document bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from unit_p2p.errors import WireError
+from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
+
+VERSION = 1
+#: announcements, reports, heads and pull requests are tiny; anything larger is hostile
+MAX_MESSAGE_BYTES = 4096
+_MESH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MAX_REASON = 512
+_MAX_SIZE = 1 << 40
+
+# protocol ids of the stream protocols
+PROTO_PULL = "/unit-p2p/config/1.0.0"
+PROTO_HEADS = "/unit-p2p/heads/1.0.0"
+PROTO_NOTIFY = "/unit-p2p/notify/1.0.0"
+
+
+def valid_mesh_name(name: str) -> bool:
+    return bool(_MESH_RE.match(name))
+
+
+@dataclass(frozen=True)
+class Announce:
+    mesh: str
+    head: Head
+
+
+@dataclass(frozen=True)
+class NoHead:
+    mesh: str
+
+
+@dataclass(frozen=True)
+class Report:
+    mesh: str
+    revision: Revision
+    digest: str
+    status: str  # "applied" | "failed"
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Pull:
+    mesh: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Served:
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ServeError:
+    reason: str
+
+
+Message = Announce | NoHead | Report | Pull | Served | ServeError
+
+_FIELDS: dict[str, frozenset[str]] = {
+    "announce": frozenset({"v", "type", "mesh", "revision", "digest", "size", "signature"}),
+    "nohead": frozenset({"v", "type", "mesh"}),
+    "report": frozenset({"v", "type", "mesh", "revision", "digest", "status", "reason"}),
+    "pull": frozenset({"v", "type", "mesh", "digest"}),
+    "served": frozenset({"v", "type", "digest", "size"}),
+    "error": frozenset({"v", "type", "reason"}),
+}
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _dump(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def encode(msg: Message) -> bytes:
+    if isinstance(msg, Announce):
+        h = msg.head
+        return _dump({"v": VERSION, "type": "announce", "mesh": msg.mesh,
+                      "revision": str(h.revision), "digest": h.digest, "size": h.size,
+                      "signature": base64.b64encode(h.signature).decode()})
+    if isinstance(msg, NoHead):
+        return _dump({"v": VERSION, "type": "nohead", "mesh": msg.mesh})
+    if isinstance(msg, Report):
+        return _dump({"v": VERSION, "type": "report", "mesh": msg.mesh,
+                      "revision": str(msg.revision), "digest": msg.digest,
+                      "status": msg.status, "reason": msg.reason})
+    if isinstance(msg, Pull):
+        return _dump({"v": VERSION, "type": "pull", "mesh": msg.mesh, "digest": msg.digest})
+    if isinstance(msg, Served):
+        return _dump({"v": VERSION, "type": "served", "digest": msg.digest, "size": msg.size})
+    if isinstance(msg, ServeError):
+        return _dump({"v": VERSION, "type": "error", "reason": msg.reason})
+    raise TypeError(f"not a wire message: {msg!r}")
+
+
+def encode_served(digest: str, document: bytes) -> bytes:
+    """A pull answer: one header line, then exactly the document's bytes."""
+    return encode(Served(digest, len(document))) + b"\n" + document
+
+
+# --- strict decoding --------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise WireError("malformed", f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise WireError("malformed", f"non-standard JSON constant {name}")
+
+
+def _str(obj: dict, key: str, max_len: int = 256) -> str:
+    value = obj[key]
+    if type(value) is not str or not value or len(value) > max_len:
+        raise WireError("schema", f"{key} must be a non-empty string of at most {max_len} chars")
+    return value
+
+
+def _int(obj: dict, key: str, lo: int, hi: int) -> int:
+    value = obj[key]
+    if type(value) is not int or not lo <= value <= hi:
+        raise WireError("schema", f"{key} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def _mesh(obj: dict) -> str:
+    mesh = _str(obj, "mesh", 64)
+    if not valid_mesh_name(mesh):
+        raise WireError("schema", "mesh is not a valid mesh name")
+    return mesh
+
+
+def _digest(obj: dict) -> str:
+    digest = _str(obj, "digest", 71)
+    if not DIGEST_RE.match(digest):
+        raise WireError("schema", "digest must be sha256:<64 hex>")
+    return digest
+
+
+def _revision(obj: dict) -> Revision:
+    try:
+        return Revision.parse(_str(obj, "revision", 128))
+    except ValueError as exc:
+        raise WireError("schema", str(exc)) from None
+
+
+def decode(data: bytes) -> Message:
+    """Decode one message, or raise WireError. Never raises anything else."""
+    if not isinstance(data, bytes | bytearray):
+        raise WireError("malformed", "not bytes")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireError("too_large", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates,
+                         parse_constant=_reject_constant)
+    except WireError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise WireError("malformed", f"not JSON: {str(exc)[:80]}") from None
+    if not isinstance(obj, dict):
+        raise WireError("malformed", "not a JSON object")
+    version = obj.get("v")
+    if type(version) is not int:
+        raise WireError("schema", "missing wire version")
+    if version != VERSION:
+        raise WireError("unsupported_version", f"wire version {version}, this agent speaks {VERSION}")
+    kind = obj.get("type")
+    fields = _FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise WireError("schema", f"unknown message type {str(kind)[:32]!r}")
+    if set(obj) != fields:
+        extra, missing = sorted(set(obj) - fields), sorted(fields - set(obj))
+        raise WireError("schema", f"{kind}: unexpected {extra} missing {missing}")
+
+    if kind == "announce":
+        try:
+            signature = base64.b64decode(_str(obj, "signature", 128), validate=True)
+        except (binascii.Error, ValueError):
+            raise WireError("schema", "signature is not base64") from None
+        if len(signature) != 64:
+            raise WireError("schema", "signature must be 64 bytes (Ed25519)")
+        head = Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE), signature)
+        return Announce(_mesh(obj), head)
+    if kind == "nohead":
+        return NoHead(_mesh(obj))
+    if kind == "report":
+        status = obj["status"]
+        if status not in ("applied", "failed"):
+            raise WireError("schema", "status must be applied or failed")
+        reason = obj["reason"]
+        if reason is not None:
+            reason = _str(obj, "reason", _MAX_REASON)
+        if (status == "failed") != (reason is not None):
+            raise WireError("schema", "a failed report needs a reason, an applied one has none")
+        return Report(_mesh(obj), _revision(obj), _digest(obj), status, reason)
+    if kind == "pull":
+        return Pull(_mesh(obj), _digest(obj))
+    if kind == "served":
+        return Served(_digest(obj), _int(obj, "size", 0, _MAX_SIZE))
+    reason = _str(obj, "reason", 64)
+    if not re.fullmatch(r"[a-z_]{1,64}", reason):
+        raise WireError("schema", "error reason must be a short code")
+    return ServeError(reason)
+
+
+def decode_served(data: bytes, expected_digest: str, max_bytes: int) -> bytes:
+    """Split a pull answer into header and document; checks the header, not the digest
+    (the caller verifies the digest against the document, see revision.Document)."""
+    header, sep, document = bytes(data).partition(b"\n")
+    if not sep:
+        raise WireError("malformed", "pull answer without a header line")
+    msg = decode(header)
+    if isinstance(msg, ServeError):
+        raise WireError("not_served", f"peer answered {msg.reason}")
+    if not isinstance(msg, Served):
+        raise WireError("schema", "pull answer header is not 'served'")
+    if msg.digest != expected_digest:
+        raise WireError("digest_mismatch", "peer served another digest than asked for")
+    if msg.size > max_bytes:
+        raise WireError("too_large", f"document of {msg.size} bytes > cap {max_bytes}")
+    if len(document) != msg.size:
+        raise WireError("truncated", f"got {len(document)} of {msg.size} document bytes")
+    return document
