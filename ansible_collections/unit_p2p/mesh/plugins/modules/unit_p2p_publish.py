@@ -1,0 +1,434 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: unit-p2p contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: unit_p2p_publish
+short_description: Publish an NGINX Unit configuration to every host of a unit-p2p mesh
+version_added: "0.1.0"
+description:
+  - Talks to the local unit-p2p agent on the managed host through the agent's API unix socket.
+  - Without O(config), publishes the local NGINX Unit's current configuration as the next
+    revision of the mesh; every trusted peer pulls it and applies it to its own Unit.
+  - With O(config), the agent first applies that configuration to the local Unit (a configuration
+    Unit rejects leaves Unit unchanged and fails the task) and then publishes it.
+  - Publishing a configuration that already equals the mesh head is a no-op and reports
+    C(changed=false), so the task is idempotent.
+  - With O(wait=true) the task blocks until the peers reported the revision applied or failed,
+    and fails, naming every peer that did not apply it and why, if they do not converge in time.
+  - Run it on one host of the mesh (for example with C(run_once=true)); the agent spreads the
+    revision to the others.
+options:
+  socket:
+    description:
+      - Path of the agent's API unix socket on the managed host (setting C(api) of the agent).
+      - Set it once for several tasks with C(module_defaults) and the action group
+        C(group/unit_p2p.mesh.agent).
+    type: path
+    default: /run/unit-p2p/api.sock
+  config:
+    description:
+      - A complete NGINX Unit configuration (the object at Unit's C(/config)) to apply to the
+        local Unit and then publish.
+      - When omitted, the local Unit's current configuration is published.
+    type: dict
+  wait:
+    description:
+      - Wait until the peers report the published revision applied (or failed).
+      - Without it, the task returns as soon as the revision is announced.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds to wait for convergence when O(wait=true).
+    type: int
+    default: 30
+  min_peers:
+    description:
+      - With O(require_all=false), the number of peers that must report the revision applied
+        before the wait ends.
+      - Requires O(require_all=false).
+    type: int
+  require_all:
+    description:
+      - Wait for every trusted peer known to the agent.
+      - Set to V(false) together with O(min_peers) to wait for a quorum only.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Asks the agent for a dry run, which tells whether a publish would create a new revision
+        and changes nothing anywhere.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details:
+      - Shows the configuration at the mesh head before and the configuration that is published after.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+  action_group:
+    description: Use C(group/unit_p2p.mesh.agent) in C(module_defaults) to set defaults for this module.
+    support: full
+    membership:
+      - unit_p2p.mesh.agent
+notes:
+  - The module needs read and write access to the agent's socket, that is root (C(become=true))
+    or membership of the agent's C(api_group).
+  - The revision is announced to the peers this agent trusts; peers that are down catch up when
+    they come back, even if the task already returned.
+seealso:
+  - name: unit-p2p agent API
+    description: The HTTP API of the agent that this module calls (POST /v1/publish).
+    link: https://github.com/unit-p2p/unit-p2p/blob/main/docs/api.md
+author:
+  - unit-p2p contributors (@unit-p2p)
+"""
+
+EXAMPLES = r"""
+- name: Publish the Unit configuration of web1 to the whole mesh and wait for every peer
+  unit_p2p.mesh.unit_p2p_publish:
+    wait: true
+    timeout: 60
+  run_once: true
+  delegate_to: web1
+
+- name: Apply a new configuration on one host, publish it, and wait for all peers
+  unit_p2p.mesh.unit_p2p_publish:
+    config:
+      listeners:
+        "*:8080":
+          pass: routes
+      routes:
+        - action:
+            return: 200
+    wait: true
+  run_once: true
+  register: published
+
+- name: Show how the rollout went
+  ansible.builtin.debug:
+    msg: "{{ published.revision }} applied on {{ published.peers.applied | length }} peers"
+  run_once: true
+
+- name: Wait for a quorum of two peers only
+  unit_p2p.mesh.unit_p2p_publish:
+    wait: true
+    require_all: false
+    min_peers: 2
+
+- name: Set the agent socket once for every module of the collection
+  module_defaults:
+    group/unit_p2p.mesh.agent:
+      socket: /run/unit-p2p/api.sock
+  block:
+    - name: Would a publish change anything? (check mode, nothing is published)
+      unit_p2p.mesh.unit_p2p_publish:
+      check_mode: true
+      register: would
+"""
+
+RETURN = r"""
+changed:
+  description:
+    - Whether a new revision was published (in check mode, whether one would be).
+    - V(false) when the configuration already equals the mesh head.
+  returned: always
+  type: bool
+  sample: true
+revision:
+  description:
+    - The published revision, C(<counter>@<origin peer id>), or the current head when nothing changed.
+    - In check mode, what the agent reports for the dry run (the current head, or null).
+  returned: success
+  type: str
+  sample: "8@12D3KooWQxo5yGk3Q7ErBDvCE7fS7kb3AJhEU3gRpvGZhSdbPkwT"
+digest:
+  description: C(sha256:<hex>) of the canonical JSON of the published configuration (host-local exclusions removed).
+  returned: success
+  type: str
+  sample: "sha256:9f2c1e4b0d5e8f3a7c6b2a1d0e9f8c7b6a5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f"
+size:
+  description: Size in bytes of the canonical JSON of the configuration.
+  returned: when the agent reports it
+  type: int
+  sample: 1234
+converged:
+  description: Whether every peer that was waited for applied the revision (false if any failed).
+  returned: when O(wait=true)
+  type: bool
+  sample: true
+peers:
+  description: Per-peer outcome of the revision, as reported to the agent.
+  returned: always
+  type: dict
+  contains:
+    applied:
+      description: Peer IDs that reported the revision applied.
+      type: list
+      elements: str
+      returned: always
+      sample: ["12D3KooWQxo5yGk3Q7ErBDvCE7fS7kb3AJhEU3gRpvGZhSdbPkwT"]
+    failed:
+      description: Peer IDs that reported the revision failed, each with the reason.
+      type: dict
+      returned: always
+      sample: {"12D3KooWBmAwcd4PJNJvfV89HwE48nwkRmAgo8Vy3uQEyNNHBox2": "unit_rejected: port 80 is busy"}
+    pending:
+      description: Peer IDs that had not reported when the task returned.
+      type: list
+      elements: str
+      returned: always
+      sample: []
+msg:
+  description: One readable sentence about what happened.
+  returned: always
+  type: str
+  sample: "published revision 8@12D3KooW... (sha256:9f2c...); applied on 3 of 3 peers"
+"""
+
+import json
+import os
+import socket
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
+from ansible.module_utils.urls import Request
+
+DEFAULT_SOCKET = "/run/unit-p2p/api.sock"
+# Extra seconds on top of the agent's own wait so the agent, not the HTTP client, reports
+# a timeout (its answer lists the pending peers).
+REQUEST_MARGIN = 15
+
+
+class AgentError(Exception):
+    """The agent could not be reached or answered with an error; str() is the task's message."""
+
+    def __init__(self, msg, status=None, code=None):
+        super(AgentError, self).__init__(msg)
+        self.status = status
+        self.code = code
+
+
+class PublishFailed(Exception):
+    """The publish ran but its outcome is a failure; ``result`` holds what is known."""
+
+    def __init__(self, msg, result):
+        super(PublishFailed, self).__init__(msg)
+        self.result = result
+
+
+def _error_message(socket_path, status, code, detail):
+    if status == 503 and code == "unit_unreachable":
+        return "the unit-p2p agent cannot reach NGINX Unit (nothing was published): %s" % detail
+    if status == 422:
+        return ("NGINX Unit rejected the given config; Unit keeps its current config and nothing "
+                "was published: %s" % detail)
+    if status == 400:
+        return "the unit-p2p agent refused the request: %s" % detail
+    return "the unit-p2p agent at %s answered %s %s: %s" % (socket_path, status, code, detail)
+
+
+class AgentAPI:
+    """HTTP over the agent's unix socket, JSON in and out."""
+
+    def __init__(self, socket_path):
+        self.socket_path = socket_path
+
+    def _check_socket(self):
+        try:
+            mode = os.stat(self.socket_path).st_mode
+        except FileNotFoundError:
+            raise AgentError("agent socket %s not found: is unit-p2p running?" % self.socket_path)
+        except PermissionError:
+            raise AgentError(
+                "permission denied on agent socket %s: run the task as root (become) or as a "
+                "member of the agent's api_group" % self.socket_path)
+        if not stat.S_ISSOCK(mode):
+            raise AgentError("%s is not a unix socket: check the socket option (the agent's "
+                             "api setting)" % self.socket_path)
+
+    def call(self, method, path, body=None, timeout=30):
+        self._check_socket()
+        data = None if body is None else json.dumps(body)
+        try:
+            response = Request(unix_socket=self.socket_path).open(
+                method, "http://localhost" + path, data=data,
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+                timeout=timeout)
+            raw = response.read()
+        except HTTPError as exc:
+            code, detail = "error", ""
+            try:
+                err = json.loads(exc.read())
+                code = err.get("error", code)
+                detail = err.get("detail", "")
+            except (ValueError, AttributeError, TypeError):
+                detail = str(exc.reason)
+            raise AgentError(_error_message(self.socket_path, exc.code, code, detail),
+                             status=exc.code, code=code)
+        except URLError as exc:
+            reason = str(exc.reason)
+            if "Permission denied" in reason:
+                raise AgentError(
+                    "permission denied on agent socket %s: run the task as root (become) or as "
+                    "a member of the agent's api_group" % self.socket_path)
+            raise AgentError("cannot connect to agent socket %s (%s): is unit-p2p running?"
+                             % (self.socket_path, reason))
+        except (socket.timeout, TimeoutError):
+            raise AgentError("the unit-p2p agent at %s did not answer within %s s"
+                             % (self.socket_path, timeout))
+        except (ConnectionError, OSError) as exc:
+            raise AgentError("connection to the unit-p2p agent at %s failed: %s"
+                             % (self.socket_path, exc))
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise AgentError("the unit-p2p agent at %s answered something that is not JSON: %r"
+                             % (self.socket_path, raw[:200]))
+
+    def publish(self, body, timeout):
+        return self.call("POST", "/v1/publish", body, timeout=timeout)
+
+
+def _peers(answer):
+    peers = answer.get("peers") or {}
+    return {
+        "applied": sorted(peers.get("applied") or []),
+        "failed": dict(peers.get("failed") or {}),
+        "pending": sorted(peers.get("pending") or []),
+    }
+
+
+def _convergence_text(peers):
+    waited = len(peers["applied"]) + len(peers["failed"]) + len(peers["pending"])
+    text = "applied on %d of %d peers" % (len(peers["applied"]), waited)
+    if peers["failed"]:
+        text += "; failed: " + ", ".join(
+            "%s (%s)" % (peer, reason) for peer, reason in sorted(peers["failed"].items()))
+    if peers["pending"]:
+        text += "; pending: " + ", ".join(peers["pending"])
+    return text
+
+
+def _validate(params):
+    if params.get("timeout") is not None and params["timeout"] <= 0:
+        raise AgentError("timeout must be a positive number of seconds, got %s" % params["timeout"])
+    if params.get("min_peers") is not None:
+        if params["min_peers"] < 0:
+            raise AgentError("min_peers must be 0 or more, got %s" % params["min_peers"])
+        if params.get("require_all", True):
+            raise AgentError("min_peers needs require_all=false (require_all=true waits for "
+                             "every trusted peer)")
+
+
+def run(params, api, check_mode=False, diff=False):
+    """Publish through ``api`` (an AgentAPI); returns the task result or raises AgentError /
+    PublishFailed. Kept free of AnsibleModule so it is tested without Ansible."""
+    _validate(params)
+    body = {}
+    if params.get("config") is not None:
+        body["config"] = params["config"]
+
+    if check_mode:
+        body["dry_run"] = True
+        body["diff"] = bool(diff)
+        answer = api.publish(body, timeout=REQUEST_MARGIN + 15)
+        result = {
+            "changed": bool(answer.get("changed")),
+            "revision": answer.get("revision"),
+            "digest": answer.get("digest"),
+            "peers": _peers(answer),
+        }
+        if answer.get("size") is not None:
+            result["size"] = answer["size"]
+        if result["changed"]:
+            result["msg"] = ("a publish would create a new revision (config %s differs from the "
+                             "mesh head); check mode published nothing" % result["digest"])
+        else:
+            result["msg"] = ("nothing to publish: the config already equals the mesh head %s"
+                             % result["revision"])
+        if diff and result["changed"]:
+            result["diff"] = _diff(answer)
+        return result
+
+    wait = bool(params.get("wait"))
+    timeout = params.get("timeout") or 30
+    body["wait"] = wait
+    body["timeout"] = timeout
+    body["require_all"] = bool(params.get("require_all", True))
+    if params.get("min_peers") is not None:
+        body["min_peers"] = params["min_peers"]
+    if diff:
+        body["diff"] = True
+    answer = api.publish(body, timeout=(timeout if wait else 0) + REQUEST_MARGIN)
+
+    result = {
+        "changed": bool(answer.get("changed")),
+        "revision": answer.get("revision"),
+        "digest": answer.get("digest"),
+        "peers": _peers(answer),
+    }
+    if answer.get("size") is not None:
+        result["size"] = answer["size"]
+    if diff and result["changed"] and "before" in answer:
+        result["diff"] = _diff(answer)
+    if result["changed"]:
+        msg = "published revision %s (%s)" % (result["revision"], result["digest"])
+    else:
+        msg = "nothing changed: the config already is the mesh head %s" % result["revision"]
+    if wait:
+        result["converged"] = bool(answer.get("converged"))
+        msg += "; " + _convergence_text(result["peers"])
+        if not result["converged"]:
+            raise PublishFailed(
+                "revision %s did not converge within %s s: %s"
+                % (result["revision"], timeout, _convergence_text(result["peers"])), result)
+    result["msg"] = msg
+    return result
+
+
+def _diff(answer):
+    return {
+        "before": answer.get("before") or {},
+        "after": answer.get("after") or {},
+        "before_header": "mesh head",
+        "after_header": "published config",
+    }
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            socket=dict(type="path", default=DEFAULT_SOCKET),
+            config=dict(type="dict"),
+            wait=dict(type="bool", default=False),
+            timeout=dict(type="int", default=30),
+            min_peers=dict(type="int"),
+            require_all=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    api = AgentAPI(module.params["socket"])
+    try:
+        result = run(module.params, api, check_mode=module.check_mode, diff=module._diff)
+    except AgentError as exc:
+        module.fail_json(msg=str(exc), changed=False)
+    except PublishFailed as exc:
+        module.fail_json(msg=str(exc), **exc.result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
