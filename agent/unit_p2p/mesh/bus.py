@@ -1,0 +1,151 @@
+"""The gossip bus: gossipsub with every parameter chosen on purpose (see docs/mesh.md).
+
+Gossip is the fast path for small signed announcements only; the sync layer never depends on it
+for correctness (it pushes to connected peers and exchanges heads), so these settings favour
+low latency and no self-inflicted loss over scale tricks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub, get_peer_and_seqno_msg_id
+from libp2p.pubsub.score import ScoreParams
+
+from .trust import TrustPolicy
+
+log = logging.getLogger(__name__)
+
+#: largest announcement payload accepted or published (announcements are < 4 KiB)
+MAX_ANNOUNCEMENT_BYTES = 64 * 1024
+#: largest inbound pubsub RPC frame: one full message plus control traffic (IHAVE/IWANT ids,
+#: subscriptions) with room to spare; py-libp2p's default is 1 MiB
+MAX_RPC_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class GossipParams:
+    # /meshsub/1.2.0 (IDONTWANT) and 1.1.0 only: the versions js/go speak; 1.3+/2.0 in 0.8.1 are
+    # experimental extensions we do not need and do not want to expose.
+    protocols: tuple[str, ...] = (str(PROTOCOL_ID_V12), str(PROTOCOL_ID_V11))
+    # Mesh degree: the gossipsub spec's D=6/Dlo=4/Dhi=12. A node forwards to at most Dhi mesh
+    # peers, so a fleet of up to ~13 is one hop of full mesh; larger fleets are a few hops.
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    # Fanout TTL (s): only matters for topics we publish to without subscribing; we always are.
+    fanout_ttl: int = 60
+    # Message cache: gossip IHAVE for the last 3 heartbeats, keep 5 for IWANT (spec defaults).
+    gossip_window: int = 3
+    gossip_history: int = 5
+    # py-libp2p's default heartbeat is 120 s; 1 s keeps mesh repair and IHAVE gossip prompt.
+    heartbeat_initial_delay: float = 0.1
+    heartbeat_interval: int = 1
+    # Peer exchange off: PX would let a peer point us at arbitrary addresses; discovery is ours.
+    do_px: bool = False
+    # Backoff after PRUNE/unsubscribe (s). The spec's 60 s makes a restarted peer wait a minute
+    # before it is grafted again; 10 s is enough to stop GRAFT/PRUNE flapping at a 1 s heartbeat.
+    prune_back_off: int = 10
+    unsubscribe_back_off: int = 10
+    max_idontwant_messages: int = 10
+    # Adaptive gossip may stretch the heartbeat to 30-60 s (notes): off.
+    adaptive_gossip: bool = False
+    # Spam protection (10 msg/s/topic/peer) also throttled our OWN publishes (24 of 100 through
+    # at 50 msg/s, notes): off. Per-peer announcement rate limiting lives in the sync layer,
+    # after the trust check, where it can be counted per peer.
+    spam_protection: bool = False
+    max_messages_per_topic_per_second: float = 1000.0
+    # Eclipse protection wants >= 3 distinct IPs in the mesh: on loopback or a small LAN it only
+    # refuses good peers. Trust is enforced by the allowlist instead.
+    eclipse_protection: bool = False
+    min_mesh_diversity_ips: int = 1
+    max_pending_messages_per_peer: int = 100
+    pending_messages_ttl: float = 30.0
+    # Pubsub: seen-cache 120 s (spec's 2 min) catches every relayed duplicate; the seqno counter
+    # starts at time.time_ns() so a restarted agent's publishes are never mistaken for old ones.
+    seen_ttl: int = 120
+    sweep_interval: int = 30
+    validation_timeout: float = 2.0
+    max_subscriptions_per_rpc: int = 16
+    max_subscriptions_per_peer: int = 16
+
+
+def announcement_topic(mesh: str) -> str:
+    # Hashed so any mesh name is a safe topic string of fixed length.
+    digest = hashlib.sha256(f"unit-p2p/mesh/{mesh}".encode()).hexdigest()[:32]
+    return f"/unit-p2p/announce/1/{digest}"
+
+
+def build_pubsub(
+    host, topic: str, trust: TrustPolicy, stats, params: GossipParams = GossipParams()
+) -> tuple[Pubsub, GossipSub]:
+    """Pubsub + GossipSub for ``host``; both still need to be run as services."""
+    router = GossipSub(
+        protocols=list(params.protocols),
+        degree=params.degree,
+        degree_low=params.degree_low,
+        degree_high=params.degree_high,
+        direct_peers=None,
+        time_to_live=params.fanout_ttl,
+        gossip_window=params.gossip_window,
+        gossip_history=params.gossip_history,
+        heartbeat_initial_delay=params.heartbeat_initial_delay,
+        heartbeat_interval=params.heartbeat_interval,
+        do_px=params.do_px,
+        prune_back_off=params.prune_back_off,
+        unsubscribe_back_off=params.unsubscribe_back_off,
+        # Scoring gates all at -inf: who may participate is the allowlist's call, not a score.
+        score_params=ScoreParams(),
+        max_idontwant_messages=params.max_idontwant_messages,
+        adaptive_gossip_enabled=params.adaptive_gossip,
+        spam_protection_enabled=params.spam_protection,
+        max_messages_per_topic_per_second=params.max_messages_per_topic_per_second,
+        eclipse_protection_enabled=params.eclipse_protection,
+        min_mesh_diversity_ips=params.min_mesh_diversity_ips,
+        max_pending_messages_per_peer=params.max_pending_messages_per_peer,
+        pending_messages_ttl=params.pending_messages_ttl,
+    )
+    pubsub = Pubsub(
+        host,
+        router,
+        seen_ttl=params.seen_ttl,
+        sweep_interval=params.sweep_interval,
+        strict_signing=True,
+        msg_id_constructor=get_peer_and_seqno_msg_id,
+        validation_timeout=params.validation_timeout,
+        max_subscriptions_per_rpc=params.max_subscriptions_per_rpc,
+        max_subscriptions_per_peer=params.max_subscriptions_per_peer,
+        max_inbound_rpc_size=MAX_RPC_BYTES,
+        allowed_topics={topic},
+    )
+    # Pubsub seeds its seqno with int(time.time()): a restart within the seen-cache window reused
+    # seqnos and lost the first 20 publishes (notes). Nanoseconds never repeat across restarts.
+    pubsub.counter = time.time_ns()
+    pubsub.set_topic_validator(topic, _validator(trust, stats), is_async_validator=False)
+    return pubsub, router
+
+
+def _validator(trust: TrustPolicy, stats):
+    """Runs after pubsub verified the signature, before delivery AND before relaying."""
+
+    def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        if len(msg.data) > MAX_ANNOUNCEMENT_BYTES:
+            stats["announcement_too_large"] += 1
+            return False
+        try:
+            origin = ID(msg.from_id).to_base58()
+        except Exception:
+            stats["gossip_malformed"] += 1
+            return False
+        if not trust.is_trusted(origin):
+            trust.reject("untrusted_announcement", origin, f"relayed by {forwarder}")
+            return False
+        return True
+
+    return validate

@@ -1,0 +1,148 @@
+"""Build the libp2p host with every unsafe py-libp2p 0.8.1 default replaced.
+
+- Security: Noise only, wrapped in the trust check (``new_host()`` would also offer TLS, secio
+  and *plaintext*; a default node accepted plaintext and secio dialers).
+- Muxer: yamux only (mplex resets a stream whose reader pauses > 5 s while telling the writer the
+  write succeeded).
+- Transport: TCP only, built explicitly, so nothing is derived from the listen addresses.
+- ``max_connections_per_peer=1``: otherwise every dial pays the 250 ms happy-eyeballs delay
+  (measured: 5-9 ms per dial with it).
+- ``RetryConfig(max_retries=0)``: one dial = one attempt; discovery owns backoff.
+- No mDNS/bootstrap/UPnP inside the host: discovery.py runs its own, off the trio loop.
+- Listening is verified: the TCP listener sets SO_REUSEPORT, so a second daemon on a taken port
+  "starts" with no addresses and is unreachable. ``probe_ports`` binds each fixed port first
+  WITHOUT SO_REUSEPORT (a port held by anyone, including another libp2p listener, then fails
+  with EADDRINUSE), and ``check_listening`` fails loudly if the host ended up with no address
+  for a requested listen address.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable, Sequence
+
+import multiaddr
+from libp2p import new_swarm
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
+from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.peer.peerstore import PeerStore
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
+
+from ..errors import MeshError
+from .trust import TrustedNoise, TrustPolicy
+
+#: seconds for one outbound dial (TCP connect + Noise + yamux)
+DIAL_TIMEOUT = 5.0
+#: seconds for a stream's protocol negotiation
+NEGOTIATE_TIMEOUT = 10
+
+
+def parse_listen(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    """Parse ``settings.listen``: /ip4|/ip6 + /tcp only, or MeshError naming the bad one."""
+    if not addrs:
+        raise MeshError("no listen address configured")
+    out = []
+    for text in addrs:
+        try:
+            ma = multiaddr.Multiaddr(text)
+            names = [p.name for p in ma.protocols()]
+        except Exception as exc:
+            raise MeshError(f"listen address {text!r} is not a multiaddr: {exc}") from exc
+        if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+            raise MeshError(f"listen address {text!r} must be /ip4|/ip6/<addr>/tcp/<port>")
+        out.append(ma)
+    return out
+
+
+def host_port(ma: multiaddr.Multiaddr) -> tuple[str, int, int]:
+    """(ip, port, address family) of an /ip4|ip6/.../tcp/... multiaddr."""
+    for proto, family in (("ip4", socket.AF_INET), ("ip6", socket.AF_INET6)):
+        try:
+            ip = ma.value_for_protocol(proto)
+        except Exception:
+            ip = None
+        if ip:
+            return str(ip), int(ma.value_for_protocol("tcp")), family
+    raise MeshError(f"not an IP/TCP address: {ma}")
+
+
+def probe_ports(addrs: Sequence[multiaddr.Multiaddr]) -> None:
+    """Fail loudly if a fixed listen port is already in use (see module doc)."""
+    for ma in addrs:
+        ip, port, family = host_port(ma)
+        if port == 0:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # SO_REUSEADDR only skips TIME_WAIT leftovers of our own previous run; unlike
+            # SO_REUSEPORT it does not let two live listeners share the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((ip, port))
+                sock.listen(1)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise MeshError(
+                        f"cannot listen on {ma}: port {port} is already in use"
+                    ) from exc
+                raise MeshError(f"cannot listen on {ma}: {exc.strerror or exc}") from exc
+
+
+def check_listening(host: BasicHost, wanted: Sequence[multiaddr.Multiaddr]) -> list[str]:
+    """Return the full listen multiaddrs (with /p2p/) or raise MeshError."""
+    actual = host.get_transport_addrs()
+    if not actual:
+        raise MeshError(f"libp2p is not listening on any of {[str(a) for a in wanted]}")
+    for ma in wanted:
+        ip, port, _ = host_port(ma)
+        if not any(host_port(a)[0] == ip and (port == 0 or host_port(a)[1] == port)
+                   for a in actual):
+            raise MeshError(f"libp2p did not start listening on {ma}")
+    peer = host.get_id().to_base58()
+    return [f"{a}/p2p/{peer}" for a in actual]
+
+
+def connection_config() -> ConnectionConfig:
+    return ConnectionConfig(
+        max_connections_per_peer=1,
+        # Our discovery decides whom to dial; the swarm's auto-connector is stopped after start
+        # and the pruner must never trim a fleet (hundreds of agents at most).
+        max_connections=1024,
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=1024,
+        dial_timeout=DIAL_TIMEOUT,
+        inbound_upgrade_timeout=DIAL_TIMEOUT,
+        outbound_upgrade_timeout=DIAL_TIMEOUT,
+        inbound_stream_protocol_negotiation_timeout=NEGOTIATE_TIMEOUT,
+        outbound_stream_protocol_negotiation_timeout=NEGOTIATE_TIMEOUT,
+    )
+
+
+def build_host(
+    keypair: KeyPair,
+    trust: TrustPolicy,
+    on_rejected: Callable[[str], None] | None = None,
+) -> BasicHost:
+    """A host that is not yet running; ``Mesh.serve`` runs its network and listens."""
+    # Built by hand (not via new_host) so TLS, secio, plaintext, mplex, QUIC and mDNS are never
+    # offered or started; they are still imported by ``import libp2p`` (see docs/mesh.md).
+    noise = TrustedNoise(
+        keypair, create_new_x25519_key_pair().private_key, trust, on_rejected
+    )
+    swarm = new_swarm(
+        key_pair=keypair,
+        sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        peerstore_opt=PeerStore(),
+        transports=[TCP()],
+        retry_config=RetryConfig(max_retries=0),
+        connection_config=connection_config(),
+    )
+    return BasicHost(network=swarm, negotiate_timeout=NEGOTIATE_TIMEOUT)

@@ -1,0 +1,104 @@
+"""Notice peers that vanish without closing (link cut, host frozen, power loss).
+
+py-libp2p 0.8.1's yamux sends a PING every few seconds to measure RTT but never acts on a
+missing pong, and TCP without traffic does not notice a dead path for many minutes. So we keep
+one ``/ipfs/ping/1.0.0`` stream per connected peer and ping it every ``interval`` seconds with a
+``timeout``; after ``misses`` consecutive failures the connection is closed, which fires the
+normal disconnect path (notifee -> MeshEvents.on_peer_disconnected). Worst-case detection time:
+``misses * interval + timeout`` (defaults 3 x 2 s + 2 s = 8 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import PING_LENGTH
+from libp2p.io.utils import read_exactly
+from libp2p.peer.id import ID
+
+from .guard import reset_quietly
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LivenessParams:
+    interval: float = 2.0
+    timeout: float = 2.0
+    misses: int = 3
+
+    @property
+    def bound(self) -> float:
+        return self.misses * self.interval + self.timeout
+
+
+class Liveness:
+    def __init__(
+        self,
+        host,
+        connected: Callable[[], list[str]],
+        drop: Callable[[str], Awaitable[None]],
+        on_alive: Callable[[str, float], None],
+        stats,
+        params: LivenessParams = LivenessParams(),
+    ):
+        self._host = host
+        self._connected = connected
+        self._drop = drop
+        self._on_alive = on_alive
+        self._stats = stats
+        self.params = params
+        self._streams: dict[str, object] = {}
+        self._misses: dict[str, int] = {}
+        #: last measured round-trip time per peer, seconds
+        self.rtt: dict[str, float] = {}
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.params.interval)
+            peers = self._connected()
+            for gone in set(self._streams) - set(peers):
+                self._forget(gone)
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(self._probe, peer)
+
+    def _forget(self, peer: str) -> None:
+        self._streams.pop(peer, None)
+        self._misses.pop(peer, None)
+        self.rtt.pop(peer, None)
+
+    async def _probe(self, peer: str) -> None:
+        started = trio.current_time()
+        stream = self._streams.get(peer)
+        try:
+            with trio.fail_after(self.params.timeout):
+                if stream is None:
+                    stream = await self._host.new_stream(ID.from_base58(peer), [PING_PROTOCOL])
+                    self._streams[peer] = stream
+                payload = secrets.token_bytes(PING_LENGTH)
+                await stream.write(payload)
+                if await read_exactly(stream, PING_LENGTH) != payload:
+                    raise ValueError("ping payload mismatch")
+        except Exception as exc:  # timeout, reset, refused: all count as one miss
+            if stream is not None:
+                self._streams.pop(peer, None)
+                await reset_quietly(stream)
+            misses = self._misses.get(peer, 0) + 1
+            self._misses[peer] = misses
+            log.debug("ping %s missed (%d/%d): %s", peer, misses, self.params.misses, exc)
+            if misses >= self.params.misses:
+                self._stats["dead_peer_dropped"] += 1
+                log.warning("peer %s missed %d pings; dropping its connection", peer, misses)
+                self._forget(peer)
+                await self._drop(peer)
+            return
+        self._misses[peer] = 0
+        self.rtt[peer] = trio.current_time() - started
+        self._on_alive(peer, self.rtt[peer])

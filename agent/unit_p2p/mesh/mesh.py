@@ -1,0 +1,458 @@
+"""The mesh facade: the one object the rest of the agent uses to talk to peers.
+
+It owns the libp2p host and everything around it (guards, gossip, liveness, discovery) and
+exposes a narrow interface: streams by protocol, gossip publish, peer list, connect/disconnect,
+and callbacks (``MeshEvents``) that always run in trio tasks of the mesh, never on libp2p's
+notification path and never on zeroconf's thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import multiaddr
+import trio
+from libp2p.abc import INetConn, INetStream, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
+from libp2p.tools.anyio_service import background_trio_service
+
+from ..errors import MeshError
+from ..settings import Settings
+from .bus import MAX_ANNOUNCEMENT_BYTES, GossipParams, announcement_topic, build_pubsub
+from .discovery import Backoff, Bootstrap, Mdns, Rendezvous, split_p2p, strip_p2p
+from .guard import guard_pubsub, guard_swarm_handler, install_handler_guards, remote_peer
+from .host import (
+    DIAL_TIMEOUT,
+    NEGOTIATE_TIMEOUT,
+    build_host,
+    check_listening,
+    parse_listen,
+    probe_ports,
+)
+from .liveness import Liveness, LivenessParams
+from .stream import DEFAULT_TIMEOUT, Stream
+from .trust import TrustPolicy
+
+log = logging.getLogger(__name__)
+
+StreamHandler = Callable[[str, Stream], Awaitable[None]]
+
+
+@dataclass
+class PeerInfo:
+    peer_id: str
+    addrs: list[str]
+    connected: bool
+    trusted: bool
+    connected_since: float | None
+    last_seen: float | None
+
+
+class MeshEvents(Protocol):
+    """Implemented by the reconciler. Called from the mesh's trio tasks, one at a time."""
+
+    async def on_peer_connected(self, peer_id: str) -> None: ...
+
+    async def on_peer_disconnected(self, peer_id: str) -> None: ...
+
+    async def on_announcement(self, peer_id: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class MeshTuning:
+    """Timing knobs; the defaults are the production values (docs/mesh.md)."""
+
+    liveness: LivenessParams = field(default_factory=LivenessParams)
+    backoff: Backoff = field(default_factory=Backoff)
+    gossip: GossipParams = field(default_factory=GossipParams)
+    dht_interval: float = 5.0
+    dial_timeout: float = DIAL_TIMEOUT
+    stream_timeout: float = DEFAULT_TIMEOUT
+    publish_timeout: float = 5.0
+
+
+@dataclass
+class _PeerState:
+    addrs: list[str] = field(default_factory=list)
+    conns: set[int] = field(default_factory=set)
+    connected_since: float | None = None
+    last_seen: float | None = None
+    sources: set[str] = field(default_factory=set)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+
+class _Notifee(INotifee):
+    def __init__(self, mesh: Mesh):
+        self._mesh = mesh
+
+    async def opened_stream(self, network, stream) -> None:
+        return None
+
+    async def closed_stream(self, network, stream) -> None:
+        return None
+
+    async def connected(self, network, conn: INetConn) -> None:
+        self._mesh._on_conn(conn, up=True)
+
+    async def disconnected(self, network, conn: INetConn) -> None:
+        self._mesh._on_conn(conn, up=False)
+
+    async def listen(self, network, multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network, multiaddr) -> None:
+        return None
+
+
+class Mesh:
+    def __init__(
+        self,
+        settings: Settings,
+        keypair: KeyPair,
+        trust: TrustPolicy,
+        events: MeshEvents,
+        *,
+        tuning: MeshTuning | None = None,
+    ):
+        self.settings = settings
+        self.trust = trust
+        self.events = events
+        self.tuning = tuning or MeshTuning()
+        self._keypair = keypair
+        self.peer_id = ID.from_pubkey(keypair.public_key).to_base58()
+        self.own_peer_id = self.peer_id
+        if trust.own_peer_id != self.peer_id:
+            raise MeshError("TrustPolicy was built for another peer ID than this key's")
+        self.topic = announcement_topic(settings.mesh)
+        #: counters by event: handler_error, gossip_malformed, dead_peer_dropped, ...
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.listen_addrs: list[str] = []
+        self._peers: dict[str, _PeerState] = {}
+        self._handlers: dict[str, StreamHandler] = {}
+        self._dial_locks: dict[str, trio.Lock] = {}
+        self._host = None
+        self._pubsub = None
+        self._running = False
+        self._event_send, self._event_receive = trio.open_memory_channel[tuple[str, str]](
+            math.inf
+        )
+        self.liveness: Liveness | None = None
+        self.mdns: Mdns | None = None
+        self.rendezvous: Rendezvous | None = None
+        self.bootstrap: Bootstrap | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if self._host is not None:
+            raise MeshError("this mesh is already serving")
+        listen = parse_listen(self.settings.listen)
+        bootstrap = Bootstrap(self, self.settings.bootstrap, self.tuning.backoff)
+        probe_ports(listen)
+        host = build_host(self._keypair, self.trust, self._note_rejected)
+        # Guards first: pubsub and the DHT register their handlers in their constructors.
+        guard_swarm_handler(host, self.trust, self.stats)
+        install_handler_guards(host, self.trust, self.stats)
+        network = host.get_network()
+        network.register_notifee(_Notifee(self))
+        pubsub, router = build_pubsub(host, self.topic, self.trust, self.stats,
+                                      self.tuning.gossip)
+        guard_pubsub(pubsub, self.stats)
+        dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False) if self.settings.dht else None
+        self._host = host
+        for protocol, handler in self._handlers.items():
+            self._register(protocol, handler)
+        try:
+            async with background_trio_service(network):
+                try:
+                    await self._start_listening(network, listen)
+                    async with background_trio_service(pubsub), \
+                            background_trio_service(router):
+                        await pubsub.wait_until_ready()
+                        subscription = await pubsub.subscribe(self.topic)
+                        self._pubsub = pubsub
+                        async with trio.open_nursery() as nursery:
+                            await self._start_services(nursery, host, dht, bootstrap,
+                                                       subscription)
+                            self._running = True
+                            log.info("mesh %s listening on %s", self.settings.mesh,
+                                     " ".join(self.listen_addrs))
+                            task_status.started(list(self.listen_addrs))
+                            await trio.sleep_forever()
+                finally:
+                    self._running = False
+                    # Close connections and listeners deterministically, even when cancelled,
+                    # so the port is free again when serve() returns.
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await network.close()
+        finally:
+            self._running = False
+            self._pubsub = None
+            self._host = None
+            for state in self._peers.values():
+                state.conns.clear()
+                state.connected_since = None
+
+    async def _start_listening(self, network, listen) -> None:
+        try:
+            ok = await network.listen(*listen)
+        except Exception as exc:
+            raise MeshError(f"cannot listen on {[str(a) for a in listen]}: {exc}") from exc
+        if not ok:
+            raise MeshError(f"cannot listen on any of {[str(a) for a in listen]}")
+        self.listen_addrs = check_listening(self._host, listen)
+        # The swarm's auto-connector redials peerstore entries on its own schedule (60 s after a
+        # disconnect); discovery.py owns dialing, so it is stopped.
+        await network.auto_connector.stop()
+
+    async def _start_services(self, nursery, host, dht, bootstrap, subscription) -> None:
+        nursery.start_soon(self._dispatch_events)
+        nursery.start_soon(self._read_announcements, subscription)
+        self.liveness = Liveness(host, self.connected_peers, self.disconnect, self._alive,
+                                 self.stats, self.tuning.liveness)
+        await nursery.start(self.liveness.serve)
+        if dht is not None:
+            await nursery.start(_run_service, dht)
+            self.rendezvous = Rendezvous(self, dht, self.settings.mesh,
+                                         interval=self.tuning.dht_interval)
+            await nursery.start(self.rendezvous.serve)
+        self.bootstrap = bootstrap
+        await nursery.start(bootstrap.serve)
+        if self.settings.mdns:
+            self.mdns = Mdns(self, self.settings.mesh, self.listen_addrs)
+            await nursery.start(self.mdns.serve)
+
+    def _require_running(self) -> None:
+        if not self._running or self._host is None:
+            raise MeshError("the mesh is not running")
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        self._handlers[protocol] = handler
+        if self._host is not None:
+            self._register(protocol, handler)
+
+    def _register(self, protocol: str, handler: StreamHandler) -> None:
+        timeout = self.tuning.stream_timeout
+
+        async def adapter(raw: INetStream) -> None:
+            peer = remote_peer(raw)
+            self._touch(peer)
+            stream = Stream(raw, peer, protocol, timeout)
+            await handler(peer, stream)
+            await stream.close()
+
+        # host.set_stream_handler is the guarded one (install_handler_guards)
+        self._host.set_stream_handler(TProtocol(protocol), adapter)
+
+    async def open_stream(self, peer_id: str, protocol: str) -> Stream:
+        self._require_running()
+        if not self.trust.is_trusted(peer_id):
+            raise MeshError(f"peer {peer_id} is not trusted")
+        pid = _parse_id(peer_id)
+        try:
+            with trio.fail_after(self.tuning.dial_timeout + NEGOTIATE_TIMEOUT):
+                raw = await self._host.new_stream(pid, [TProtocol(protocol)])
+        except trio.TooSlowError as exc:
+            raise MeshError(f"opening {protocol} to {peer_id} timed out") from exc
+        except Exception as exc:
+            raise MeshError(f"cannot open {protocol} to {peer_id}: {type(exc).__name__}: "
+                            f"{exc}") from exc
+        self._touch(peer_id)
+        return Stream(raw, peer_id, protocol, self.tuning.stream_timeout)
+
+    # -- gossip ------------------------------------------------------------------------------
+
+    async def publish(self, data: bytes) -> None:
+        self._require_running()
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            raise MeshError(f"announcement of {len(data)} bytes exceeds the "
+                            f"{MAX_ANNOUNCEMENT_BYTES}-byte cap")
+        try:
+            with trio.fail_after(self.tuning.publish_timeout):
+                await self._pubsub.publish(self.topic, data)
+        except trio.TooSlowError as exc:
+            raise MeshError("publish timed out") from exc
+        except Exception as exc:
+            raise MeshError(f"publish failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _read_announcements(self, subscription) -> None:
+        while True:
+            msg = await subscription.get()
+            try:
+                origin = ID(msg.from_id).to_base58()
+            except Exception:
+                self.stats["gossip_malformed"] += 1
+                continue
+            if origin == self.peer_id:
+                continue  # pubsub hands our own publishes to our own subscription
+            self._touch(origin)
+            self.stats["announcements_received"] += 1
+            try:
+                await self.events.on_announcement(origin, bytes(msg.data))
+            except Exception:
+                self.stats["events_error"] += 1
+                log.exception("on_announcement failed for %s", origin)
+
+    # -- peers -------------------------------------------------------------------------------
+
+    def peers(self) -> list[PeerInfo]:
+        out = []
+        for peer_id, state in sorted(self._peers.items()):
+            out.append(PeerInfo(
+                peer_id=peer_id,
+                addrs=list(state.addrs),
+                connected=bool(state.conns),
+                trusted=self.trust.is_trusted(peer_id),
+                connected_since=state.connected_since,
+                last_seen=state.last_seen,
+            ))
+        return out
+
+    def connected_peers(self) -> list[str]:
+        return sorted(p for p, s in self._peers.items() if s.conns)
+
+    def is_connected(self, peer_id: str) -> bool:
+        state = self._peers.get(peer_id)
+        return bool(state and state.conns)
+
+    def is_trusted(self, peer_id: str) -> bool:
+        return self.trust.is_trusted(peer_id)
+
+    async def wait_peer_change(self, peer_id: str) -> None:
+        await self._state(peer_id).changed.wait()
+
+    async def connect(self, multiaddr_text: str) -> str:
+        peer_id, transport = split_p2p(multiaddr_text)
+        if not transport:
+            raise MeshError(f"{multiaddr_text!r} has no transport address to dial")
+        await self.dial(peer_id, [transport])
+        return peer_id
+
+    async def dial(self, peer_id: str, addrs: Sequence[str]) -> None:
+        self._require_running()
+        if peer_id == self.peer_id:
+            raise MeshError("refusing to dial this agent itself")
+        pid = _parse_id(peer_id)
+        try:
+            mas = [multiaddr.Multiaddr(strip_p2p(a)) for a in addrs]
+        except Exception as exc:
+            raise MeshError(f"bad address for {peer_id}: {exc}") from exc
+        self.note_discovered(peer_id, [str(a) for a in mas], "dial")
+        lock = self._dial_locks.setdefault(peer_id, trio.Lock())
+        async with lock:
+            if self.is_connected(peer_id):
+                return
+            network = self._host.get_network()
+            # A failed dial puts the peer in the swarm's 60 s negative cache, which would turn our
+            # backoff schedule into one attempt a minute: lift it before each of our attempts.
+            network.unblock_peer(pid)
+            try:
+                with trio.fail_after(self.tuning.dial_timeout):
+                    await self._host.connect(LibPeerInfo(pid, mas))
+            except trio.TooSlowError as exc:
+                raise MeshError(f"dialing {peer_id} timed out") from exc
+            except Exception as exc:
+                raise MeshError(f"cannot connect to {peer_id}: {type(exc).__name__}: "
+                                f"{exc}") from exc
+
+    async def disconnect(self, peer_id: str) -> None:
+        if self._host is None:
+            return
+        pid = _parse_id(peer_id)
+        with trio.move_on_after(5):
+            try:
+                await self._host.disconnect(pid)
+            except Exception as exc:
+                log.warning("disconnecting %s failed: %s", peer_id, exc)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _state(self, peer_id: str) -> _PeerState:
+        state = self._peers.get(peer_id)
+        if state is None:
+            state = self._peers[peer_id] = _PeerState()
+        return state
+
+    def _touch(self, peer_id: str) -> None:
+        if peer_id and peer_id != self.peer_id:
+            self._state(peer_id).last_seen = time.time()
+
+    def _alive(self, peer_id: str, rtt: float) -> None:
+        self._touch(peer_id)
+
+    def note_discovered(self, peer_id: str, addrs: Sequence[str], source: str) -> None:
+        if peer_id == self.peer_id:
+            return
+        state = self._state(peer_id)
+        for addr in addrs:
+            if addr and addr not in state.addrs:
+                state.addrs.append(addr)
+        state.sources.add(source)
+
+    def _note_rejected(self, peer_id: str) -> None:
+        self._touch(peer_id)
+        self._state(peer_id).sources.add("rejected")
+
+    def _on_conn(self, conn: INetConn, *, up: bool) -> None:
+        try:
+            peer_id = conn.muxed_conn.peer_id.to_base58()
+        except Exception:
+            return
+        state = self._state(peer_id)
+        was_connected = bool(state.conns)
+        if up:
+            state.conns.add(id(conn))
+            try:
+                for addr in conn.get_transport_addresses():
+                    text = strip_p2p(str(addr))
+                    if text not in state.addrs:
+                        state.addrs.append(text)
+            except Exception:
+                pass
+        else:
+            state.conns.discard(id(conn))
+        now_connected = bool(state.conns)
+        if was_connected == now_connected:
+            return
+        state.connected_since = time.time() if now_connected else None
+        state.last_seen = time.time()
+        state.changed.set()
+        state.changed = trio.Event()
+        self._event_send.send_nowait(("connected" if now_connected else "disconnected",
+                                      peer_id))
+
+    async def _dispatch_events(self) -> None:
+        async for kind, peer_id in self._event_receive:
+            try:
+                if kind == "connected":
+                    await self.events.on_peer_connected(peer_id)
+                else:
+                    await self.events.on_peer_disconnected(peer_id)
+            except Exception:
+                self.stats["events_error"] += 1
+                log.exception("on_peer_%s failed for %s", kind, peer_id)
+
+
+async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async with background_trio_service(service):
+        task_status.started()
+        await trio.sleep_forever()
+
+
+def _parse_id(peer_id: str) -> ID:
+    try:
+        return ID.from_base58(peer_id)
+    except Exception as exc:
+        raise MeshError(f"not a peer ID: {peer_id!r}") from exc
