@@ -66,11 +66,13 @@ def load_or_create_identity(path: Path, create: bool = True) -> KeyPair:
     return _create(path)
 
 
-def rotate_identity(path: Path) -> tuple[str, str]:
+def rotate_identity(path: Path, new_key: Path | None = None) -> tuple[str, str]:
     """Replaces the key in ``path`` with a new one, keeping the old one as ``<path>.old``.
 
-    Returns (old peer ID, new peer ID). The running agent keeps its old identity until it is
-    restarted. At every instant ``path`` holds one complete key, old or new.
+    The new key is ``new_key`` when given (prepared earlier with ``unit-p2p id --create`` so its
+    peer ID could be trusted everywhere before the swap; the file is moved), else a fresh one.
+    Returns (old peer ID, new peer ID). A running agent keeps its old identity until restarted.
+    At every instant ``path`` holds one complete key, old or new.
     """
     path = Path(path)
     old = load_identity(path)
@@ -82,19 +84,30 @@ def rotate_identity(path: Path) -> tuple[str, str]:
             f"{old_path}: exists from an earlier rotation: once its peer ID is off every "
             "trusted_peers list, remove it and rotate again"
         )
-    new = create_new_key_pair()
-    try:
-        tmp = _write_temp(path, new.private_key.serialize())
-    except OSError as err:
-        raise IdentityError(f"{path}: cannot write the new key: {err.strerror}") from None
+    if new_key is not None:
+        new_key = Path(new_key)
+        new = load_identity(new_key)
+        if peer_id_of(new) == peer_id_of(old):
+            raise IdentityError(f"{new_key}: holds the same key as {path}")
+        if os.stat(new_key).st_dev != os.stat(path.parent).st_dev:
+            raise IdentityError(f"{new_key}: must be on the same file system as {path} (put it "
+                                "in the same directory)")
+        source, temporary = new_key, False
+    else:
+        new = create_new_key_pair()
+        try:
+            source, temporary = _write_temp(path, new.private_key.serialize()), True
+        except OSError as err:
+            raise IdentityError(f"{path}: cannot write the new key: {err.strerror}") from None
     try:
         # a hard link keeps the old key's inode, and with it its owner and 0600 mode
         os.link(path, old_path)
-        os.replace(tmp, path)
+        os.replace(source, path)
     except OSError as err:
         raise IdentityError(f"{path}: cannot rotate the key: {err.strerror}") from None
     finally:
-        _unlink_quietly(tmp)
+        if temporary:
+            _unlink_quietly(source)
     _sync_dir(path.parent)
     return peer_id_of(old), peer_id_of(new)
 
@@ -110,10 +123,10 @@ def id_command(key: Path, create: bool) -> int:
     return 0
 
 
-def rotate_command(key: Path) -> int:
-    """``unit-p2p id --rotate``: rotates ``key``, prints "old new" peer IDs; 0, or 2 on error."""
+def rotate_command(key: Path, new_key: Path | None = None) -> int:
+    """``unit-p2p id --key FILE --rotate [--new-key NEW]``: prints "OLD NEW" peer IDs; 0, or 2."""
     try:
-        old, new = rotate_identity(Path(key))
+        old, new = rotate_identity(Path(key), new_key)
     except IdentityError as err:
         print(f"unit-p2p id: {err}", file=sys.stderr)
         return 2

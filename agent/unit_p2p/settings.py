@@ -804,7 +804,7 @@ def settings_table_markdown() -> str:
         elif kind == "list":
             flag += " (repeatable)"
         env_form = " (comma-separated)" if kind == "list" else ""
-        doc = f.metadata["doc"].replace("|", "\\|")
+        doc = f.metadata["doc"].replace("|", "\\|").replace("<", "&lt;")
         rows.append(f"| `{name}` | `{env_name(name)}`{env_form} | {flag} | "
                     f"`{_default_text(name)}` | {doc} |")
     return "\n".join(rows) + "\n"
