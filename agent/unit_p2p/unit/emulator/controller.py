@@ -1,0 +1,341 @@
+"""The control API's semantics: what Unit 1.35 answers to a method and a path.
+
+This is the part of ``nxt_controller.c`` the emulator reproduces, independent of sockets: it
+takes a parsed request and returns the status and the JSON body. Routing:
+
+* ``/config[/...]`` GET/PUT/POST/DELETE; other methods, POST on ``/config`` itself or on a
+  non-array get 405 "Method isn't allowed.";
+* ``/status[/...]`` GET only (else 405 "Invalid method."), a missing path is 404 "Invalid path.";
+* ``/certificates[/<name>[/...]]`` GET, PUT ``<name>``, DELETE ``<name>`` (else 405
+  "Invalid method.");
+* ``/control/applications/<name>/restart`` GET only (else 405 "Method isn't allowed.");
+* ``/`` GET only (else 405 "Invalid method."): certificates, config and status together;
+* anything else: 404 "Value doesn't exist.".
+
+A write is: parse the body (400 "Invalid JSON."), build the new tree (404/405), validate the
+whole of it (400 "Invalid configuration."), apply it (500 "Failed to apply new configuration.":
+injected failures and listener sockets that cannot be bound), persist it, and only then make it
+current. Writes are serialized.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from dataclasses import dataclass
+
+import trio
+
+from unit_p2p.unit.emulator import tree
+from unit_p2p.unit.emulator.certs import Bundle, InvalidCertificate, load_bundle
+from unit_p2p.unit.emulator.jsonparse import JSONParseError, dumps_compact, parse
+from unit_p2p.unit.emulator.listeners import ListenerBindError, ListenerSockets
+from unit_p2p.unit.emulator.state import EmulatorError, StateDir
+from unit_p2p.unit.emulator.validate import (
+    DEFAULT_MODULES,
+    ConfigInvalid,
+    listener_names,
+    validate,
+)
+
+__all__ = ["FRESH_CONFIG", "Controller", "Reply"]
+
+#: What a Unit that never had a configuration returns for GET /config.
+FRESH_CONFIG: dict = {"listeners": {}, "routes": [], "applications": {}}
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: object
+
+
+def _error(status: int, title: str, detail: str | None = None) -> Reply:
+    body: dict = {"error": title}
+    if detail is not None:
+        body["detail"] = detail
+    return Reply(status, body)
+
+
+_DONE = Reply(200, {"success": "Reconfiguration done."})
+_NOT_FOUND = _error(404, "Value doesn't exist.")
+_NOT_ALLOWED = _error(405, "Method isn't allowed.")
+_INVALID_METHOD = _error(405, "Invalid method.")
+_APPLY_FAILED = _error(500, "Failed to apply new configuration.")
+_CERT_MISSING = _error(404, "Certificate doesn't exist.")
+
+
+def _parse_body(body: bytes) -> object:
+    if body.startswith(_BOM):
+        body = body[3:]
+    return parse(body)
+
+
+def _invalid_json(err: JSONParseError) -> Reply:
+    reply = _error(400, "Invalid JSON.", err.detail)
+    reply.body["location"] = {  # type: ignore[index]
+        "offset": err.offset,
+        "line": err.line,
+        "column": err.column,
+    }
+    return reply
+
+
+def _split_prefix(path: str, prefix: str) -> str | None:
+    """The rest of ``path`` below ``prefix`` ("/" for the prefix itself), or None."""
+    if path == prefix:
+        return "/"
+    if path.startswith(prefix + "/"):
+        return path[len(prefix) :]
+    return None
+
+
+def _cert_names_in_use(conf: object) -> set[str]:
+    used: set[str] = set()
+    listeners = conf.get("listeners") if isinstance(conf, dict) else None
+    if not isinstance(listeners, dict):
+        return used
+    for listener in listeners.values():
+        tls = listener.get("tls") if isinstance(listener, dict) else None
+        cert = tls.get("certificate") if isinstance(tls, dict) else None
+        if isinstance(cert, str):
+            used.add(cert)
+        elif isinstance(cert, list):
+            used.update(c for c in cert if isinstance(c, str))
+    return used
+
+
+class Controller:
+    """The emulated controller's state and request handling (no I/O except the state dir)."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: StateDir | None = None,
+        modules: dict[str, dict[str, str]] | None = None,
+        bind_listeners: bool = True,
+    ):
+        self.state_dir = state_dir
+        self.modules = dict(DEFAULT_MODULES) if modules is None else modules
+        self.listeners = ListenerSockets(enabled=bind_listeners)
+        self.conf: object = copy.deepcopy(FRESH_CONFIG)
+        self.certs: dict[str, Bundle] = {}
+        #: PUT requests received on /config (whatever their outcome)
+        self.put_count = 0
+        #: configuration writes that succeeded (PUT, POST, DELETE)
+        self.applied_count = 0
+        self._failures: collections.deque[int] = collections.deque()
+        self._lock = trio.Lock()
+
+    # ------------------------------------------------------------------ state
+
+    def load_state(self) -> None:
+        """Reload the state directory (blocking: call before serving or from a thread)."""
+        if self.state_dir is None:
+            return
+        self.state_dir.prepare()
+        for name, pem in self.state_dir.read_certificates().items():
+            try:
+                self.certs[name] = load_bundle(pem)
+            except InvalidCertificate as exc:
+                raise EmulatorError(f"state dir certificate {name!r}: {exc}") from exc
+        raw = self.state_dir.read_config()
+        if raw is None:
+            return
+        try:
+            conf = parse(raw)
+            validate(conf, modules=self.modules, certificates=self.certs)
+        except (JSONParseError, ConfigInvalid) as exc:
+            raise EmulatorError(
+                f"{self.state_dir.conf_file}: unusable configuration: {exc}"
+            ) from exc
+        try:
+            fresh = self.listeners.prepare(listener_names(conf))
+        except ListenerBindError:
+            # Unit starts anyway and logs; the listener stays unbound until the next write.
+            fresh = {}
+        self.listeners.commit(listener_names(conf), fresh)
+        self.conf = conf
+
+    def fail_next_puts(self, n: int = 1, status: int = 500) -> None:
+        if n < 0 or not 400 <= status <= 599:
+            raise ValueError("n must be >= 0 and status a 4xx/5xx code")
+        self._failures.extend([status] * n)
+
+    @property
+    def pending_failures(self) -> int:
+        return len(self._failures)
+
+    def close(self) -> None:
+        self.listeners.close()
+
+    def status_tree(self) -> dict:
+        apps: dict = {}
+        conf_apps = self.conf.get("applications") if isinstance(self.conf, dict) else None
+        if isinstance(conf_apps, dict):
+            for name, app in conf_apps.items():
+                procs = app.get("processes", 1) if isinstance(app, dict) else 1
+                running = procs.get("spare", 0) if isinstance(procs, dict) else procs
+                apps[name] = {
+                    "processes": {"running": running, "starting": 0, "idle": running},
+                    "requests": {"active": 0},
+                }
+        return {
+            "modules": copy.deepcopy(self.modules),
+            # The emulator serves no traffic, so the data-plane counters stay at zero.
+            "connections": {"accepted": 0, "active": 0, "idle": 0, "closed": 0},
+            "requests": {"total": 0},
+            "applications": apps,
+        }
+
+    # --------------------------------------------------------------- requests
+
+    async def handle(self, method: str, target: str, body: bytes) -> Reply:
+        path = target.split("?", 1)[0]
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        if (sub := _split_prefix(path, "/config")) is not None:
+            return await self._config(method, sub, body)
+        if (sub := _split_prefix(path, "/status")) is not None:
+            return self._status(method, sub)
+        if (sub := _split_prefix(path, "/certificates")) is not None:
+            return await self._certificates(method, sub, body)
+        if (sub := _split_prefix(path, "/control")) is not None:
+            return self._control(method, sub)
+        if path == "/":
+            if method != "GET":
+                return _INVALID_METHOD
+            return Reply(
+                200,
+                {
+                    "certificates": {n: b.info for n, b in self.certs.items()},
+                    "config": self.conf,
+                    "status": self.status_tree(),
+                },
+            )
+        return _NOT_FOUND
+
+    async def _config(self, method: str, sub: str, body: bytes) -> Reply:
+        tokens = tree.split_path(sub)
+        if method == "GET":
+            try:
+                return Reply(200, tree.get(self.conf, tokens))
+            except tree.NotFound:
+                return _NOT_FOUND
+        if method == "PUT":
+            self.put_count += 1
+        elif method == "POST":
+            if tokens == []:
+                return _NOT_ALLOWED
+        elif method != "DELETE":
+            return _NOT_ALLOWED
+        async with self._lock:
+            if method == "DELETE":
+                value = None
+            else:
+                try:
+                    value = _parse_body(body)
+                except JSONParseError as err:
+                    return _invalid_json(err)
+            try:
+                if method == "PUT":
+                    new_conf = tree.put(self.conf, tokens, value)
+                elif method == "POST":
+                    new_conf = tree.append(self.conf, tokens, value)
+                else:
+                    new_conf = {} if tokens == [] else tree.delete(self.conf, tokens)
+            except tree.NotFound:
+                return _NOT_FOUND
+            except tree.NotAllowed:
+                return _NOT_ALLOWED
+            return await self._apply(new_conf, injectable=method == "PUT")
+
+    async def _apply(self, new_conf: object, *, injectable: bool) -> Reply:
+        try:
+            validate(new_conf, modules=self.modules, certificates=self.certs)
+        except ConfigInvalid as exc:
+            return _error(400, "Invalid configuration.", str(exc))
+        if injectable and self._failures:
+            status = self._failures.popleft()
+            return _error(status, "Failed to apply new configuration.")
+        names = listener_names(new_conf)
+        try:
+            fresh = self.listeners.prepare(names)
+        except ListenerBindError:
+            return _APPLY_FAILED
+        if self.state_dir is not None:
+            data = dumps_compact(new_conf)
+            try:
+                await trio.to_thread.run_sync(self.state_dir.write_config, data)
+            except OSError:
+                self.listeners.abort(fresh)
+                return _APPLY_FAILED
+        self.listeners.commit(names, fresh)
+        self.conf = new_conf
+        self.applied_count += 1
+        return _DONE
+
+    def _status(self, method: str, sub: str) -> Reply:
+        if method != "GET":
+            return _INVALID_METHOD
+        try:
+            return Reply(200, tree.get(self.status_tree(), tree.split_path(sub)))
+        except tree.NotFound:
+            return _error(404, "Invalid path.")
+
+    def _control(self, method: str, sub: str) -> Reply:
+        if method != "GET":
+            return _NOT_ALLOWED
+        tokens = tree.split_path(sub)
+        if not tokens or len(tokens) != 3 or tokens[0] != "applications":
+            return _NOT_FOUND
+        if tokens[2] != "restart":
+            return _NOT_FOUND
+        apps = self.conf.get("applications") if isinstance(self.conf, dict) else None
+        if not isinstance(apps, dict) or tokens[1] not in apps:
+            return _NOT_FOUND
+        return Reply(200, {"success": "Ok"})
+
+    async def _certificates(self, method: str, sub: str, body: bytes) -> Reply:
+        tokens = tree.split_path(sub)
+        if method == "GET":
+            if tokens == []:
+                return Reply(200, {n: b.info for n, b in self.certs.items()})
+            if not tokens or tokens[0] not in self.certs:
+                return _CERT_MISSING
+            try:
+                return Reply(200, tree.get(self.certs[tokens[0]].info, tokens[1:]))
+            except tree.NotFound:
+                return _error(404, "Invalid certificate path.")
+        if method not in ("PUT", "DELETE") or not tokens or len(tokens) != 1:
+            return _INVALID_METHOD
+        name = tokens[0]
+        async with self._lock:
+            if method == "PUT":
+                if name in self.certs:
+                    return _error(400, "Certificate already exists.")
+                try:
+                    bundle = load_bundle(body)
+                except InvalidCertificate:
+                    return _error(400, "Invalid certificate.")
+                if self.state_dir is not None:
+                    try:
+                        await trio.to_thread.run_sync(self.state_dir.write_certificate, name, body)
+                    except OSError:
+                        return _error(500, "Failed to store certificate.")
+                self.certs[name] = bundle
+                return Reply(200, {"success": "Certificate chain uploaded."})
+            if name not in self.certs:
+                return _CERT_MISSING
+            if name in _cert_names_in_use(self.conf):
+                return _error(400, "Certificate is used in the configuration.")
+            if self.state_dir is not None:
+                try:
+                    await trio.to_thread.run_sync(self.state_dir.delete_certificate, name)
+                except OSError:
+                    return _error(500, "Failed to delete certificate.")
+            del self.certs[name]
+            return Reply(200, {"success": "Certificate deleted."})
+

@@ -1,0 +1,437 @@
+"""The emulator's sockets: a small HTTP/1.1 server written directly on trio sockets.
+
+Unit's control API is not a general web server and neither is this: one request per connection,
+every response closes the connection, and the framing quirks clients can observe are reproduced:
+
+* the request line and headers must fit in 1024 bytes, otherwise the connection is closed
+  without a response (the unread rest makes the kernel send a reset, as with Unit);
+* without ``Content-Length`` the body is whatever arrived together with the headers (chunked
+  transfer coding is not decoded, so a chunked body usually fails as invalid JSON);
+* an invalid or oversized ``Content-Length``, a malformed request line, or a client that closes
+  before sending the whole body also end in a closed connection without a response;
+* responses carry ``Server: Unit/1.35.0``, ``Date``, ``Content-Type: application/json``,
+  ``Content-Length`` and ``Connection: close``, with Unit's pretty-printed JSON body.
+
+Bad input never takes the server down: each connection is handled in its own task and any
+failure closes only that connection.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import logging
+import os
+import re
+import socket as stdsocket
+import stat
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from pathlib import Path
+
+import trio
+
+from unit_p2p.unit.emulator.controller import Controller, Reply
+from unit_p2p.unit.emulator.jsonparse import dumps_pretty
+from unit_p2p.unit.emulator.state import EmulatorError, StateDir
+
+__all__ = ["Address", "Request", "UnitEmulator", "parse_address", "read_request"]
+
+log = logging.getLogger("unit_p2p.unit.emulator")
+
+SERVER_HEADER = "Unit/1.35.0"
+#: Unit's controller reads the request line and headers into a 1024-byte buffer.
+HEADER_LIMIT = 1024
+#: Unit has no body limit on the control API; the emulator refuses absurd sizes to stay safe.
+BODY_LIMIT = 256 * 1024 * 1024
+#: A connection that does not deliver its request within this time is closed.
+READ_TIMEOUT = 60.0
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_METHOD = re.compile(r"[A-Z][A-Z_-]*")
+
+
+@dataclass(frozen=True)
+class Address:
+    kind: str  # "unix" or "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_address(spec: str) -> Address:
+    """``unix:/path.sock``, ``HOST:PORT`` or ``http://HOST:PORT`` (HOST an IP literal)."""
+    if spec.startswith("unix:"):
+        path = spec[5:]
+        if not path:
+            raise EmulatorError(f"{spec!r}: a unix socket address needs a path")
+        return Address("unix", path=path)
+    rest = spec.removeprefix("http://").rstrip("/")
+    if rest.startswith("["):
+        host, sep, port_text = rest[1:].partition("]:")
+    else:
+        host, sep, port_text = rest.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise EmulatorError(
+            f"{spec!r}: expected unix:/path.sock, 127.0.0.1:PORT or http://127.0.0.1:PORT"
+        )
+    try:
+        stdsocket.inet_pton(stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET, host)
+    except OSError:
+        raise EmulatorError(f"{spec!r}: the host must be an IP address") from None
+    return Address("tcp", host=host, port=int(port_text))
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+async def read_request(
+    stream: trio.abc.ReceiveStream, header_limit: int = HEADER_LIMIT
+) -> Request | None:
+    """Read one request; None means "close without answering" (Unit's reaction)."""
+    buf = bytearray()
+    while True:
+        end = _HEADER_END.search(buf)
+        if end is not None:
+            break
+        if len(buf) >= header_limit:
+            return None
+        chunk = await stream.receive_some(header_limit - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    head = bytes(buf[: end.start()])
+    leftover = bytes(buf[end.end() :])
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    try:
+        method, target, version = lines[0].decode("ascii").split(" ")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not _METHOD.fullmatch(method) or not target.startswith("/"):
+        return None
+    if not version.startswith("HTTP/1."):
+        return None
+    headers: list[tuple[str, str]] = []
+    length: int | None = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name.strip():
+            return None
+        key = name.strip().decode("latin-1")
+        text = value.strip().decode("latin-1")
+        headers.append((key, text))
+        if key.lower() == "content-length":
+            if not text.isdigit() or not text.isascii() or int(text) > BODY_LIMIT:
+                return None
+            length = int(text)
+    if length is None:
+        # Unit's quirk: without a length, the body is what came with the headers.
+        return Request(method, target, headers, leftover)
+    body = bytearray(leftover[:length])
+    while len(body) < length:
+        chunk = await stream.receive_some(min(length - len(body), 1 << 20))
+        if not chunk:
+            return None
+        body += chunk
+    return Request(method, target, headers, bytes(body))
+
+
+def render(reply: Reply) -> bytes:
+    body = dumps_pretty(reply.body)
+    phrase = HTTPStatus(reply.status).phrase
+    head = (
+        f"HTTP/1.1 {reply.status} {phrase}\r\n"
+        f"Server: {SERVER_HEADER}\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _plain_json(status: int, body: object) -> bytes:
+    data = (json.dumps(body) + "\n").encode()
+    phrase = HTTPStatus(status).phrase
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode("ascii") + data
+
+
+def _check_unix_path(path: str) -> None:
+    """Remove a stale socket file; refuse to touch anything else or a live socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise EmulatorError(f"{path} exists and is not a socket")
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a leftover from a process that died
+        return
+    finally:
+        probe.close()
+    raise EmulatorError(f"{path}: another process is already listening there")
+
+
+class _Endpoint:
+    """One listening socket whose accept loop can be stopped and restarted."""
+
+    def __init__(self, address: Address, handler):
+        self.address = address
+        self.handler = handler
+        self.sock: trio.socket.SocketType | None = None
+        self._scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+
+    async def open(self) -> None:
+        if self.address.kind == "unix":
+            _check_unix_path(self.address.path)
+            sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+            try:
+                await sock.bind(self.address.path)
+            except OSError as exc:
+                sock.close()
+                raise EmulatorError(f"cannot listen on {self.address}: {exc.strerror}") from exc
+        else:
+            family = stdsocket.AF_INET6 if ":" in self.address.host else stdsocket.AF_INET
+            sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
+            # The control port must be reusable at once when a test restarts the socket.
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+            try:
+                await sock.bind((self.address.host, self.address.port))
+            except OSError as exc:
+                sock.close()
+                raise EmulatorError(f"cannot listen on {self.address}: {exc.strerror}") from exc
+            # Keep the port a test got from port 0, so the socket comes back at the same place.
+            self.address = Address("tcp", host=self.address.host, port=sock.getsockname()[1])
+        sock.listen(128)
+        self.sock = sock
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+        nursery.start_soon(self._accept_loop, nursery, self._scope, self._stopped)
+
+    async def _accept_loop(self, nursery, scope, stopped) -> None:
+        try:
+            with scope:
+                while True:
+                    try:
+                        conn, _ = await self.sock.accept()  # type: ignore[union-attr]
+                    except OSError as exc:
+                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            log.warning("accept on %s: %s; backing off", self.address, exc)
+                            await trio.sleep(0.1)
+                            continue
+                        raise
+                    nursery.start_soon(self.handler, conn)
+        finally:
+            stopped.set()
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._stopped.wait()
+            self._scope = None
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            if self.address.kind == "unix":
+                Path(self.address.path).unlink(missing_ok=True)
+
+
+class UnitEmulator:
+    """An NGINX Unit 1.35 control API stand-in, for tests and demos (see the package docs)."""
+
+    def __init__(
+        self,
+        control: str,
+        *,
+        state_dir: Path | None = None,
+        admin: str | None = None,
+        bind_listeners: bool = True,
+        modules: dict[str, dict[str, str]] | None = None,
+        read_timeout: float = READ_TIMEOUT,
+    ):
+        self._control = _Endpoint(parse_address(control), self._serve_control)
+        self._admin = _Endpoint(parse_address(admin), self._serve_admin) if admin else None
+        self._controller = Controller(
+            state_dir=StateDir(Path(state_dir)) if state_dir is not None else None,
+            modules=modules,
+            bind_listeners=bind_listeners,
+        )
+        self._read_timeout = read_timeout
+        self._nursery: trio.Nursery | None = None
+        self._listening = False
+
+    # ------------------------------------------------------------- inspection
+
+    @property
+    def control_address(self) -> str:
+        """``unix:/path`` or ``HOST:PORT`` (the real port once serving, if 0 was asked)."""
+        return str(self._control.address)
+
+    @property
+    def admin_address(self) -> str | None:
+        return str(self._admin.address) if self._admin else None
+
+    @property
+    def config(self) -> object:
+        """A copy of the current configuration tree."""
+        return copy.deepcopy(self._controller.conf)
+
+    @property
+    def put_count(self) -> int:
+        """PUT requests received on /config, whatever their outcome."""
+        return self._controller.put_count
+
+    @property
+    def applied_count(self) -> int:
+        """Configuration writes (PUT/POST/DELETE) that were applied."""
+        return self._controller.applied_count
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    # --------------------------------------------------------- fault injection
+
+    def fail_next_puts(self, n: int = 1, status: int = 500) -> None:
+        """The next ``n`` valid PUTs on /config answer ``status`` with "Failed to apply new
+        configuration." and change nothing, as when Unit cannot bind a listener."""
+        self._controller.fail_next_puts(n, status)
+
+    async def stop_listening(self) -> None:
+        """Close the control socket (a unix socket file disappears): connections are refused
+        until :meth:`start_listening`. Requests already being handled are answered."""
+        if self._listening:
+            await self._control.stop()
+            self._listening = False
+
+    async def start_listening(self) -> None:
+        """Listen again at the same path or port."""
+        if self._nursery is None:
+            raise RuntimeError("the emulator is not serving")
+        if not self._listening:
+            await self._control.open()
+            self._control.start(self._nursery)
+            self._listening = True
+
+    # ------------------------------------------------------------------ serve
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await trio.to_thread.run_sync(self._controller.load_state)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._admin is not None:
+                    await self._admin.open()
+                    self._admin.start(nursery)
+                await self.start_listening()
+                task_status.started(self.control_address)
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._listening = False
+            self._control.close()
+            if self._admin is not None:
+                self._admin.close()
+            self._controller.close()
+
+    async def _serve_control(self, sock: trio.socket.SocketType) -> None:
+        stream = trio.SocketStream(sock)
+        try:
+            async with stream:
+                with trio.move_on_after(self._read_timeout):
+                    request = await read_request(stream)
+                    if request is None:
+                        return
+                    reply = await self._controller.handle(
+                        request.method, request.target, request.body
+                    )
+                    await stream.send_all(render(reply))
+                    await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("control connection dropped: %s", exc)
+        except Exception:
+            # One bad connection must not take the server down; the bug is logged.
+            log.exception("control request failed")
+
+    async def _serve_admin(self, sock: trio.socket.SocketType) -> None:
+        stream = trio.SocketStream(sock)
+        try:
+            async with stream:
+                with trio.move_on_after(self._read_timeout):
+                    request = await read_request(stream, header_limit=64 * 1024)
+                    if request is None:
+                        return
+                    status, body = await self._admin_reply(request)
+                    await stream.send_all(_plain_json(status, body))
+                    await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("admin connection dropped: %s", exc)
+        except Exception:
+            log.exception("admin request failed")
+
+    def _admin_state(self) -> dict:
+        return {
+            "control": self.control_address,
+            "listening": self._listening,
+            "put_count": self.put_count,
+            "applied_count": self.applied_count,
+            "pending_failures": self._controller.pending_failures,
+            "config": self._controller.conf,
+        }
+
+    async def _admin_reply(self, request: Request) -> tuple[int, object]:
+        path = request.target.split("?", 1)[0]
+        routes = {"/state", "/fail-next-puts", "/stop-listening", "/start-listening"}
+        if path not in routes:
+            return 404, {"error": "not_found", "detail": f"no admin endpoint {path}"}
+        if path == "/state":
+            if request.method != "GET":
+                return 405, {"error": "method_not_allowed", "detail": "use GET"}
+            return 200, self._admin_state()
+        if request.method != "POST":
+            return 405, {"error": "method_not_allowed", "detail": "use POST"}
+        if path == "/fail-next-puts":
+            try:
+                args = json.loads(request.body or b"{}")
+                if not isinstance(args, dict):
+                    raise ValueError("the body must be a JSON object")
+                n, status = args.get("n", 1), args.get("status", 500)
+                if not isinstance(n, int) or not isinstance(status, int):
+                    raise ValueError('"n" and "status" must be integers')
+                self.fail_next_puts(n, status)
+            except ValueError as exc:
+                return 400, {"error": "bad_request", "detail": str(exc)}
+        elif path == "/stop-listening":
+            await self.stop_listening()
+        else:
+            try:
+                await self.start_listening()
+            except EmulatorError as exc:
+                return 500, {"error": "listen_failed", "detail": str(exc)}
+        return 200, self._admin_state()

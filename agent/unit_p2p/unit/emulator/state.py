@@ -1,0 +1,90 @@
+"""The emulator's state directory, laid out like Unit's: ``conf.json`` and ``certs/<name>``.
+
+Every file is replaced atomically (write to a temporary file in the same directory, fsync,
+rename, fsync the directory), so a crash never leaves a half-written configuration behind and a
+restarted emulator comes back with the last configuration it acknowledged with 200.
+All methods block; callers on the event loop run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from unit_p2p.errors import UnitP2PError
+
+__all__ = ["EmulatorError", "StateDir"]
+
+
+class EmulatorError(UnitP2PError):
+    """The emulator cannot start as asked (bad control address, unusable state directory)."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.conf_file = self.path / "conf.json"
+        self.certs_dir = self.path / "certs"
+
+    def prepare(self) -> None:
+        try:
+            self.certs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise EmulatorError(f"state dir {self.path}: {exc.strerror or exc}") from exc
+
+    def read_config(self) -> bytes | None:
+        try:
+            return self.conf_file.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise EmulatorError(f"{self.conf_file}: {exc.strerror or exc}") from exc
+
+    def write_config(self, data: bytes) -> None:
+        _atomic_write(self.conf_file, data)
+
+    def read_certificates(self) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        try:
+            entries = sorted(self.certs_dir.iterdir())
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if not entry.name.startswith("c-"):
+                continue
+            try:
+                out[unquote(entry.name[2:])] = entry.read_bytes()
+            except OSError as exc:
+                raise EmulatorError(f"{entry}: {exc.strerror or exc}") from exc
+        return out
+
+    def _cert_path(self, name: str) -> Path:
+        # Certificate names are arbitrary strings ("." and ".." included); the prefix and the
+        # quoting keep each one a single, safe file name.
+        return self.certs_dir / ("c-" + quote(name, safe=""))
+
+    def write_certificate(self, name: str, pem: bytes) -> None:
+        _atomic_write(self._cert_path(name), pem)
+
+    def delete_certificate(self, name: str) -> None:
+        self._cert_path(name).unlink(missing_ok=True)
