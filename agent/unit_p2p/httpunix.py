@@ -78,6 +78,11 @@ def parse_address(address: str) -> Address:
     return Address(host=parts.hostname, port=port)
 
 
+# As many connections as trio runs worker threads by default, so concurrent calls through
+# AsyncUnitClient never make urllib3 discard connections (and warn about it).
+_POOL_SIZE = 40
+
+
 class _UnixConnection(urllib3.connection.HTTPConnection):
     def __init__(self, *args, socket_path: str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -106,7 +111,7 @@ class _UnixAdapter(HTTPAdapter):
 
     def __init__(self, socket_path: str):
         super().__init__(max_retries=0)
-        self._pool = _UnixPool("localhost", socket_path=socket_path, maxsize=4)
+        self._pool = _UnixPool("localhost", socket_path=socket_path, maxsize=_POOL_SIZE)
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
         return self._pool
@@ -130,7 +135,7 @@ def make_session(address: str | Address) -> requests.Session:
         session.mount("http://", _UnixAdapter(addr.socket_path))
     else:
         # No retries: a PUT that reached Unit must not be sent twice behind the caller's back.
-        session.mount("http://", HTTPAdapter(max_retries=0))
+        session.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE))
     return session
 
 

@@ -62,3 +62,23 @@ async def test_errors_come_through_unchanged(serve, transcript, sock_dir):
             await client.post("/config", {})
         with pytest.raises(errors.UnitUnreachable, match="does not exist"):
             await AsyncUnitClient(f"unix:{sock_dir}/none.sock").delete("/config")
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+async def test_concurrent_calls_share_one_client(serve, transcript, caplog, tcp):
+    n = 24
+    server = serve([transcript["get_config_fresh"]] * n, tcp=tcp)
+    client = AsyncUnitClient(server.address, timeout=5)
+    results = []
+
+    async def call():
+        results.append(await client.get())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(call)
+    assert results == [{"listeners": {}, "routes": [], "applications": {}}] * n
+    assert len(server.received) == n
+    # urllib3 warns when more connections are open at once than its pool keeps
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
