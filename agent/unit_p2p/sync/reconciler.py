@@ -322,9 +322,9 @@ class Reconciler:
         self._wake_apply()
 
     def _behind(self, peer: str) -> None:
-        if self.head is not None and self._nursery is not None:
-            if peer in self.mesh.connected_peers():
-                self._nursery.start_soon(self._push, peer, self._announcement())
+        if (self.head is not None and self._nursery is not None
+                and peer in self.mesh.connected_peers()):
+            self._nursery.start_soon(self._push, peer, self._announcement())
 
     # --- stream handlers (the mesh guards them: an exception resets only that stream) ---------
 
@@ -660,9 +660,24 @@ class Reconciler:
             head = self.head
         if changed:
             await self._broadcast(self._announcement())
-        result = PublishResult(changed=changed or local_change, revision=head.revision, digest=head.digest,
+        result = PublishResult(changed=changed or local_change, revision=head.revision,
+                               digest=head.digest,
                                size=head.size, before=before, after=doc.tree)
         await self._wait(result, wait, timeout, min_peers, require_all)
+        return result
+
+    async def wait_revision(self, revision: Revision, *, timeout: float,
+                            min_peers: int | None = None,
+                            require_all: bool = True) -> PublishResult:
+        """Where a revision stands in the mesh, waiting up to ``timeout`` for it to converge."""
+        head = self.head
+        if head is not None and head.revision == revision:
+            digest, size = head.digest, head.size
+        else:
+            cand = self.candidates.get(revision)
+            digest, size = (cand.head.digest, cand.head.size) if cand else ("", 0)
+        result = PublishResult(changed=False, revision=revision, digest=digest, size=size)
+        await self._wait(result, True, timeout, min_peers, require_all)
         return result
 
     def _targets(self) -> list[str]:
@@ -676,7 +691,8 @@ class Reconciler:
     def _tally(self, result: PublishResult) -> None:
         rev = result.revision
         assert rev is not None
-        applied, failed, pending = [self.peer_id], {}, []
+        mine = self.head.revision if self.head else None
+        applied, failed, pending = ([self.peer_id] if mine == rev else []), {}, []
         reports = self.reports.get(rev, {})
         for peer in self._targets():
             status, reason = reports.get(peer, (None, None))

@@ -133,7 +133,12 @@ def merge_exclusions(shared: Any, local: Any, exclusions: tuple[str, ...]) -> An
 
 @dataclass(frozen=True)
 class Document:
-    """A shared config: the stripped tree, its canonical bytes and digest, computed once."""
+    """A shared config: the stripped tree, the bytes that travel, and the digest.
+
+    The bytes keep the publisher's key order (Unit returns keys in the order they were written,
+    and operators read that order); the digest is over the canonical form, so it does not depend
+    on key order and every receiver recomputes it from what it parsed.
+    """
 
     tree: dict
     data: bytes
@@ -146,24 +151,36 @@ class Document:
     @classmethod
     def from_config(cls, config: Any, exclusions: tuple[str, ...]) -> Document:
         if not isinstance(config, dict):
-            raise SyncError("not_an_object", f"a Unit config is a JSON object, got {type(config).__name__}")
+            raise SyncError("not_an_object",
+                            f"a Unit config is a JSON object, got {type(config).__name__}")
         shared = strip_exclusions(config, exclusions)
-        data = canonical_json(shared)
-        return cls(shared, data, digest_of_bytes(data))
+        data = json.dumps(shared, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(shared, data, digest_of_bytes(canonical_json(shared)))
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_digest: str) -> Document:
-        """Verify a served document against the digest it was announced with."""
-        digest = digest_of_bytes(data)
-        if digest != expected_digest:
-            raise SyncError("digest_mismatch", f"served document has {digest}, announced {expected_digest}")
+        """Parse a served document and verify it against the digest it was announced with."""
         try:
-            tree = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            tree = json.loads(data, object_pairs_hook=_unique_keys)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SyncError("bad_document", f"served document is not JSON: {exc}") from None
         if not isinstance(tree, dict):
             raise SyncError("not_an_object", "served document is not a JSON object")
-        return cls(tree, data, digest)
+        digest = digest_of_bytes(canonical_json(tree))
+        if digest != expected_digest:
+            raise SyncError("digest_mismatch",
+                            f"served document has {digest}, announced {expected_digest}")
+        return cls(tree, bytes(data), digest)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    # Duplicate keys would make two readers see two different documents under one digest.
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
 
 
 def signing_payload(mesh: str, revision: Revision, digest: str) -> bytes:
@@ -213,5 +230,5 @@ def verify_revision(mesh: str, revision: Revision, digest: str, signature: bytes
         return False
     try:
         return bool(public_key.verify(signing_payload(mesh, revision, digest), signature))
-    except Exception:  # the crypto backend raises on malformed signatures instead of returning False
+    except Exception:  # the crypto backend raises on malformed signatures
         return False

@@ -2,9 +2,9 @@
 
 Layout under ``state_dir``::
 
-    head.json                 the applied head (revision, digest, size, origin signature) + max seen counter
-    configs/<hex>.json        shared documents by digest (canonical bytes), the last K kept
-    backups/<ts>-<hex>.json   this host's full Unit config as it was before each apply, the last K kept
+    head.json            the applied head (revision, digest, size, origin signature), max counter
+    configs/<hex>.json   shared documents by digest, the last K kept
+    backups/<ts>-*.json  this host's full Unit config before each apply, the last K kept
     last_error.json           the last failed revision and why (shown by status)
 
 Every write is atomic (temp file, fsync, rename, fsync of the directory), so a SIGKILL at any

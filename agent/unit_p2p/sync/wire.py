@@ -194,7 +194,8 @@ def decode(data: bytes) -> Message:
     if type(version) is not int:
         raise WireError("schema", "missing wire version")
     if version != VERSION:
-        raise WireError("unsupported_version", f"wire version {version}, this agent speaks {VERSION}")
+        raise WireError("unsupported_version",
+                        f"wire version {version}, this agent speaks {VERSION}")
     kind = obj.get("type")
     fields = _FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None:

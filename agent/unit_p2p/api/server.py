@@ -1,0 +1,307 @@
+"""The agent's local HTTP API (see docs/api.md), an ASGI app served by hypercorn's trio worker.
+
+Two listeners, one app:
+
+- a unix socket (always), created here with mode 0660 and the configured group before hypercorn
+  takes it over (``fd://``), so it is never briefly world-accessible;
+- a loopback TCP listener (only when configured) that demands ``Authorization: Bearer <token>``,
+  compared in constant time.
+"""
+
+from __future__ import annotations
+
+import functools
+import grp
+import hmac
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from unit_p2p.errors import SettingsError, SyncError, UnitError, UnitRejected, UnitUnreachable
+from unit_p2p.metrics import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("unit_p2p.api")
+
+MAX_BODY = 64 * 1024 * 1024
+Handler = Callable[[dict], Awaitable[tuple[int, Any]]]
+
+
+class ApiProblem(Exception):
+    def __init__(self, status: int, error: str, detail: str):
+        self.status, self.error, self.detail = status, error, detail
+        super().__init__(detail)
+
+
+class AgentApi:
+    """Routes requests to the agent; knows nothing about sockets."""
+
+    def __init__(self, agent: Any):
+        self.agent = agent
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("GET", "/v1/healthz"): self.healthz,
+            ("GET", "/v1/status"): self.status,
+            ("GET", "/v1/peers"): self.peers,
+            ("GET", "/v1/config"): self.config,
+            ("POST", "/v1/publish"): self.publish,
+            ("POST", "/v1/wait"): self.wait,
+        }
+
+    # --- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        try:
+            if path == "/metrics" and method == "GET":
+                await _send(send, 200, self.agent.metrics.render(), CONTENT_TYPE_LATEST)
+                return
+            handler = self.routes.get((method, path))
+            if handler is None:
+                if any(p == path for _, p in self.routes):
+                    raise ApiProblem(405, "method_not_allowed",
+                                     f"{method} is not allowed on {path}")
+                raise ApiProblem(404, "not_found", f"no such endpoint: {path}")
+            body = await _read_body(receive)
+            request = {}
+            if body.strip():
+                try:
+                    request = json.loads(body)
+                except ValueError as exc:
+                    raise ApiProblem(400, "bad_request", f"body is not JSON: {exc}") from None
+                if not isinstance(request, dict):
+                    raise ApiProblem(400, "bad_request", "body must be a JSON object")
+            status, payload = await handler(request)
+        except ApiProblem as exc:
+            status, payload = exc.status, {"error": exc.error, "detail": exc.detail}
+        except UnitUnreachable as exc:
+            status, payload = 503, {"error": "unit_unreachable", "detail": str(exc)}
+        except UnitRejected as exc:
+            status, payload = 422, {"error": "unit_rejected", "detail": str(exc)}
+        except UnitError as exc:
+            status, payload = 502, {"error": "unit_error", "detail": str(exc)}
+        except SyncError as exc:
+            code = 422 if exc.reason in ("unit_rejected", "not_an_object") else 500
+            status, payload = code, {"error": exc.reason, "detail": str(exc)}
+        await _send(send, status, json.dumps(payload).encode() + b"\n", "application/json")
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    async def healthz(self, _: dict) -> tuple[int, Any]:
+        r = self.agent.reconciler
+        return 200, {"ok": True, "peer_id": self.agent.peer_id,
+                     "unit": "reachable" if r.unit_reachable else "unreachable"}
+
+    async def status(self, _: dict) -> tuple[int, Any]:
+        return 200, self.agent.status()
+
+    async def peers(self, _: dict) -> tuple[int, Any]:
+        return 200, {"peers": self.agent.reconciler.peer_views()}
+
+    async def config(self, _: dict) -> tuple[int, Any]:
+        r = self.agent.reconciler
+        config = await r.unit.get("/config")
+        from unit_p2p.sync.revision import Document
+
+        digest = Document.from_config(config, r.exclusions).digest
+        head = r.status()["head"]
+        return 200, {"config": config, "digest": digest, "head": head,
+                     "in_sync": bool(head and head["digest"] == digest)}
+
+    async def publish(self, req: dict) -> tuple[int, Any]:
+        known = {"config", "wait", "timeout", "dry_run", "min_peers", "require_all", "diff"}
+        unknown = set(req) - known
+        if unknown:
+            raise ApiProblem(400, "bad_request", f"unknown fields: {sorted(unknown)}")
+        config = req.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise ApiProblem(422, "not_an_object", "config must be a JSON object")
+        for name in ("wait", "dry_run", "require_all", "diff"):
+            if name in req and not isinstance(req[name], bool):
+                raise ApiProblem(400, "bad_request", f"{name} must be true or false")
+        timeout, min_peers = _wait_args(req)
+        dry_run = req.get("dry_run", False)
+        result = await self.agent.reconciler.publish(
+            config, dry_run=dry_run, wait=req.get("wait", False), timeout=timeout,
+            min_peers=min_peers, require_all=req.get("require_all", True))
+        return 200, result.to_json(with_diff=dry_run or req.get("diff", False))
+
+    async def wait(self, req: dict) -> tuple[int, Any]:
+        from unit_p2p.sync.revision import Revision
+
+        unknown = set(req) - {"revision", "timeout", "min_peers", "require_all"}
+        if unknown:
+            raise ApiProblem(400, "bad_request", f"unknown fields: {sorted(unknown)}")
+        try:
+            revision = Revision.parse(req.get("revision"))
+        except ValueError as exc:
+            raise ApiProblem(400, "bad_request", str(exc)) from None
+        require_all = req.get("require_all", True)
+        if not isinstance(require_all, bool):
+            raise ApiProblem(400, "bad_request", "require_all must be true or false")
+        timeout, min_peers = _wait_args(req)
+        result = await self.agent.reconciler.wait_revision(
+            revision, timeout=timeout, min_peers=min_peers, require_all=require_all)
+        return 200, result.to_json(with_diff=False)
+
+
+def _wait_args(req: dict) -> tuple[float, int | None]:
+    timeout = req.get("timeout", 30)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 < timeout <= 3600):
+        raise ApiProblem(400, "bad_request", "timeout must be a number of seconds in (0, 3600]")
+    min_peers = req.get("min_peers")
+    if min_peers is not None and (isinstance(min_peers, bool) or not isinstance(min_peers, int)
+                                  or min_peers < 0):
+        raise ApiProblem(400, "bad_request", "min_peers must be a non-negative integer")
+    return float(timeout), min_peers
+
+
+class TokenGuard:
+    """Wraps the app for the TCP listener: no valid bearer token, no access."""
+
+    def __init__(self, app: AgentApi, token: str):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = json.dumps({"error": "unauthorized",
+                                   "detail": "a valid bearer token is required"}).encode()
+                await _send(send, 401, body, "application/json",
+                            extra=[(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiProblem(413, "too_large", f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _send(send: Any, status: int, body: bytes, content_type: str,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", content_type.encode()),
+               (b"content-length", str(len(body)).encode())] + (extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- sockets ----------------------------------------------------------------------------------
+
+
+def bind_unix_socket(path: Path, group: str | None) -> socket.socket:
+    """Bind the API socket with mode 0660 (and ``group``) from the first instant.
+
+    A stale socket file is replaced, but a live one (another agent answers there) is an error:
+    silently stealing another agent's socket would leave it running unreachable.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise SettingsError(f"{path} exists and is not a socket", key="api")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: nobody listens
+        else:
+            raise SettingsError(f"another process is already serving {path}", key="api")
+        finally:
+            probe.close()
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SettingsError(f"group {group!r} does not exist", key="api_group") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+def bind_tcp_socket(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(f"cannot listen on {address}: {exc.strerror}", key="api_tcp") from None
+    sock.listen(128)
+    return sock
+
+
+def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("unit_p2p.api.http")
+    config.graceful_timeout = 2.0
+    config.include_server_header = False
+    config.keep_alive_timeout = 5.0
+    return config
+
+
+async def serve_api(agent: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the API on the unix socket and, if configured, loopback TCP with a token."""
+    settings = agent.settings
+    app = AgentApi(agent)
+    sockets = []
+    unix_path = Path(settings.api.removeprefix("unix:"))
+    sockets.append((bind_unix_socket(unix_path, settings.api_group), app))
+    if settings.api_tcp:
+        token = agent.api_token()
+        sockets.append((bind_tcp_socket(settings.api_tcp), TokenGuard(app, token)))
+    try:
+        async with trio.open_nursery() as nursery:
+            for sock, handler in sockets:
+                await nursery.start(
+                    functools.partial(hypercorn_serve, handler, _hypercorn_config(sock),
+                                      mode="asgi"))
+            log.info("API listening on %s%s", settings.api,
+                     f" and {settings.api_tcp} (token)" if settings.api_tcp else "")
+            task_status.started([settings.api] + ([settings.api_tcp] if settings.api_tcp else []))
+    finally:
+        for sock, _ in sockets:
+            sock.close()
+        unix_path.unlink(missing_ok=True)  # noqa: ASYNC240 - one syscall at shutdown

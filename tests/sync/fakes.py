@@ -1,0 +1,125 @@
+"""In-memory stand-ins for the mesh and Unit, so the reconciler's decisions can be tested
+exactly and fast. The real mesh and the real emulator are exercised by tests/agent/."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import trio
+import trio.testing
+from unit_p2p.errors import MeshError, UnitInvalidConfig, UnitUnreachable, WireError
+
+
+class FakeStream:
+    def __init__(self, stream: trio.abc.HalfCloseableStream, peer: str):
+        self.stream = stream
+        self.peer_id = peer
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def close_write(self) -> None:
+        await self.stream.send_eof()
+
+    async def receive_all(self, max_bytes: int, timeout: float) -> bytes:
+        buf = bytearray()
+        with trio.fail_after(timeout):
+            while True:
+                chunk = await self.stream.receive_some(65536)
+                if not chunk:
+                    return bytes(buf)
+                buf += chunk
+                if len(buf) > max_bytes:
+                    raise WireError("too_large", f"over {max_bytes}")
+
+    async def reset(self) -> None:
+        await self.stream.aclose()
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclass
+class Info:
+    peer_id: str
+    addrs: tuple = ()
+    connected: bool = True
+    trusted: bool = True
+    connected_since: float | None = None
+    last_seen: float | None = None
+
+
+class FakeNetwork:
+    """Peers connected all-to-all unless links are cut; gossip reaches connected peers."""
+
+    def __init__(self, nursery: trio.Nursery):
+        self.nursery = nursery
+        self.meshes: dict[str, FakeMesh] = {}
+        self.cut: set[frozenset[str]] = set()
+        self.gossip_enabled = True
+
+    def linked(self, a: str, b: str) -> bool:
+        return a != b and frozenset((a, b)) not in self.cut and b in self.meshes \
+            and self.meshes[b].up
+
+
+class FakeMesh:
+    def __init__(self, net: FakeNetwork, peer_id: str):
+        self.net, self.peer_id = net, peer_id
+        self.handlers: dict = {}
+        self.events = None
+        self.up = True
+        net.meshes[peer_id] = self
+
+    def set_stream_handler(self, protocol, handler) -> None:
+        self.handlers[protocol] = handler
+
+    async def open_stream(self, peer_id: str, protocol: str):
+        if not self.net.linked(self.peer_id, peer_id):
+            raise MeshError(f"not connected to {peer_id}")
+        handler = self.net.meshes[peer_id].handlers.get(protocol)
+        if handler is None:
+            raise MeshError(f"{peer_id} does not speak {protocol}")
+        a, b = trio.testing.memory_stream_pair()
+        self.net.nursery.start_soon(handler, self.peer_id, FakeStream(b, self.peer_id))
+        return FakeStream(a, peer_id)
+
+    async def publish(self, data: bytes) -> None:
+        if not self.net.gossip_enabled:
+            return
+        for other in list(self.net.meshes.values()):
+            if self.net.linked(self.peer_id, other.peer_id) and other.events:
+                self.net.nursery.start_soon(other.events.on_announcement, self.peer_id, data)
+
+    def connected_peers(self) -> list[str]:
+        return [p for p in self.net.meshes if self.net.linked(self.peer_id, p)]
+
+    def peers(self) -> list[Info]:
+        return [Info(p, connected=self.net.linked(self.peer_id, p))
+                for p in self.net.meshes if p != self.peer_id]
+
+
+class FakeUnit:
+    def __init__(self, config: dict | None = None):
+        self.config = config if config is not None else {"listeners": {}, "routes": [],
+                                                         "applications": {}}
+        self.reject_next = 0
+        self.down = False
+        self.puts = 0
+
+    async def get(self, path: str = "/config"):
+        if self.down:
+            raise UnitUnreachable("control socket is gone")
+        return copy.deepcopy(self.config)
+
+    async def put(self, path: str, value):
+        if self.down:
+            raise UnitUnreachable("control socket is gone")
+        if self.reject_next:
+            self.reject_next -= 1
+            raise UnitInvalidConfig(400, "Invalid configuration.", "emulated rejection",
+                                    method="PUT", path=path)
+        self.puts += 1
+        self.config = copy.deepcopy(value)
+        return {"success": "Reconfiguration done."}
