@@ -201,9 +201,9 @@ import json
 import os
 import socket
 import stat
+from urllib.error import HTTPError, URLError
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 from ansible.module_utils.urls import Request
 
 DEFAULT_SOCKET = "/run/unit-p2p/api.sock"
