@@ -1,0 +1,77 @@
+"""Shared helpers for the emulator tests: starting emulators and making certificate bundles."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from unit_p2p.unit.emulator import UnitEmulator
+
+# The validity of the certificate in the recording (fixtures: put_certificate).
+RECORDED_SINCE = dt.datetime(2026, 11, 22, 2, 9, 45, tzinfo=dt.UTC)
+RECORDED_UNTIL = dt.datetime(2026, 12, 22, 2, 9, 45, tzinfo=dt.UTC)
+
+
+def make_bundle(
+    common_name: str = "unitprobe.local",
+    *,
+    since: dt.datetime = RECORDED_SINCE,
+    until: dt.datetime = RECORDED_UNTIL,
+    with_key: bool = True,
+) -> bytes:
+    """A self-signed RSA-2048 certificate (+ its key) shaped like the recorded one."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(since)
+        .not_valid_after(until)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    if with_key:
+        pem += key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    return pem
+
+
+def free_loopback_port() -> int:
+    """A port nothing listens on right now (bound once by the kernel's choice, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+StartEmulator = Callable[..., Awaitable[UnitEmulator]]
+
+
+@pytest.fixture
+async def start_emulator(nursery: trio.Nursery, tmp_path) -> StartEmulator:
+    """``await start_emulator(**kwargs)``: a serving emulator on a fresh unix socket."""
+    counter = 0
+
+    async def start(control: str | None = None, **kwargs) -> UnitEmulator:
+        nonlocal counter
+        counter += 1
+        emulator = UnitEmulator(control or f"unix:{tmp_path}/control{counter}.sock", **kwargs)
+        with trio.fail_after(10):
+            await nursery.start(emulator.serve)
+        return emulator
+
+    return start
