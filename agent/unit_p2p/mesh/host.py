@@ -111,8 +111,8 @@ def check_listening(host: BasicHost, wanted: Sequence[multiaddr.Multiaddr]) -> l
 def connection_config() -> ConnectionConfig:
     return ConnectionConfig(
         max_connections_per_peer=1,
-        # Our discovery decides whom to dial; the swarm's auto-connector is stopped after start
-        # and the pruner must never trim a fleet (hundreds of agents at most).
+        # Our discovery decides whom to dial (auto-connector disabled below) and the pruner must
+        # never trim a fleet (hundreds of agents at most).
         max_connections=1024,
         min_connections=0,
         low_watermark=0,
@@ -145,4 +145,11 @@ def build_host(
         retry_config=RetryConfig(max_retries=0),
         connection_config=connection_config(),
     )
+    # The swarm's auto-connector dials peerstore entries on its own schedule (and waits 60 s after
+    # a disconnect); discovery.py owns dialing, so the connector's one entry point is a no-op.
+    swarm.auto_connector.maybe_connect = _no_auto_connect
     return BasicHost(network=swarm, negotiate_timeout=NEGOTIATE_TIMEOUT)
+
+
+async def _no_auto_connect() -> None:
+    return None

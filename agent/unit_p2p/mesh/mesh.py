@@ -211,9 +211,6 @@ class Mesh:
         if not ok:
             raise MeshError(f"cannot listen on any of {[str(a) for a in listen]}")
         self.listen_addrs = check_listening(self._host, listen)
-        # The swarm's auto-connector redials peerstore entries on its own schedule (60 s after a
-        # disconnect); discovery.py owns dialing, so it is stopped.
-        await network.auto_connector.stop()
 
     async def _start_services(self, nursery, host, dht, bootstrap, subscription) -> None:
         nursery.start_soon(self._dispatch_events)
@@ -322,6 +319,12 @@ class Mesh:
 
     def connected_peers(self) -> list[str]:
         return sorted(p for p, s in self._peers.items() if s.conns)
+
+    def gossip_peers(self) -> list[str]:
+        """Peers known to be subscribed to our announcement topic (gossip can reach them)."""
+        if self._pubsub is None:
+            return []
+        return sorted(p.to_base58() for p in self._pubsub.peer_topics.get(self.topic, ()))
 
     def is_connected(self, peer_id: str) -> bool:
         state = self._peers.get(peer_id)

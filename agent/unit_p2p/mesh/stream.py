@@ -1,15 +1,23 @@
-"""A bounded, size-capped wrapper around one libp2p stream.
+"""A bounded, size-capped, framed wrapper around one libp2p stream.
 
 yamux in py-libp2p 0.8.1 has no deadlines (``set_deadline`` raises NotImplementedError), so every
-operation here runs under ``trio.fail_after``. Requests and responses are delimited by a yamux
-half-close (FIN): ``close_write`` sends it, the other side's ``receive_all`` reads to EOF with a
-size cap. We do not use py-libp2p's varint-prefixed ``read_exactly`` helper: it gives up on large
-bodies (~406 KB over mplex, 1 MiB over yamux when data trickles in; notes).
+operation here runs under ``trio.fail_after``.
+
+Half-close works in 0.8.1 (``close_write`` sends a yamux FIN and the peer reads EOF), but EOF
+cannot be trusted to mean "complete": after a remote RST the stream's bookkeeping is dropped and a
+later read reports EOF, not reset (measured: a handler that raised looked like an empty, complete
+answer). So the body is framed: every ``send_all`` writes ``0x01 + u32 length + bytes``, and
+``close_write`` writes the end marker ``0x00`` before the FIN. ``receive_all`` returns only after
+the end marker; EOF or reset before it is a MeshError, a frame over the cap is WireError
+("too_large") raised from the header alone, before its bytes are buffered. We do not use
+py-libp2p's varint-prefixed ``read_exactly`` helper: it gives up on large bodies (~406 KB over
+mplex, 1 MiB over yamux when data trickles in; notes).
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 
 import trio
 from libp2p.abc import INetStream
@@ -23,6 +31,11 @@ log = logging.getLogger(__name__)
 #: default bound (s) for one send/close/open; large documents get proportionally more time
 DEFAULT_TIMEOUT = 30.0
 READ_CHUNK = 64 * 1024
+FRAME_DATA = 0x01
+FRAME_END = 0x00
+_HEADER = struct.Struct(">BI")
+#: largest single frame written; bigger payloads are split so no length nears 2**32
+MAX_FRAME = 1024 * 1024
 
 
 class Stream:
@@ -34,6 +47,8 @@ class Stream:
         self.peer_id = peer_id
         self.protocol = protocol
         self.timeout = timeout
+        self._buffer = bytearray()
+        self._ended = False
 
     def __repr__(self) -> str:
         return f"<Stream {self.protocol} peer={self.peer_id}>"
@@ -41,7 +56,10 @@ class Stream:
     async def send_all(self, data: bytes) -> None:
         try:
             with trio.fail_after(self.timeout):
-                await self.raw.write(data)
+                view = memoryview(data)
+                for offset in range(0, len(view), MAX_FRAME):
+                    chunk = view[offset:offset + MAX_FRAME]
+                    await self.raw.write(_HEADER.pack(FRAME_DATA, len(chunk)) + chunk)
         except trio.TooSlowError as exc:
             await self.reset()
             raise MeshError(f"send to {self.peer_id} timed out after {self.timeout} s") from exc
@@ -50,9 +68,10 @@ class Stream:
             raise MeshError(f"send to {self.peer_id} failed: {type(exc).__name__}: {exc}") from exc
 
     async def close_write(self) -> None:
-        """Half-close: the peer's ``receive_all`` sees EOF; we can still read its answer."""
+        """End marker + half-close: the peer's ``receive_all`` returns; we can still read."""
         try:
             with trio.fail_after(self.timeout):
+                await self.raw.write(bytes([FRAME_END]))
                 await self.raw.close_write()
         except trio.TooSlowError as exc:
             await self.reset()
@@ -63,32 +82,37 @@ class Stream:
 
     # The timeout is part of the interface the sync layer was promised; it bounds the whole read.
     async def receive_all(self, max_bytes: int, timeout: float) -> bytes:  # noqa: ASYNC109
-        """Read until the peer half-closes. Over ``max_bytes``: reset + WireError("too_large")."""
+        """Read frames up to the end marker. Over ``max_bytes``: reset + WireError("too_large")."""
+        if self._ended:
+            raise MeshError(f"{self.protocol} from {self.peer_id}: body already received")
         chunks: list[bytes] = []
         total = 0
         try:
             with trio.fail_after(timeout):
                 while True:
-                    try:
-                        chunk = await self.raw.read(min(READ_CHUNK, max_bytes - total + 1))
-                    except StreamEOF:
+                    kind = (await self._read_exactly(1))[0]
+                    if kind == FRAME_END:
+                        self._ended = True
                         break
-                    if not chunk:
-                        break
-                    total += len(chunk)
-                    if total > max_bytes:
+                    if kind != FRAME_DATA:
+                        await self.reset()
+                        raise WireError("malformed", f"{self.protocol} from {self.peer_id}: "
+                                        f"unknown frame type {kind:#x}")
+                    (length,) = struct.unpack(">I", await self._read_exactly(4))
+                    if total + length > max_bytes:
                         await self.reset()
                         raise WireError(
                             "too_large",
                             f"{self.protocol} from {self.peer_id} exceeds {max_bytes} bytes",
                         )
-                    chunks.append(chunk)
+                    chunks.append(await self._read_exactly(length))
+                    total += length
         except trio.TooSlowError as exc:
             await self.reset()
             raise MeshError(
                 f"receive from {self.peer_id} timed out after {timeout} s ({total} bytes read)"
             ) from exc
-        except WireError:
+        except (WireError, MeshError):
             raise
         except Exception as exc:
             await self.reset()
@@ -96,6 +120,21 @@ class Stream:
                 f"receive from {self.peer_id} failed: {type(exc).__name__}: {exc}"
             ) from exc
         return b"".join(chunks)
+
+    async def _read_exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            try:
+                chunk = await self.raw.read(max(READ_CHUNK, n - len(self._buffer)))
+            except StreamEOF:
+                chunk = b""
+            if not chunk:
+                await self.reset()
+                raise MeshError(f"{self.protocol} from {self.peer_id} ended before the end "
+                                "marker (truncated or reset)")
+            self._buffer += chunk
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
 
     async def reset(self) -> None:
         await reset_quietly(self.raw)
