@@ -594,6 +594,23 @@ def _read_config_file(path: Path, named_by: str | None) -> list[_Given]:
     return given
 
 
+def _env_near_miss(var: str) -> str | None:
+    """The real variable ``var`` was probably meant to be, if it is that close to one."""
+    known = {env_name(n): env_name(n) for n in SETTING_NAMES} | {CONFIG_ENV: CONFIG_ENV}
+    # the flag's spelling: UNIT_P2P_TRUSTED_PEER for --trusted-peer, UNIT_P2P_EXCLUDE for --exclude
+    known |= {ENV_PREFIX + flag_name(n)[2:].upper().replace("-", "_"): env_name(n)
+              for n in SETTING_NAMES}
+    if var in known:
+        return known[var]
+    match = difflib.get_close_matches(var, known, n=1, cutoff=_NEAR_MISS)
+    return known[match[0]] if match else None
+
+
+# Other tools use the UNIT_P2P_ prefix for their own variables (UNIT_P2P_MOLECULE_CACHE, ...):
+# only names this close to a setting's (UNIT_P2P_LOGLEVEL, UNIT_P2P_MESHH) are taken for typos.
+_NEAR_MISS = 0.85
+
+
 def _from_env(env: Mapping[str, str]) -> list[_Given]:
     by_var = {env_name(n): n for n in SETTING_NAMES}
     given = []
@@ -601,8 +618,11 @@ def _from_env(env: Mapping[str, str]) -> list[_Given]:
         if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
             continue
         if var not in by_var:
-            raise SettingsError(_unknown(var, [*by_var, CONFIG_ENV], "variable"),
-                                source="environment", key=var)
+            meant = _env_near_miss(var)
+            if meant is not None:
+                raise SettingsError(f"unknown variable (did you mean {meant!r}?)",
+                                    source="environment", key=var)
+            continue
         given.append(_Given(by_var[var], env[var], "environment", var, text=True,
                             base_dir=Path.cwd()))
     return given

@@ -352,6 +352,9 @@ def test_env_values(tmp_path, peer):
         "UNIT_P2P_STATE_DIR": "rel/state",
         "UNIT_P2P_LOG_LEVEL": "ERROR",
         "UNRELATED": "x",
+        # other tools' variables with the same prefix
+        "UNIT_P2P_MOLECULE_CACHE": "/var/cache/x",
+        "UNIT_P2P_BASE_IMAGE": "debian:12",
     }
     s = load(tmp_path, env=env)
     assert s.trusted_peers == (peer, other)
@@ -389,6 +392,12 @@ def test_empty_env_value_clears_an_optional_setting_and_a_list(tmp_path, peer):
                               "'UNIT_P2P_MESH'?)"),
     ({"UNIT_P2P_CONFIGG": "x"}, "environment: UNIT_P2P_CONFIGG: unknown variable (did you mean "
                                 "'UNIT_P2P_CONFIG'?)"),
+    ({"UNIT_P2P_TRUSTED_PEER": "x"}, "environment: UNIT_P2P_TRUSTED_PEER: unknown variable (did "
+                                     "you mean 'UNIT_P2P_TRUSTED_PEERS'?)"),
+    ({"UNIT_P2P_EXCLUDE": "/x"}, "environment: UNIT_P2P_EXCLUDE: unknown variable (did you mean "
+                                 "'UNIT_P2P_EXCLUSIONS'?)"),
+    ({"UNIT_P2P_LOGLEVEL": "debug"}, "environment: UNIT_P2P_LOGLEVEL: unknown variable (did you "
+                                     "mean 'UNIT_P2P_LOG_LEVEL'?)"),
 ])
 def test_env_errors_name_the_variable(tmp_path, env, expected):
     with pytest.raises(SettingsError) as info:
