@@ -255,3 +255,11 @@ def test_rotation_refuses_a_bad_prepared_or_current_key(tmp_path):
     assert not (tmp_path / "identity.key.old").exists()
     with pytest.raises(IdentityError, match="key file does not exist"):
         rotate_identity(tmp_path / "missing.key")
+
+
+def test_the_loaded_key_does_not_show_its_secret(tmp_path):
+    keypair = load_or_create_identity(tmp_path / "identity.key")
+    seed = keypair.private_key.to_bytes()
+    for text in (repr(keypair), str(keypair), repr(keypair.private_key), str(keypair.private_key)):
+        for secret in (seed.hex(), repr(seed), str(list(seed))):
+            assert secret not in text
