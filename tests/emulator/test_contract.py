@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 import trio
-
-from tests.emulator.conftest import free_loopback_port, make_bundle
 from unit_p2p.unit.emulator import UnitEmulator
 from unit_p2p.unit.emulator.jsonparse import dumps_pretty
 from unit_p2p.unit.emulator.rawclient import RawResponse, build_request, exchange
+
+from tests.emulator.conftest import free_loopback_port, make_bundle
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "unit-fixtures"
 TRANSCRIPT = FIXTURES / "unit-control-api.jsonl"
@@ -145,7 +145,9 @@ class Replay:
             )
             return build_request(method, path, conf.encode(), content_length=False), False
         if name == "content_length_invalid":
-            return build_request(method, path, b"{}", [("Content-Length", "abc")], content_length=False), False
+            return build_request(
+                method, path, b"{}", [("Content-Length", "abc")], content_length=False
+            ), False
         if name == "content_length_too_big":
             big = [("Content-Length", "99999999999999999999")]
             return build_request(method, path, b"{}", big, content_length=False), False
@@ -160,7 +162,11 @@ class Replay:
             conf = {"listeners": json.loads(self.app_conf)["listeners"], "routes": routes}
             conf["applications"] = json.loads(self.app_conf)["applications"]
             return build_request(method, path, json.dumps(conf).encode()), False
-        if name in ("put_certificate", "put_certificate_again_exists", "post_certificate_not_allowed"):
+        if name in (
+            "put_certificate",
+            "put_certificate_again_exists",
+            "post_certificate_not_allowed",
+        ):
             return build_request(method, path, self.bundle), False
         if name == "put_certificate_for_persistence":
             return build_request(method, path, make_bundle()), False
@@ -193,7 +199,9 @@ class Replay:
         if got.headers.get("Content-Length") != str(len(got.body)):
             problems.append("Content-Length does not match the body")
         path = rec["path"]
-        want_json = _mask_counters(path, json.loads(_remap(json.dumps(rec["response_json"]), self.ports)))
+        want_json = _mask_counters(
+            path, json.loads(_remap(json.dumps(rec["response_json"]), self.ports))
+        )
         try:
             got_json = _mask_counters(path, json.loads(got.body))
         except ValueError:
@@ -262,8 +270,10 @@ async def test_replay_recorded_unit_transcripts(tmp_path: Path, capsys) -> None:
                 problems = replay.compare(rec, got)
                 counts["compared"] += 1
                 path = rec["path"]
-                api = "config" if path.startswith("/config") else (
-                    "status" if path.startswith("/status") else "other"
+                api = (
+                    "config"
+                    if path.startswith("/config")
+                    else ("status" if path.startswith("/status") else "other")
                 )
                 by_api[api] += 1
                 if problems:

@@ -106,9 +106,11 @@ async def _self_check() -> list[str]:
                     'Request "pass" points to invalid location "routes/nope".',
                 )
                 after = await request(address, "GET", "/config/listeners")
-                expect("config kept after rejection", json.loads(after.body), {
-                    "*:8080": {"pass": "routes"}
-                })
+                expect(
+                    "config kept after rejection",
+                    json.loads(after.body),
+                    {"*:8080": {"pass": "routes"}},
+                )
                 expect("Server header", after.headers.get("Server"), "Unit/1.35.0")
                 status = await request(address, "GET", "/status")
                 expect("GET /status", status.status, 200)

@@ -338,4 +338,3 @@ class Controller:
                     return _error(500, "Failed to delete certificate.")
             del self.certs[name]
             return Reply(200, {"success": "Certificate deleted."})
-

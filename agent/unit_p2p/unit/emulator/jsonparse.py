@@ -100,8 +100,16 @@ _MSG_NUM_RANGE = (
 )
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-_SIMPLE_ESCAPES = {0x22: 0x22, 0x5C: 0x5C, 0x2F: 0x2F, 0x6E: 0x0A, 0x72: 0x0D, 0x74: 0x09,
-                   0x62: 0x08, 0x66: 0x0C}
+_SIMPLE_ESCAPES = {
+    0x22: 0x22,
+    0x5C: 0x5C,
+    0x2F: 0x2F,
+    0x6E: 0x0A,
+    0x72: 0x0D,
+    0x74: 0x09,
+    0x62: 0x08,
+    0x66: 0x0C,
+}
 # What may follow a number directly (nxt_conf_json_parse_value).
 _AFTER_NUMBER = frozenset(b' \t\r\n,}]{["')
 
@@ -419,9 +427,7 @@ def parse(body: bytes) -> object:
         raise JSONParseError(fail.detail, fail.pos, line, column) from None
     except RecursionError:
         # Unit recurses too, without a limit; a bounded error beats a crashed handler.
-        raise JSONParseError(
-            "The JSON value is nested too deeply.", 0, 1, 1
-        ) from None
+        raise JSONParseError("The JSON value is nested too deeply.", 0, 1, 1) from None
     return value
 
 

@@ -344,12 +344,17 @@ class UnitEmulator:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await trio.to_thread.run_sync(self._controller.load_state)
         try:
+            # Sockets are opened before the nursery exists so that a failure surfaces as a
+            # plain EmulatorError rather than inside an exception group.
+            if self._admin is not None:
+                await self._admin.open()
+            await self._control.open()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self._admin is not None:
-                    await self._admin.open()
                     self._admin.start(nursery)
-                await self.start_listening()
+                self._control.start(nursery)
+                self._listening = True
                 task_status.started(self.control_address)
                 await trio.sleep_forever()
         finally:

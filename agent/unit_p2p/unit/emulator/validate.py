@@ -206,8 +206,7 @@ def _action(ctx: ValidationContext, value: object) -> None:
         )
     if not present:
         raise ConfigInvalid(
-            'The "action" object must have either "pass", "return", "share", or "proxy" '
-            "option set."
+            'The "action" object must have either "pass", "return", "share", or "proxy" option set.'
         )
     _object(_ACTION_TABLES[present[0]])(ctx, value)
 
@@ -325,8 +324,9 @@ def _processes(ctx: ValidationContext, value: object) -> None:
         if value > 2**31 - 1:  # type: ignore[operator]
             raise ConfigInvalid(f'The "processes" number must not exceed {2**31 - 1}.')
         return
-    _object({"spare": (INTEGER, None), "max": (INTEGER, None),
-             "idle_timeout": (INTEGER, None)})(ctx, value)
+    _object({"spare": (INTEGER, None), "max": (INTEGER, None), "idle_timeout": (INTEGER, None)})(
+        ctx, value
+    )
     spare, maximum = value.get("spare", 0), value.get("max", 1)
     if spare < 0:
         raise ConfigInvalid('The "spare" number must not be negative.')
@@ -358,8 +358,7 @@ def _application(ctx: ValidationContext, name: str, value: object) -> None:
     _check_type("type", app_type, STRING)
     if find_module(ctx.modules, app_type) is None:
         raise ConfigInvalid(
-            f'The module to run "{app_type}" is not found among the available application '
-            "modules."
+            f'The module to run "{app_type}" is not found among the available application modules.'
         )
     # Language-specific options are accepted as sent (see the module docstring).
     _object(_APP_COMMON, lenient=True)(ctx, value)
