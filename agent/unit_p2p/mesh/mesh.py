@@ -172,29 +172,25 @@ class Mesh:
         self._host = host
         for protocol, handler in self._handlers.items():
             self._register(protocol, handler)
+        # The libp2p stack runs under a shielded scope: if our caller's cancellation reached its
+        # tasks directly, yamux would tear down without a GO_AWAY and leave the sockets open
+        # (measured: the remote kept the dead connection until its pings failed). Instead we
+        # close connections and listeners first, then cancel the stack.
+        stack_scope = trio.CancelScope(shield=True)
         try:
-            async with background_trio_service(network):
+            async with trio.open_nursery() as nursery:
                 try:
-                    await self._start_listening(network, listen)
-                    async with background_trio_service(pubsub), \
-                            background_trio_service(router):
-                        await pubsub.wait_until_ready()
-                        subscription = await pubsub.subscribe(self.topic)
-                        self._pubsub = pubsub
-                        async with trio.open_nursery() as nursery:
-                            await self._start_services(nursery, host, dht, bootstrap,
-                                                       subscription)
-                            self._running = True
-                            log.info("mesh %s listening on %s", self.settings.mesh,
-                                     " ".join(self.listen_addrs))
-                            task_status.started(list(self.listen_addrs))
-                            await trio.sleep_forever()
+                    addrs = await nursery.start(self._run_stack, stack_scope, network, listen,
+                                                pubsub, router, dht, bootstrap)
+                    self._running = True
+                    log.info("mesh %s listening on %s", self.settings.mesh, " ".join(addrs))
+                    task_status.started(addrs)
+                    await trio.sleep_forever()
                 finally:
                     self._running = False
-                    # Close connections and listeners deterministically, even when cancelled,
-                    # so the port is free again when serve() returns.
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
-                        await network.close()
+                        await _close_quietly(network)
+                    stack_scope.cancel()
         finally:
             self._running = False
             self._pubsub = None
@@ -202,6 +198,21 @@ class Mesh:
             for state in self._peers.values():
                 state.conns.clear()
                 state.connected_since = None
+
+    async def _run_stack(self, stack_scope, network, listen, pubsub, router, dht, bootstrap, *,
+                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with stack_scope:
+            async with background_trio_service(network):
+                await self._start_listening(network, listen)
+                async with background_trio_service(pubsub), background_trio_service(router):
+                    await pubsub.wait_until_ready()
+                    subscription = await pubsub.subscribe(self.topic)
+                    self._pubsub = pubsub
+                    async with trio.open_nursery() as nursery:
+                        await self._start_services(nursery, self._host, dht, bootstrap,
+                                                   subscription)
+                        task_status.started(list(self.listen_addrs))
+                        await trio.sleep_forever()
 
     async def _start_listening(self, network, listen) -> None:
         try:
@@ -452,6 +463,13 @@ async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None
     async with background_trio_service(service):
         task_status.started()
         await trio.sleep_forever()
+
+
+async def _close_quietly(network) -> None:
+    try:
+        await network.close()
+    except Exception:  # shutting down: a failed close must not mask why we stopped
+        log.warning("closing the libp2p network failed", exc_info=True)
 
 
 def _parse_id(peer_id: str) -> ID:

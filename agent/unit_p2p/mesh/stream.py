@@ -81,7 +81,7 @@ class Stream:
             raise MeshError(f"half-close to {self.peer_id} failed: {exc}") from exc
 
     # The timeout is part of the interface the sync layer was promised; it bounds the whole read.
-    async def receive_all(self, max_bytes: int, timeout: float) -> bytes:  # noqa: ASYNC109
+    async def receive_all(self, max_bytes: int, timeout: float) -> bytes:
         """Read frames up to the end marker. Over ``max_bytes``: reset + WireError("too_large")."""
         if self._ended:
             raise MeshError(f"{self.protocol} from {self.peer_id}: body already received")
