@@ -308,3 +308,20 @@ async def test_refuses_an_occupied_unix_path(tmp_path: Path, start_emulator) -> 
 def test_bad_control_addresses(spec: str) -> None:
     with pytest.raises(EmulatorError):
         UnitEmulator(spec)
+
+
+async def test_non_ascii_keys_in_paths(start_emulator) -> None:
+    emulator = await start_emulator()
+    addr = emulator.control_address
+    conf = '{"settings": {"http": {"static": {"mime_types": {"text/é": [".é"]}}}}}'.encode()
+    with trio.fail_after(10):
+        assert (await request(addr, "PUT", "/config", conf)).status == 200
+        raw = "GET /config/settings/http/static/mime_types/text%2Fé HTTP/1.1\r\n\r\n".encode()
+        got = await exchange(addr, raw)
+        assert got.body == '[\r\n\t".é"\r\n]\r\n'.encode()
+        encoded = await request(
+            addr, "GET", "/config/settings/http/static/mime_types/text%2F%C3%A9"
+        )
+        assert encoded.body == got.body
+        broken = await exchange(addr, b"GET /config/\xff HTTP/1.1\r\n\r\n")
+        assert broken.status == 404

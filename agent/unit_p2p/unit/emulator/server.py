@@ -117,8 +117,8 @@ async def read_request(
     leftover = bytes(buf[end.end() :])
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     try:
-        method, target, version = lines[0].decode("ascii").split(" ")
-    except (UnicodeDecodeError, ValueError):
+        method, target, version = lines[0].decode("utf-8", "surrogateescape").split(" ")
+    except ValueError:
         return None
     if not _METHOD.fullmatch(method) or not target.startswith("/"):
         return None

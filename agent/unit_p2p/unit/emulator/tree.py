@@ -39,7 +39,10 @@ def split_path(path: str) -> list[str] | None:
         pieces.pop()
     if any(p == "" for p in pieces):
         return None
-    return [unquote_to_bytes(p).decode("utf-8", "surrogateescape") for p in pieces]
+    return [
+        unquote_to_bytes(p.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+        for p in pieces
+    ]
 
 
 def _index(container: list, token: str) -> int | None:
