@@ -325,3 +325,12 @@ async def test_non_ascii_keys_in_paths(start_emulator) -> None:
         assert encoded.body == got.body
         broken = await exchange(addr, b"GET /config/\xff HTTP/1.1\r\n\r\n")
         assert broken.status == 404
+
+
+async def test_injected_status_without_a_standard_name(start_emulator) -> None:
+    emulator = await start_emulator()
+    emulator.fail_next_puts(1, status=599)
+    with trio.fail_after(10):
+        got = await request(emulator.control_address, "PUT", "/config", GOOD)
+    assert got.raw.startswith(b"HTTP/1.1 599 Unknown\r\n")
+    assert got.body == APPLY_FAILED

@@ -149,9 +149,16 @@ async def read_request(
     return Request(method, target, headers, bytes(body))
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # an injected status without a standard name
+        return "Unknown"
+
+
 def render(reply: Reply) -> bytes:
     body = dumps_pretty(reply.body)
-    phrase = HTTPStatus(reply.status).phrase
+    phrase = _phrase(reply.status)
     head = (
         f"HTTP/1.1 {reply.status} {phrase}\r\n"
         f"Server: {SERVER_HEADER}\r\n"
@@ -165,7 +172,7 @@ def render(reply: Reply) -> bytes:
 
 def _plain_json(status: int, body: object) -> bytes:
     data = (json.dumps(body) + "\n").encode()
-    phrase = HTTPStatus(status).phrase
+    phrase = _phrase(status)
     return (
         f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
@@ -238,6 +245,8 @@ class _Endpoint:
                     try:
                         conn, _ = await self.sock.accept()  # type: ignore[union-attr]
                     except OSError as exc:
+                        if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                            continue  # the client gave up before we accepted
                         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                             log.warning("accept on %s: %s; backing off", self.address, exc)
                             await trio.sleep(0.1)
