@@ -374,40 +374,35 @@ class UnitEmulator:
                 self._admin.close()
             self._controller.close()
 
-    async def _serve_control(self, sock: trio.socket.SocketType) -> None:
+    async def _serve_connection(self, sock, header_limit: int, respond) -> None:
+        """One request, one response, close; any failure ends only this connection."""
         stream = trio.SocketStream(sock)
         try:
             async with stream:
                 with trio.move_on_after(self._read_timeout):
-                    request = await read_request(stream)
+                    request = await read_request(stream, header_limit)
                     if request is None:
                         return
-                    reply = await self._controller.handle(
-                        request.method, request.target, request.body
-                    )
-                    await stream.send_all(render(reply))
+                    await stream.send_all(await respond(request))
                     await stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("control connection dropped: %s", exc)
+            log.debug("connection dropped by the client: %s", exc)
         except Exception:
-            # One bad connection must not take the server down; the bug is logged.
-            log.exception("control request failed")
+            # A bug must not take the whole emulator down; it is logged with its traceback.
+            log.exception("request failed")
+
+    async def _serve_control(self, sock: trio.socket.SocketType) -> None:
+        async def respond(request: Request) -> bytes:
+            reply = await self._controller.handle(request.method, request.target, request.body)
+            return render(reply)
+
+        await self._serve_connection(sock, HEADER_LIMIT, respond)
 
     async def _serve_admin(self, sock: trio.socket.SocketType) -> None:
-        stream = trio.SocketStream(sock)
-        try:
-            async with stream:
-                with trio.move_on_after(self._read_timeout):
-                    request = await read_request(stream, header_limit=64 * 1024)
-                    if request is None:
-                        return
-                    status, body = await self._admin_reply(request)
-                    await stream.send_all(_plain_json(status, body))
-                    await stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("admin connection dropped: %s", exc)
-        except Exception:
-            log.exception("admin request failed")
+        async def respond(request: Request) -> bytes:
+            return _plain_json(*await self._admin_reply(request))
+
+        await self._serve_connection(sock, 64 * 1024, respond)
 
     def _admin_state(self) -> dict:
         return {
