@@ -4,8 +4,11 @@ py-libp2p 0.8.1's yamux sends a PING every few seconds to measure RTT but never 
 missing pong, and TCP without traffic does not notice a dead path for many minutes. So we keep
 one ``/ipfs/ping/1.0.0`` stream per connected peer and ping it every ``interval`` seconds with a
 ``timeout``; after ``misses`` consecutive failures the connection is closed, which fires the
-normal disconnect path (notifee -> MeshEvents.on_peer_disconnected). Worst-case detection time:
-``misses * interval + timeout`` (defaults 3 x 2 s + 2 s = 8 s).
+normal disconnect path (notifee -> MeshEvents.on_peer_disconnected). Each peer's probes start
+``interval`` apart (at once after a probe that used the whole timeout), so the worst-case
+detection time is ``interval + timeout + (misses - 1) * max(interval, timeout)`` (defaults:
+2 + 2 + 2 x 2 = 8 s).
+A timeout of 2 s tolerates pings queued behind a large transfer on the same connection.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class LivenessParams:
 
     @property
     def bound(self) -> float:
-        return self.misses * self.interval + self.timeout
+        """Worst-case seconds from a silent cut to the connection being closed."""
+        return self.interval + self.timeout + (self.misses - 1) * max(self.interval, self.timeout)
 
 
 class Liveness:
@@ -55,26 +59,40 @@ class Liveness:
         self.params = params
         self._streams: dict[str, object] = {}
         self._misses: dict[str, int] = {}
+        self._inflight: set[str] = set()
         #: last measured round-trip time per peer, seconds
         self.rtt: dict[str, float] = {}
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await trio.sleep(self.params.interval)
-            peers = self._connected()
-            for gone in set(self._streams) - set(peers):
-                self._forget(gone)
-            async with trio.open_nursery() as nursery:
-                for peer in peers:
-                    nursery.start_soon(self._probe, peer)
+        # One pinger per connected peer, each on its own clock: a failed probe that used the whole
+        # timeout is followed by the next one at once, so the detection bound holds.
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for peer in self._connected():
+                    if peer not in self._inflight:
+                        self._inflight.add(peer)
+                        nursery.start_soon(self._pinger, peer)
+                await trio.sleep(min(self.params.interval, 0.5))
+
+    async def _pinger(self, peer: str) -> None:
+        try:
+            while peer in self._connected():
+                started = trio.current_time()
+                if not await self._probe_once(peer):
+                    return
+                await trio.sleep_until(started + self.params.interval)
+        finally:
+            self._inflight.discard(peer)
+            self._forget(peer)
 
     def _forget(self, peer: str) -> None:
         self._streams.pop(peer, None)
         self._misses.pop(peer, None)
         self.rtt.pop(peer, None)
 
-    async def _probe(self, peer: str) -> None:
+    async def _probe_once(self, peer: str) -> bool:
+        """One ping; False once the peer has been dropped."""
         started = trio.current_time()
         stream = self._streams.get(peer)
         try:
@@ -96,9 +114,10 @@ class Liveness:
             if misses >= self.params.misses:
                 self._stats["dead_peer_dropped"] += 1
                 log.warning("peer %s missed %d pings; dropping its connection", peer, misses)
-                self._forget(peer)
                 await self._drop(peer)
-            return
+                return False
+            return True
         self._misses[peer] = 0
         self.rtt[peer] = trio.current_time() - started
         self._on_alive(peer, self.rtt[peer])
+        return True
