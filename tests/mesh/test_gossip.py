@@ -6,7 +6,6 @@ import random
 
 import pytest
 import trio
-
 from unit_p2p.errors import MeshError
 from unit_p2p.mesh.bus import MAX_ANNOUNCEMENT_BYTES
 
@@ -46,7 +45,7 @@ async def test_publish_reaches_all_five_in_a_random_mesh(nursery):
 
 
 async def test_origin_is_verified_publisher_across_a_relay(nursery):
-    a, b, c = await _mesh_of(nursery, 3, [(0, 1), (1, 2)])  # a - b - c, a and c not connected
+    a, _b, c = await _mesh_of(nursery, 3, [(0, 1), (1, 2)])  # a - b - c, a and c not connected
     assert c.peer_id not in a.mesh.connected_peers()
     await a.mesh.publish(b"via-b")
     with trio.fail_after(10):
@@ -67,7 +66,7 @@ async def test_our_own_bursts_are_not_rate_limited(nursery):
 
 async def test_restarted_publisher_is_not_silenced_by_the_seen_cache(nursery):
     listener = await start_node(nursery)
-    mesh, events, keypair = make_mesh()
+    mesh, _, _ = make_mesh()
     for round_ in range(2):
         async with trio.open_nursery() as inner:
             with trio.fail_after(15):

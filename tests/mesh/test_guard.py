@@ -12,7 +12,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
-
 from unit_p2p.errors import MeshError
 
 from .helpers import start_node, wait_for
@@ -156,5 +155,4 @@ async def wait_stat(node, name: str, at_least: int) -> None:
 
 
 async def wait_for_counter(counter, name: str, at_least: int) -> None:
-    while counter[name] < at_least:
-        await trio.sleep(0.02)
+    await wait_for(lambda: counter[name] >= at_least, interval=0.02)

@@ -16,7 +16,6 @@ from libp2p.security.secio import transport as secio
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
-
 from unit_p2p.errors import MeshError
 from unit_p2p.mesh import TrustPolicy
 
@@ -29,7 +28,9 @@ def _foreign_host(security: str):
     options = {
         "plaintext": {TProtocol(PLAINTEXT_PROTOCOL_ID): InsecureTransport(kp)},
         "secio": {TProtocol(secio.ID): secio.Transport(kp)},
-        "noise": {TProtocol(NOISE_ID): NoiseTransport(kp, noise_privkey=x25519_key_pair().private_key)},
+        "noise": {
+            TProtocol(NOISE_ID): NoiseTransport(kp, noise_privkey=x25519_key_pair().private_key)
+        },
     }[security]
     return new_host(key_pair=kp, sec_opt=options, muxer_opt={TProtocol(YAMUX_ID): Yamux})
 

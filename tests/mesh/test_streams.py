@@ -7,7 +7,6 @@ import time
 
 import pytest
 import trio
-
 from unit_p2p.errors import MeshError, WireError
 
 from .helpers import start_node
