@@ -211,7 +211,7 @@ class _Endpoint:
 
     async def open(self) -> None:
         if self.address.kind == "unix":
-            _check_unix_path(self.address.path)
+            await trio.to_thread.run_sync(_check_unix_path, self.address.path)
             sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
             try:
                 await sock.bind(self.address.path)
