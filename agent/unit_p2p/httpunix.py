@@ -12,6 +12,7 @@ Addresses: ``unix:/run/x.sock`` (also ``unix:///run/x.sock`` or a bare absolute 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ import requests
 import urllib3.connection
 import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 __all__ = ["Address", "Endpoint", "Unreachable", "make_session", "parse_address"]
 
@@ -89,17 +90,35 @@ class _UnixConnection(urllib3.connection.HTTPConnection):
         self._socket_path = socket_path
 
     def _new_conn(self) -> socket.socket:
+        # urllib3 has already resolved the connect timeout into self.timeout.
+        timeout = self.timeout if isinstance(self.timeout, int | float) else None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # urllib3 has already resolved the connect timeout into self.timeout.
-            if isinstance(self.timeout, int | float):
-                sock.settimeout(self.timeout)
-            sock.connect(self._socket_path)
+            sock.settimeout(timeout)
+            _connect_unix(sock, self._socket_path, timeout)
+        except TimeoutError as e:
+            sock.close()
+            raise ConnectTimeoutError(self, f"connect to {self._socket_path} timed out") from e
         except OSError as e:
             sock.close()
             # The same wrapping urllib3 does for TCP, so _translate sees one shape for both.
             raise NewConnectionError(self, f"cannot connect to {self._socket_path}: {e}") from e
         return sock
+
+
+def _connect_unix(sock: socket.socket, path: str, timeout: float | None) -> None:
+    # With a timeout the socket is non-blocking underneath, and Linux then fails an AF_UNIX
+    # connect with EAGAIN while the listener's backlog is full instead of waiting for room
+    # (seen with a burst of concurrent calls). Wait for room until the connect timeout.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the backlog of {path} stayed full") from None
+            time.sleep(0.005)
 
 
 class _UnixPool(urllib3.connectionpool.HTTPConnectionPool):

@@ -35,7 +35,7 @@ def serve(sock_dir):
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(path))
             address = f"unix:{path}"
-        listener.listen(16)
+        listener.listen(64)
         server = ReplayServer(listener, address, list(records), **opts).start()
         servers.append(server)
         return server

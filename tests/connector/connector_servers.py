@@ -44,7 +44,7 @@ def recorded_bytes(record: dict) -> bytes:
     return head.encode("latin-1") + b"\r\n" + (record["response_body"] or "").encode("utf-8")
 
 
-def _read_request(conn: socket.socket) -> Received | None:
+def read_request(conn: socket.socket) -> Received | None:
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
@@ -107,7 +107,7 @@ class ReplayServer:
 
     def _handle(self, conn: socket.socket) -> None:
         try:
-            req = _read_request(conn)
+            req = read_request(conn)
             if req is None:
                 return
             self.received.append(req)

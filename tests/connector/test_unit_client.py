@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
+import connector_servers
 import pytest
 from connector_servers import load_transcript
 from unit_p2p import errors
@@ -151,6 +153,64 @@ def test_timeout_when_the_socket_never_answers(serve):
     elapsed = time.monotonic() - started
     assert server.got_request.is_set()
     assert 0.25 < elapsed < 3, elapsed
+
+
+def fill_backlog(path) -> tuple[socket.socket, list[socket.socket]]:
+    """A unix listener that never accepts, with its backlog full: one more connect gets EAGAIN."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = []
+    for _ in range(64):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        queued.append(s)
+        try:
+            s.connect(str(path))
+        except BlockingIOError:
+            return listener, queued
+    raise AssertionError("the backlog never filled")
+
+
+def test_full_backlog_is_a_connect_timeout(sock_dir):
+    listener, queued = fill_backlog(sock_dir / "busy.sock")
+    started = time.monotonic()
+    expected = r"did not accept a connection within 0\.3s"
+    try:
+        with pytest.raises(errors.UnitUnreachable, match=expected):
+            UnitClient(f"unix:{sock_dir}/busy.sock", timeout=0.3).get()
+    finally:
+        for s in [listener, *queued]:
+            s.close()
+    assert 0.25 < time.monotonic() - started < 3
+
+
+def test_full_backlog_waits_for_room(sock_dir, transcript):
+    # Linux fails a non-blocking AF_UNIX connect with EAGAIN while the backlog is full; the
+    # client must wait for room (within its timeout) rather than call Unit unreachable.
+    listener, queued = fill_backlog(sock_dir / "busy.sock")
+    answer = connector_servers.recorded_bytes(transcript["get_config_fresh"])
+
+    def drain_then_answer():
+        listener.settimeout(5)
+        for s in queued:
+            s.close()  # the fillers leave the queue as EOFs; the client's request is the one
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                if connector_servers.read_request(conn) is not None:
+                    conn.sendall(answer)
+                    return
+
+    worker = threading.Timer(0.2, drain_then_answer)
+    worker.start()
+    try:
+        assert UnitClient(f"unix:{sock_dir}/busy.sock", timeout=5).get()["routes"] == []
+    finally:
+        worker.join(5)
+        for s in [listener, *queued]:
+            s.close()
 
 
 def test_missing_socket_names_the_path(sock_dir):
