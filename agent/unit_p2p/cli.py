@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from unit_p2p import __version__
-from unit_p2p.errors import AgentUnreachable, ApiError, UnitP2PError
+from unit_p2p.api.client import AgentUnreachable
+from unit_p2p.errors import ApiError, UnitP2PError
 from unit_p2p.settings import DEFAULT_API
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3

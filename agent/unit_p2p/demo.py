@@ -24,7 +24,8 @@ from pathlib import Path
 
 import trio
 
-from unit_p2p.errors import AgentUnreachable, ApiError
+from unit_p2p.api.client import AgentUnreachable
+from unit_p2p.errors import ApiError
 
 
 @dataclass

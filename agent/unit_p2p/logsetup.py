@@ -116,8 +116,10 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None,
         old.close()
     root.addHandler(handler)
     numeric = LEVELS[level.lower()]
-    root.setLevel(numeric)
+    # Our own loggers follow log_level; libraries (py-libp2p, multiaddr, zeroconf) log every
+    # byte they parse at DEBUG, so they stay at WARNING or above whatever log_level says.
+    root.setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("unit_p2p").setLevel(numeric)
     for name in _QUIET_BELOW_DEBUG:
-        logging.getLogger(name).setLevel(numeric if numeric == logging.DEBUG else
-                                         max(numeric, logging.WARNING))
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     return handler

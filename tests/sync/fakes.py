@@ -11,7 +11,12 @@ import trio.testing
 from unit_p2p.errors import MeshError, UnitInvalidConfig, UnitUnreachable, WireError
 
 
+END = b"\x00<end>"
+
+
 class FakeStream:
+    """Like the mesh's Stream: a body is complete only if the sender closed it properly."""
+
     def __init__(self, stream: trio.abc.HalfCloseableStream, peer: str):
         self.stream = stream
         self.peer_id = peer
@@ -20,6 +25,7 @@ class FakeStream:
         await self.stream.send_all(data)
 
     async def close_write(self) -> None:
+        await self.stream.send_all(END)
         await self.stream.send_eof()
 
     async def receive_all(self, max_bytes: int, timeout: float) -> bytes:
@@ -28,9 +34,11 @@ class FakeStream:
             while True:
                 chunk = await self.stream.receive_some(65536)
                 if not chunk:
-                    return bytes(buf)
+                    if not buf.endswith(END):
+                        raise MeshError("stream ended before the end marker")
+                    return bytes(buf[: -len(END)])
                 buf += chunk
-                if len(buf) > max_bytes:
+                if len(buf) > max_bytes + len(END):
                     raise WireError("too_large", f"over {max_bytes}")
 
     async def reset(self) -> None:

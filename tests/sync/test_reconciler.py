@@ -167,7 +167,7 @@ async def test_digest_mismatch_from_a_lying_server_is_rejected(tmp_path):
             request = wire.decode(await stream.receive_all(4096, 5))
             doc = Document.from_config(config(666), ())
             await stream.send_all(wire.encode_served(request.digest, doc.data))
-            await stream.close()
+            await stream.close_write()
         b.mesh.set_stream_handler(wire.PROTO_PULL, lying_pull)
         a.mesh.up = False  # the honest origin is away: only the liar can serve
         doc = Document.from_config(config(3), ())

@@ -88,6 +88,13 @@ class ApiClient:
         read_timeout = self.timeout + (timeout if wait else 0)
         return self._json("POST", "/v1/publish", request, timeout=read_timeout)
 
+    def wait(self, revision: str, timeout: float = 30, min_peers: int | None = None,
+             require_all: bool = True) -> dict:
+        """Where ``revision`` stands, after waiting up to ``timeout`` s for it to converge."""
+        request = {"revision": revision, "timeout": timeout, "min_peers": min_peers,
+                   "require_all": require_all}
+        return self._json("POST", "/v1/wait", request, timeout=self.timeout + timeout)
+
     def metrics(self) -> str:
         return self._send("GET", "/metrics").text
 

@@ -273,7 +273,8 @@ def bind_tcp_socket(address: str) -> socket.socket:
 
 def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
     config = HypercornConfig()
-    config.bind = [f"fd://{sock.fileno()}"]
+    # hypercorn owns (and closes) a duplicate; we close ours once it is serving
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("unit_p2p.api.http")
     config.graceful_timeout = 2.0
@@ -298,6 +299,7 @@ async def serve_api(agent: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) 
                 await nursery.start(
                     functools.partial(hypercorn_serve, handler, _hypercorn_config(sock),
                                       mode="asgi"))
+                sock.close()
             log.info("API listening on %s%s", settings.api,
                      f" and {settings.api_tcp} (token)" if settings.api_tcp else "")
             task_status.started([settings.api] + ([settings.api_tcp] if settings.api_tcp else []))

@@ -348,11 +348,13 @@ class Reconciler:
         else:
             await stream.send_all(wire.encode_served(request.digest, data))
             self.metrics.pulls_served.inc()
+        await stream.close_write()
         await stream.close()
 
     async def _serve_heads(self, peer: str, stream: Any) -> None:
         data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, STREAM_TIMEOUT)
         await stream.send_all(self._announcement())
+        await stream.close_write()
         await stream.close()
         await self._handle_message(peer, data)
 
