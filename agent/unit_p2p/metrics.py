@@ -1,4 +1,4 @@
-"""Prometheus metrics of one agent, on a registry of its own (tests run several agents per process)."""
+"""Prometheus metrics of one agent, on a registry of its own (tests run several per process)."""
 
 from __future__ import annotations
 
