@@ -50,6 +50,13 @@ def ad_hoc_result(proc: subprocess.CompletedProcess, host: str = "localhost") ->
     return match.group(1), result
 
 
+def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
+    """host -> PLAY RECAP counters (ok, changed, failed, ...) from the default callback."""
+    text = proc.stdout.split("PLAY RECAP", 1)[-1]
+    return {m.group(1): {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+            for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", text, re.MULTILINE)}
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
@@ -129,15 +136,16 @@ class Fleet:
         self._procs.append(proc)
         return proc
 
-    def prepare(self, count: int) -> list[Node]:
-        """Directories, identity keys and running Unit emulators for ``count`` nodes."""
+    def prepare(self, count: int, create_keys: bool = True) -> list[Node]:
+        """Directories, identity keys (unless the test creates them) and running Unit
+        emulators for ``count`` nodes."""
         for index in range(len(self.nodes), len(self.nodes) + count):
             d = self.base / f"n{index}"
             d.mkdir(parents=True)
             key = d / "identity.key"
             peer_id = subprocess.run(
                 [tool("unit-p2p"), "id", "--key", str(key), "--create"], capture_output=True,
-                text=True, check=True, timeout=60).stdout.strip()
+                text=True, check=True, timeout=60).stdout.strip() if create_keys else ""
             node = Node(index, d, d / "unit.sock", d / "api.sock", key, peer_id)
             node.procs.append(self._spawn(
                 [tool("unit-p2p"), "unit-emulator", "--control", f"unix:{node.unit_sock}",

@@ -1,0 +1,126 @@
+"""The role unit_p2p.mesh.agent on three local "hosts", then real agents run from what it wrote.
+
+Systemd is not available here (molecule exercises the service part in containers), so the
+role runs with ``unit_p2p_manage_service: false`` over local connections, each host with its own
+directories, into this test's venv (where unit-p2p is installed). What is checked for real:
+the identity key is created on the host, the settings file is accepted by ``unit-p2p agent``,
+trusted_peers and bootstrap hold every host, a second run and a check-mode run change nothing,
+and three agents started from those files (trust: allowlist) form a mesh that converges on a
+publish made with unit_p2p_publish.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from ansible_helpers import REPO, ad_hoc_result, recap, run_ansible, tool, unix_get, wait_for
+from unit_p2p.demo import free_ports
+from unit_p2p.settings import SETTING_NAMES
+
+pytestmark = pytest.mark.slow
+
+ROLE_VARS = REPO / "ansible_collections/unit_p2p/mesh/roles/agent/vars/main.yml"
+NEW_CONFIG = {"listeners": {"127.0.0.1:28081": {"pass": "routes"}},
+              "routes": [{"action": {"return": 200}}], "applications": {}}
+
+
+def test_role_knows_every_agent_setting():
+    names = yaml.safe_load(ROLE_VARS.read_text())["_unit_p2p_setting_names"]
+    assert names == list(SETTING_NAMES)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role manages root-owned files")
+def test_role_writes_a_working_mesh(agent_fleet, ansible_env, tmp_path):
+    nodes = agent_fleet.prepare(3, create_keys=False)
+    ports = free_ports(3)
+    hosts = {}
+    for node, port in zip(nodes, ports, strict=True):
+        hosts[f"n{node.index}"] = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "unit_p2p_venv": sys.prefix,
+            "unit_p2p_config_dir": str(node.dir / "etc"),
+            "unit_p2p_state_dir": str(node.dir / "state"),
+            "unit_p2p_key_file": str(node.key),
+            "unit_p2p_unit": f"unix:{node.unit_sock}",
+            "unit_p2p_api_socket": str(node.api_sock),
+            "unit_p2p_listen_address": "127.0.0.1",
+            "unit_p2p_port": port,
+        }
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"mesh": {
+        "hosts": hosts,
+        "vars": {"unit_p2p_manage_service": False, "unit_p2p_mesh": "ROLETEST",
+                 "unit_p2p_peers_group": "mesh", "unit_p2p_mdns": False,
+                 "unit_p2p_api_group": grp.getgrgid(os.getgid()).gr_name,
+                 "unit_p2p_extra_settings": {"announce_interval": 2.0}},
+    }}}}))
+    playbook = tmp_path / "rollout.yml"
+    playbook.write_text("- hosts: mesh\n  gather_facts: false\n  roles:\n"
+                        "    - unit_p2p.mesh.agent\n")
+    env = dict(ansible_env, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    argv = [tool("ansible-playbook"), "-i", str(inventory), str(playbook)]
+
+    started = time.monotonic()
+    proc = run_ansible(argv, env)
+    print(f"\nrole, first run on 3 hosts: {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr
+    for node in nodes:
+        node.peer_id = subprocess.run([tool("unit-p2p"), "id", "--key", str(node.key)],
+                                      capture_output=True, text=True, check=True,
+                                      timeout=60).stdout.strip()
+        assert oct(node.key.stat().st_mode & 0o777) == "0o600"
+    ids = sorted(node.peer_id for node in nodes)
+    assert len(set(ids)) == 3
+
+    for node, port in zip(nodes, ports, strict=True):
+        config_file = node.dir / "etc" / "agent.yaml"
+        printed = subprocess.run(
+            [tool("unit-p2p"), "agent", "--config", str(config_file), "--print-config"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert printed.returncode == 0, printed.stderr
+        effective = yaml.safe_load(printed.stdout)
+        assert effective["trusted_peers"] == ids
+        assert effective["listen"] == [f"/ip4/127.0.0.1/tcp/{port}"]
+        assert effective["bootstrap"] == sorted(
+            f"/ip4/127.0.0.1/tcp/{p}/p2p/{n.peer_id}"
+            for n, p in zip(nodes, ports, strict=True) if n is not node)
+        assert effective["trust"] == "allowlist"
+        assert effective["announce_interval"] == 2.0
+
+    # idempotence, and a check-mode run that changes nothing either
+    for extra in ([], ["--check", "--diff"]):
+        started = time.monotonic()
+        proc = run_ansible([*argv, *extra], env)
+        print(f"role, run {extra or 'again'}: {time.monotonic() - started:.1f} s")
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr
+        counters = recap(proc)
+        assert sorted(counters) == ["n0", "n1", "n2"], proc.stdout[-3000:]
+        assert all(c["changed"] == 0 and c["failed"] == 0 for c in counters.values()), (
+            extra, counters, proc.stdout[-6000:])
+
+    # the agents run from the role's files alone: allowlist trust, bootstrap from the lists
+    for node in nodes:
+        agent_fleet.start_agent(node, ["--config", str(node.dir / "etc" / "agent.yaml")])
+    started = time.monotonic()
+    agent_fleet.wait_connected()
+    print(f"agents connected: {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    proc = run_ansible([tool("ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                        "-m", "unit_p2p_publish",
+                        "-a", json.dumps({"socket": str(nodes[2].api_sock), "wait": True,
+                                          "timeout": 60, "config": NEW_CONFIG})], ansible_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, published = ad_hoc_result(proc)
+    print(f"publish with wait: {time.monotonic() - started:.1f} s")
+    assert published["changed"] is True and published["converged"] is True, published
+    for node in nodes:
+        wait_for(lambda n=node: unix_get(n.unit_sock, "/config")[1] == NEW_CONFIG, 30,
+                 f"node {node.index} to apply the published config", node.logs)
