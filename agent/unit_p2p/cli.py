@@ -150,11 +150,27 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         trio.run(run_agent, settings)
-    except UnitP2PError as exc:
-        # Start-up failures (port in use, bad key, socket taken) are one clear line, exit 2.
-        print(f"unit-p2p agent: {exc}", file=sys.stderr)
+    except (UnitP2PError, BaseExceptionGroup) as exc:
+        # Start-up failures (port in use, bad key, socket taken) are one clear line, exit 2;
+        # trio nurseries wrap them in exception groups, anything else is a real crash.
+        named = named_error(exc)
+        if named is None:
+            raise
+        print(f"unit-p2p agent: {named}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def named_error(exc: BaseException) -> UnitP2PError | None:
+    """The first of our own errors inside ``exc`` (itself, or a leaf of an exception group)."""
+    if isinstance(exc, UnitP2PError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = named_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _client(args: argparse.Namespace):

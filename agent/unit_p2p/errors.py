@@ -19,7 +19,8 @@ of named errors instead of every library's own.
     ├── MeshError              the libp2p host could not start (listen failed, ...)
     ├── SyncError              a revision could not be fetched, verified or applied
     ├── ApiError               the agent's local API answered with an error (docs/api.md)
-    └── AgentUnreachable       the agent's API socket is missing, refused or timed out
+    ├── AgentUnreachable       the agent's API socket is missing, refused or timed out
+    └── EmulatorError          the Unit emulator cannot start as asked
                                (defined in unit_p2p.api.client)
 """
 
@@ -133,3 +134,7 @@ class ApiError(UnitP2PError):
         self.error = error
         self.detail = detail
         super().__init__(f"agent API {status} {error}" + (f": {detail}" if detail else ""))
+
+
+class EmulatorError(UnitP2PError):
+    """The Unit emulator cannot start as asked (bad control address, unusable state directory)."""

@@ -13,13 +13,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from unit_p2p.errors import UnitP2PError
+from unit_p2p.errors import EmulatorError
 
 __all__ = ["EmulatorError", "StateDir"]
-
-
-class EmulatorError(UnitP2PError):
-    """The emulator cannot start as asked (bad control address, unusable state directory)."""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -1,0 +1,203 @@
+"""The agent's local API, in-process with a real libp2p host and a real emulated Unit.
+
+Covers access control (issue 4 item 4: socket mode and group, loopback TCP only with a token),
+the publish contract (dry run, diff, idempotence, errors) and /metrics.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import stat
+from contextlib import asynccontextmanager
+
+import pytest
+import requests
+import trio
+
+from unit_p2p.agent import Agent
+from unit_p2p.api.client import ApiClient
+from unit_p2p.demo import free_ports
+from unit_p2p.errors import ApiError, SettingsError
+from unit_p2p.settings import Settings
+from unit_p2p.unit.emulator import UnitEmulator
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+NEW = {"listeners": {}, "routes": [{"action": {"return": 302, "location": "/x"}}],
+       "applications": {}}
+
+
+@asynccontextmanager
+async def running_agent(tmp_path, **overrides):
+    listen_port, api_port = free_ports(2)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    settings = Settings(mesh="apitest", listen=(f"/ip4/127.0.0.1/tcp/{listen_port}",),
+                        unit=f"unix:{tmp_path / 'unit.sock'}", api=f"unix:{tmp_path / 'api.sock'}",
+                        api_tcp=f"127.0.0.1:{api_port}", api_token_file=token_file,
+                        state_dir=tmp_path / "state", trust="any", mdns=False, dht=False,
+                        **overrides)
+    async with trio.open_nursery() as nursery:
+        emulator = UnitEmulator(settings.unit)
+        await nursery.start(emulator.serve)
+        with trio.fail_after(30):
+            agent = await nursery.start(Agent(settings).serve)
+        yield agent, emulator
+        nursery.cancel_scope.cancel()
+
+
+async def call(address: str, method: str, *args, token=None, **kwargs):
+    def run():
+        with ApiClient(address, token=token, timeout=10) as client:
+            return getattr(client, method)(*args, **kwargs)
+
+    return await trio.to_thread.run_sync(run)
+
+
+async def test_unix_socket_is_0660_with_the_configured_group(tmp_path):
+    group = grp.getgrnam("daemon")
+    async with running_agent(tmp_path, api_group="daemon") as (agent, _):
+        st = (tmp_path / "api.sock").stat()
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == group.gr_gid
+        with trio.fail_after(10):
+            assert (await call(agent.settings.api, "healthz"))["ok"] is True
+
+
+async def test_tcp_listener_requires_the_token(tmp_path):
+    async with running_agent(tmp_path) as (agent, _):
+        url = f"http://{agent.settings.api_tcp}/v1/status"
+
+        def get(headers):
+            return requests.get(url, headers=headers, timeout=10)
+
+        with trio.fail_after(20):
+            assert (await trio.to_thread.run_sync(get, {})).status_code == 401
+            wrong = {"Authorization": "Bearer " + "x" * len(TOKEN)}
+            assert (await trio.to_thread.run_sync(get, wrong)).status_code == 401
+            prefix = {"Authorization": "Bearer " + TOKEN[:-1]}
+            assert (await trio.to_thread.run_sync(get, prefix)).status_code == 401
+            ok = await trio.to_thread.run_sync(get, {"Authorization": f"Bearer {TOKEN}"})
+            assert ok.status_code == 200 and ok.json()["peer_id"] == agent.peer_id
+            metrics = await call(f"http://{agent.settings.api_tcp}", "metrics", token=TOKEN)
+        assert "unit_p2p_peers_connected" in metrics
+
+
+async def test_tcp_listener_only_on_loopback():
+    from unit_p2p.settings import load_settings
+
+    with pytest.raises(SettingsError, match="loopback"):
+        load_settings(None, {}, {"api_tcp": "0.0.0.0:9999", "trust": "any"})
+
+
+async def test_dry_run_diff_and_idempotent_publish(tmp_path):
+    async with running_agent(tmp_path) as (agent, emulator):
+        api = agent.settings.api
+        with trio.fail_after(30):
+            before = emulator.config
+            dry = await call(api, "publish", config=NEW, dry_run=True)
+            assert dry["changed"] is True and dry["revision"] is None
+            assert dry["before"] == before and dry["after"] == NEW
+            assert emulator.config == before
+            assert (await call(api, "status"))["head"] is None
+
+            first = await call(api, "publish", config=NEW)
+            assert first["changed"] is True and emulator.config == NEW
+            assert "before" not in first
+            second = await call(api, "publish")
+            assert second["changed"] is False and second["revision"] == first["revision"]
+            dry_again = await call(api, "publish", config=NEW, dry_run=True)
+            assert dry_again["changed"] is False
+            with_diff = await call(api, "publish", diff=True)
+            assert with_diff["before"] == with_diff["after"] == NEW
+            metrics = await call(api, "metrics")
+        assert "unit_p2p_publishes_total 1.0" in metrics
+        assert "unit_p2p_head_revision_counter 1.0" in metrics
+
+
+async def test_rejected_config_keeps_unit_unchanged_and_says_why(tmp_path):
+    async with running_agent(tmp_path) as (agent, emulator):
+        api = agent.settings.api
+        bad = {"listeners": {"127.0.0.1:1": {"pass": "routes/nope"}}, "routes": []}
+        before = emulator.config
+        with trio.fail_after(20):
+            with pytest.raises(ApiError) as err:
+                await call(api, "publish", config=bad)
+            assert err.value.status == 422 and "Invalid configuration" in err.value.detail
+            with pytest.raises(ApiError) as err:
+                await call(api, "publish", config=[1, 2])
+            assert err.value.status in (400, 422)
+            emulator.fail_next_puts(1, status=500)
+            with pytest.raises(ApiError) as err:
+                await call(api, "publish", config=NEW)
+            assert err.value.status == 422 and "Failed to apply" in err.value.detail
+        assert emulator.config == before
+        assert agent.reconciler.head is None
+
+
+async def test_bad_requests_are_400(tmp_path):
+    async with running_agent(tmp_path) as (agent, _):
+        path = str(tmp_path / "api.sock")
+
+        def raw(method, url, body):
+            from unit_p2p.httpunix import make_session, parse_address
+
+            session = make_session(f"unix:{path}")
+            base = parse_address(f"unix:{path}").base_url
+            return session.request(method, base + url, data=body, timeout=10)
+
+        with trio.fail_after(20):
+            for body in (b"{not json", b"[]", b'{"wait": "yes"}', b'{"timeout": -1}',
+                         b'{"bogus": 1}', b'{"min_peers": true}'):
+                r = await trio.to_thread.run_sync(raw, "POST", "/v1/publish", body)
+                assert r.status_code == 400, body
+                assert r.json()["error"] == "bad_request"
+            r = await trio.to_thread.run_sync(raw, "GET", "/v1/publish", None)
+            assert r.status_code == 405
+            r = await trio.to_thread.run_sync(raw, "GET", "/v2/nothing", None)
+            assert r.status_code == 404
+
+
+async def test_unit_unreachable_is_503_and_visible_in_status(tmp_path):
+    async with running_agent(tmp_path) as (agent, emulator):
+        api = agent.settings.api
+        with trio.fail_after(30):
+            await emulator.stop_listening()
+            with pytest.raises(ApiError) as err:
+                await call(api, "publish", config=NEW)
+            assert err.value.status == 503
+            while (await call(api, "status"))["local"]["unit"] != "unreachable":
+                await trio.sleep(0.1)
+            health = await call(api, "healthz")
+            assert health["ok"] is True and health["unit"] == "unreachable"
+            await emulator.start_listening()
+            result = await call(api, "publish", config=NEW)
+        assert result["changed"] is True
+
+
+async def test_second_agent_on_the_same_api_socket_fails_loudly(tmp_path):
+    async with running_agent(tmp_path) as (agent, _):
+        other = agent.settings.replace(listen=(f"/ip4/127.0.0.1/tcp/{free_ports(1)[0]}",),
+                                       state_dir=tmp_path / "state2", api_tcp=None)
+        with pytest.raises(BaseException) as err, trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(Agent(other).serve)
+        assert "already serving" in repr(err.value)
+        assert (tmp_path / "api.sock").exists()
+        with trio.fail_after(10):
+            assert (await call(agent.settings.api, "healthz"))["peer_id"] == agent.peer_id
+
+
+def test_no_key_material_in_status_or_logs(tmp_path, caplog):
+    import logging
+
+    from unit_p2p.identity import load_or_create_identity
+
+    caplog.set_level(logging.DEBUG)
+    key = load_or_create_identity(tmp_path / "identity.key", create=True)
+    secret = key.private_key.to_bytes()
+    blob = (tmp_path / "identity.key").read_bytes()
+    assert stat.S_IMODE(os.stat(tmp_path / "identity.key").st_mode) == 0o600
+    for text in [caplog.text]:
+        assert secret.hex() not in text and blob.hex() not in text
