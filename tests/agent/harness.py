@@ -175,5 +175,5 @@ class Fleet:
 
     async def wait_converged(self, digest: str, agents=None) -> None:
         """Poll every agent's status until all hold ``digest``; bound it with fail_after."""
-        while not await self.converged_on(digest, agents):
+        while not await self.converged_on(digest, agents):  # noqa: ASYNC110 - polls other processes
             await trio.sleep(0.1)

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 import pytest
 import requests
 import trio
-
 from unit_p2p.agent import Agent
 from unit_p2p.api.client import ApiClient
 from unit_p2p.demo import free_ports
@@ -137,7 +136,7 @@ async def test_rejected_config_keeps_unit_unchanged_and_says_why(tmp_path):
 
 
 async def test_bad_requests_are_400(tmp_path):
-    async with running_agent(tmp_path) as (agent, _):
+    async with running_agent(tmp_path) as (_agent, _):
         path = str(tmp_path / "api.sock")
 
         def raw(method, url, body):
@@ -167,7 +166,7 @@ async def test_unit_unreachable_is_503_and_visible_in_status(tmp_path):
             with pytest.raises(ApiError) as err:
                 await call(api, "publish", config=NEW)
             assert err.value.status == 503
-            while (await call(api, "status"))["local"]["unit"] != "unreachable":
+            while (await call(api, "status"))["local"]["unit"] != "unreachable":  # noqa: ASYNC110 - polled status
                 await trio.sleep(0.1)
             health = await call(api, "healthz")
             assert health["ok"] is True and health["unit"] == "unreachable"

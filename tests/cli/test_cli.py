@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import trio
+from unit_p2p import __version__
 
 from tests.agent.harness import Fleet
-from unit_p2p import __version__
 
 pytestmark = pytest.mark.slow
 
