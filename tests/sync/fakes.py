@@ -10,7 +10,6 @@ import trio
 import trio.testing
 from unit_p2p.errors import MeshError, UnitInvalidConfig, UnitUnreachable, WireError
 
-
 END = b"\x00<end>"
 
 

@@ -1,0 +1,83 @@
+"""Fuzzing every wire decoder: no exception but WireError escapes, nothing outside the schema is
+accepted. A few thousand inputs here; bench/fuzz_wire.py runs 100k."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from unit_p2p.errors import SyncError, WireError
+from unit_p2p.sync import wire
+from unit_p2p.sync.revision import Document, Revision
+
+from tests.sync.wire_strategies import DIGEST, any_input, check_accepted, valid_messages
+
+FUZZ = settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@FUZZ
+@given(any_input)
+def test_decode_raises_only_wire_errors(data):
+    try:
+        msg = wire.decode(data)
+    except WireError as exc:
+        assert exc.reason in {"malformed", "schema", "too_large", "unsupported_version"}
+        return
+    check_accepted(msg)
+
+
+@FUZZ
+@given(any_input)
+def test_decode_served_raises_only_wire_errors(data):
+    try:
+        body = wire.decode_served(data, DIGEST, 1 << 20)
+    except WireError:
+        return
+    assert isinstance(body, bytes)
+
+
+@FUZZ
+@given(any_input)
+def test_document_from_bytes_raises_only_sync_errors(data):
+    try:
+        doc = Document.from_bytes(data, DIGEST)
+    except SyncError as exc:
+        assert exc.reason in {"bad_document", "not_an_object", "digest_mismatch"}
+        return
+    raise AssertionError(f"accepted a document that cannot match the digest: {doc}")
+
+
+@FUZZ
+@given(any_input)
+def test_revision_parse_raises_only_value_error(data):
+    try:
+        rev = Revision.parse(data.decode("utf-8", "replace"))
+    except ValueError:
+        return
+    assert Revision.parse(str(rev)) == rev
+
+
+@pytest.mark.parametrize("msg", valid_messages())
+def test_valid_messages_round_trip(msg):
+    check_accepted(wire.decode(wire.encode(msg)))
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b'{"v":1,"type":"pull","mesh":"m","digest":"' + DIGEST.encode() + b'","mesh":"x"}',
+     "malformed"),  # duplicate key
+    (b'{"v":1,"type":"nohead","mesh":"m","extra":1}', "schema"),
+    (b'{"v":true,"type":"nohead","mesh":"m"}', "schema"),
+    (b'{"v":1,"type":"nohead","mesh":"bad mesh!"}', "schema"),
+    (b'{"v":1,"type":"pull","mesh":"m","digest":"sha256:XYZ"}', "schema"),
+    (b'{"v":1,"type":"report","mesh":"m","revision":"1@x","digest":"' + DIGEST.encode()
+     + b'","status":"applied","reason":null}', "schema"),
+    (b'{"v":1,"type":"nohead","mesh":"m","n":NaN}', "malformed"),
+    (b"[" * 5000, "too_large"),
+    (b"[" * 3000, "malformed"),
+    (json.dumps({"v": 9, "type": "nohead", "mesh": "m"}).encode(), "unsupported_version"),
+])
+def test_strict_schema_rejections(data, reason):
+    with pytest.raises(WireError) as err:
+        wire.decode(data)
+    assert err.value.reason == reason
