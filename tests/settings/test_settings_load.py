@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from unit_p2p.errors import SettingsError
 from unit_p2p.settings import (
     DEFAULT_CONFIG_FILE,

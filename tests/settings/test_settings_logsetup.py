@@ -9,6 +9,7 @@ import os
 import re
 
 import pytest
+
 from unit_p2p.errors import SettingsError
 from unit_p2p.logsetup import configure_logging, stream_is_journal
 
@@ -16,14 +17,19 @@ log = logging.getLogger("unit_p2p.test")
 
 
 @pytest.fixture(autouse=True)
-def restore_root_logger():
+def restore_loggers():
+    """configure_logging changes process-wide state other tests' caplog depends on."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers = list(root.handlers)
+    names = ["", "unit_p2p", "libp2p", "multiaddr", "zeroconf", "async_service",
+             "hypercorn.access"]
+    levels = {name: logging.getLogger(name).level for name in names}
     yield
     for h in list(root.handlers):
         if h not in handlers:
             root.removeHandler(h)
-    root.setLevel(level)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_text_has_timestamp_level_and_key_values():
