@@ -11,14 +11,18 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+
+from unit_p2p.agent import Agent
 from unit_p2p.api.client import AgentUnreachable, ApiClient
 from unit_p2p.demo import free_ports, spawn
 from unit_p2p.errors import ApiError
 from unit_p2p.identity import load_or_create_identity, peer_id_of
+from unit_p2p.settings import Settings
 from unit_p2p.unit.client import AsyncUnitClient
 from unit_p2p.unit.emulator import UnitEmulator
 
@@ -177,3 +181,32 @@ class Fleet:
         """Poll every agent's status until all hold ``digest``; bound it with fail_after."""
         while not await self.converged_on(digest, agents):  # noqa: ASYNC110 - polls other processes
             await trio.sleep(0.1)
+
+
+# --- one agent in this trio process (API and hostile-input tests) ------------------------
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+NEW = {"listeners": {}, "routes": [{"action": {"return": 302, "location": "/x"}}],
+       "applications": {}}
+
+
+@asynccontextmanager
+async def running_agent(tmp_path, **overrides):
+    """An Agent (real libp2p host, real API sockets) with its own emulated Unit."""
+    listen_port, api_port = free_ports(2)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    fields = dict(mesh="apitest", listen=(f"/ip4/127.0.0.1/tcp/{listen_port}",),
+                  unit=f"unix:{tmp_path / 'unit.sock'}", api=f"unix:{tmp_path / 'api.sock'}",
+                  api_tcp=f"127.0.0.1:{api_port}", api_token_file=token_file,
+                  state_dir=tmp_path / "state", trust="any", mdns=False, dht=False)
+    settings = Settings(**{**fields, **overrides})
+    async with trio.open_nursery() as nursery:
+        emulator = UnitEmulator(settings.unit)
+        await nursery.start(emulator.serve)
+        with trio.fail_after(30):
+            agent = await nursery.start(Agent(settings).serve)
+        yield agent, emulator
+        nursery.cancel_scope.cancel()
+
+

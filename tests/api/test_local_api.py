@@ -9,40 +9,16 @@ from __future__ import annotations
 import grp
 import os
 import stat
-from contextlib import asynccontextmanager
 
 import pytest
 import requests
 import trio
+
+from tests.agent.harness import NEW, TOKEN, running_agent
 from unit_p2p.agent import Agent
 from unit_p2p.api.client import ApiClient
 from unit_p2p.demo import free_ports
 from unit_p2p.errors import ApiError, SettingsError
-from unit_p2p.settings import Settings
-from unit_p2p.unit.emulator import UnitEmulator
-
-TOKEN = "s3cret-token-for-tests-0123456789"
-NEW = {"listeners": {}, "routes": [{"action": {"return": 302, "location": "/x"}}],
-       "applications": {}}
-
-
-@asynccontextmanager
-async def running_agent(tmp_path, **overrides):
-    listen_port, api_port = free_ports(2)
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    settings = Settings(mesh="apitest", listen=(f"/ip4/127.0.0.1/tcp/{listen_port}",),
-                        unit=f"unix:{tmp_path / 'unit.sock'}", api=f"unix:{tmp_path / 'api.sock'}",
-                        api_tcp=f"127.0.0.1:{api_port}", api_token_file=token_file,
-                        state_dir=tmp_path / "state", trust="any", mdns=False, dht=False,
-                        **overrides)
-    async with trio.open_nursery() as nursery:
-        emulator = UnitEmulator(settings.unit)
-        await nursery.start(emulator.serve)
-        with trio.fail_after(30):
-            agent = await nursery.start(Agent(settings).serve)
-        yield agent, emulator
-        nursery.cancel_scope.cancel()
 
 
 async def call(address: str, method: str, *args, token=None, **kwargs):
