@@ -21,6 +21,7 @@ import time
 import pytest
 import yaml
 from ansible_helpers import REPO, ad_hoc_result, recap, run_ansible, tool, unix_get, wait_for
+
 from unit_p2p.demo import free_ports
 from unit_p2p.settings import SETTING_NAMES
 
