@@ -190,7 +190,12 @@ class Endpoint:
                 timeout=(t, t),
                 allow_redirects=False,
             )
-        except (requests.RequestException, OSError) as e:
+        except _NO_ANSWER as e:
+            kind, message = self._translate(e, method, path, t)
+            raise self._unreachable(kind, message, path) from e
+        except requests.RequestException:
+            raise  # a bad request built by the caller (header, URL): a bug, not an outage
+        except OSError as e:
             kind, message = self._translate(e, method, path, t)
             raise self._unreachable(kind, message, path) from e
 
@@ -206,11 +211,11 @@ class Endpoint:
             (c for c in chain if isinstance(c, OSError) and not isinstance(c, _WRAPPERS)), None
         )
         if any(isinstance(c, NewConnectionError) for c in chain):
-            path = self.address.socket_path
+            sock = self.address.socket_path
             if isinstance(os_error, FileNotFoundError):
-                return "missing", f"{self.name}: socket {path} does not exist"
+                return "missing", f"{self.name}: socket {sock} does not exist"
             if isinstance(os_error, PermissionError):
-                return "denied", f"{self.name}: permission denied on socket {path}"
+                return "denied", f"{self.name}: permission denied on socket {sock}"
             if isinstance(os_error, ConnectionRefusedError):
                 return "refused", f"{where} refused the connection (nothing listens there)"
             return "failed", f"{where}: cannot connect: {os_error or e}"
@@ -224,6 +229,8 @@ class Endpoint:
 
 
 _WRAPPERS = (requests.RequestException, HTTPError)
+# What requests raises when no complete answer came back (ConnectTimeout is both).
+_NO_ANSWER = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 def _causes(e: BaseException):

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from unit_p2p.api.client import AgentUnreachable, ApiClient
 from unit_p2p.errors import ApiError
 
@@ -212,7 +213,8 @@ def test_tcp_needs_the_token(agent):
     with pytest.raises(ApiError) as info:
         ApiClient(address, timeout=5).healthz()
     assert info.value.status == 401
-    assert ApiClient(address, token="s3cret", timeout=5).healthz()["ok"] is True
+    # as read from a token file, trailing newline included
+    assert ApiClient(address, token="s3cret\n", timeout=5).healthz()["ok"] is True
     assert state["requests"][-1][2]["Authorization"] == "Bearer s3cret"
     bare = address.removeprefix("http://")  # the api_tcp setting's own form
     assert ApiClient(bare, token="s3cret", timeout=5).status() == STATUS

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import trio
+
 from unit_p2p import errors
 from unit_p2p.unit.client import AsyncUnitClient
 

@@ -10,6 +10,7 @@ import time
 import connector_servers
 import pytest
 from connector_servers import load_transcript
+
 from unit_p2p import errors
 from unit_p2p.httpunix import Address, parse_address
 from unit_p2p.unit.client import UnitClient, unit_path

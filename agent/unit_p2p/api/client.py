@@ -48,8 +48,9 @@ class ApiClient:
         self.address = str(self._endpoint.address)
         self.timeout = self._endpoint.timeout
         self._headers = {"Accept": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        # Token files usually end with a newline, which is not allowed in a header.
+        if token and token.strip():
+            self._headers["Authorization"] = f"Bearer {token.strip()}"
 
     def healthz(self) -> dict:
         return self._json("GET", "/v1/healthz")
@@ -88,11 +89,20 @@ class ApiClient:
         read_timeout = self.timeout + (timeout if wait else 0)
         return self._json("POST", "/v1/publish", request, timeout=read_timeout)
 
-    def wait(self, revision: str, timeout: float = 30, min_peers: int | None = None,
-             require_all: bool = True) -> dict:
+    def wait(
+        self,
+        revision: str,
+        timeout: float = 30,
+        min_peers: int | None = None,
+        require_all: bool = True,
+    ) -> dict:
         """Where ``revision`` stands, after waiting up to ``timeout`` s for it to converge."""
-        request = {"revision": revision, "timeout": timeout, "min_peers": min_peers,
-                   "require_all": require_all}
+        request = {
+            "revision": revision,
+            "timeout": timeout,
+            "min_peers": min_peers,
+            "require_all": require_all,
+        }
         return self._json("POST", "/v1/wait", request, timeout=self.timeout + timeout)
 
     def metrics(self) -> str:
