@@ -14,6 +14,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +28,8 @@ from unit_p2p.settings import SETTING_NAMES
 
 pytestmark = pytest.mark.slow
 
-ROLE_VARS = REPO / "ansible_collections/unit_p2p/mesh/roles/agent/vars/main.yml"
+ROLE = REPO / "ansible_collections/unit_p2p/mesh/roles/agent"
+ROLE_VARS = ROLE / "vars" / "main.yml"
 NEW_CONFIG = {"listeners": {"127.0.0.1:28081": {"pass": "routes"}},
               "routes": [{"action": {"return": 200}}], "applications": {}}
 
@@ -35,6 +37,48 @@ NEW_CONFIG = {"listeners": {"127.0.0.1:28081": {"pass": "routes"}},
 def test_role_knows_every_agent_setting():
     names = yaml.safe_load(ROLE_VARS.read_text())["_unit_p2p_setting_names"]
     assert names == list(SETTING_NAMES)
+
+
+RENDER_UNIT = f"""\
+- hosts: localhost
+  gather_facts: false
+  vars_files:
+    - {ROLE}/defaults/main.yml
+    - {ROLE}/vars/main.yml
+  tasks:
+    - name: render
+      ansible.builtin.template:
+        src: {ROLE}/templates/unit-p2p.service.j2
+        dest: "{{{{ dest }}}}"
+"""
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+@pytest.mark.parametrize(("unit", "api", "expected"), [
+    ("unix:/var/run/control.unit.sock", "/run/unit-p2p/api.sock",
+     ["ProtectHome=yes", "PrivateTmp=yes"]),
+    # sockets where the sandbox would hide them keep working; another API dir becomes writable
+    ("unix:/tmp/unit/control.sock", "/srv/unit-p2p/api.sock",
+     ["PrivateTmp=no", "ReadWritePaths=/srv/unit-p2p"]),
+])
+def test_systemd_unit_is_valid_and_hardened(ansible_env, tmp_path, unit, api, expected):
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(RENDER_UNIT)
+    dest = tmp_path / "unit-p2p.service"
+    extra = {"dest": str(dest), "unit_p2p_venv": sys.prefix, "unit_p2p_unit": unit,
+             "unit_p2p_api_socket": api, "unit_p2p_state_dir": str(tmp_path)}
+    proc = run_ansible([tool("ansible-playbook"), "-i", "localhost,", "-c", "local",
+                        str(playbook), "-e", json.dumps(extra)], ansible_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = dest.read_text()
+    for line in ["Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "RuntimeDirectory=unit-p2p", f"ReadWritePaths={tmp_path}",
+                 f"ExecStart={sys.prefix}/bin/unit-p2p agent --config /etc/unit-p2p/agent.yaml",
+                 *expected]:
+        assert line in text.splitlines(), (line, text)
+    verify = subprocess.run(["systemd-analyze", "verify", str(dest)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the role manages root-owned files")

@@ -149,7 +149,7 @@ changed:
 revision:
   description:
     - The published revision, C(<counter>@<origin peer id>), or the current head when nothing changed.
-    - In check mode, what the agent reports for the dry run (the current head, or null).
+    - In check mode, what the agent reports for a dry run (null: nothing is published).
   returned: success
   type: str
   sample: "8@12D3KooWQxo5yGk3Q7ErBDvCE7fS7kb3AJhEU3gRpvGZhSdbPkwT"
@@ -357,8 +357,7 @@ def run(params, api, check_mode=False, diff=False):
             result["msg"] = ("a publish would create a new revision (config %s differs from the "
                              "mesh head); check mode published nothing" % result["digest"])
         else:
-            result["msg"] = ("nothing to publish: the config already equals the mesh head %s"
-                             % result["revision"])
+            result["msg"] = "nothing to publish: the config already equals the mesh head"
         if diff and result["changed"]:
             result["diff"] = _diff(answer)
         return result
