@@ -307,3 +307,10 @@ def test_bad_paths_and_timeouts_are_refused():
         UnitClient("unix:/nowhere.sock").get("config")
     with pytest.raises(ValueError, match="timeout"):
         UnitClient("unix:/nowhere.sock", timeout=0)
+
+
+def test_values_unit_would_refuse_are_refused_before_sending(serve):
+    server = serve()
+    with pytest.raises(ValueError, match="JSON compliant"):
+        UnitClient(server.address).put("/config/settings", {"x": float("nan")})
+    assert server.received == []

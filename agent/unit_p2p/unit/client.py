@@ -43,10 +43,10 @@ from unit_p2p.errors import (
 )
 from unit_p2p.httpunix import Endpoint
 
-__all__ = ["AsyncUnitClient", "Path", "UnitClient", "unit_path"]
+__all__ = ["AsyncUnitClient", "UnitClient", "UnitPath", "unit_path"]
 
 #: a Unit path: ``"/config/listeners/127.0.0.1:8080"`` or segments ``["config", "routes", 0]``
-Path = str | Sequence[str | int]
+UnitPath = str | Sequence[str | int]
 
 # Unit drops requests whose request line + headers exceed this many bytes (no answer at all).
 _UNIT_HEADER_BUFFER = 1024
@@ -63,7 +63,7 @@ def unit_path(*segments: str | int) -> str:
     return "/" + "/".join(quote(str(s), safe=":*[]@!$'()") for s in segments)
 
 
-def _as_path(path: Path) -> str:
+def _as_path(path: UnitPath) -> str:
     if isinstance(path, str):
         if not path.startswith("/"):
             raise ValueError(f"a Unit path starts with '/': {path!r}")
@@ -106,32 +106,35 @@ class UnitClient:
         self.address = str(self._endpoint.address)
         self.timeout = self._endpoint.timeout
 
-    def get(self, path: Path = "/config") -> Any:
+    def get(self, path: UnitPath = "/config") -> Any:
         return self._call("GET", path)
 
-    def put(self, path: Path, value: Any) -> Any:
+    def put(self, path: UnitPath, value: Any) -> Any:
         return self._call("PUT", path, value)
 
-    def post(self, path: Path, value: Any) -> Any:
+    def post(self, path: UnitPath, value: Any) -> Any:
         """Append ``value`` to the array at ``path`` (Unit allows POST on arrays only)."""
         return self._call("POST", path, value)
 
-    def delete(self, path: Path) -> Any:
+    def delete(self, path: UnitPath) -> Any:
         return self._call("DELETE", path)
 
-    def _call(self, method: str, path: Path, value: Any = None) -> Any:
+    def _call(self, method: str, path: UnitPath, value: Any = None) -> Any:
         p = _as_path(path)
         body = None
         headers = {}
         if method in ("PUT", "POST"):
             # A fixed Content-Length body: Unit's control API does not support chunked bodies.
-            body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+            # allow_nan=False: Unit would reject NaN/Infinity as invalid JSON anyway.
+            body = json.dumps(
+                value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
             headers["Content-Type"] = "application/json"
         response = self._endpoint.request(method, p, body=body, headers=headers)
         if response.status_code >= 400:
             raise _rejection(response.status_code, response.content, method, p)
         try:
-            return response.json()
+            return json.loads(response.content)
         except ValueError:
             raise UnitError(
                 f"NGINX Unit at {self.address} answered {method} {p} with"
@@ -172,16 +175,16 @@ class AsyncUnitClient:
     async def _run(self, fn, *args) -> Any:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), abandon_on_cancel=True)
 
-    async def get(self, path: Path = "/config") -> Any:
+    async def get(self, path: UnitPath = "/config") -> Any:
         return await self._run(self.sync.get, path)
 
-    async def put(self, path: Path, value: Any) -> Any:
+    async def put(self, path: UnitPath, value: Any) -> Any:
         return await self._run(self.sync.put, path, value)
 
-    async def post(self, path: Path, value: Any) -> Any:
+    async def post(self, path: UnitPath, value: Any) -> Any:
         return await self._run(self.sync.post, path, value)
 
-    async def delete(self, path: Path) -> Any:
+    async def delete(self, path: UnitPath) -> Any:
         return await self._run(self.sync.delete, path)
 
     def close(self) -> None:
