@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+
 from unit_p2p.mesh import Mesh, MeshTuning, TrustPolicy
 from unit_p2p.settings import Settings
 

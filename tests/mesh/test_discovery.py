@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import trio
+
 from unit_p2p.mesh.discovery import Mdns
 
 from .helpers import make_mesh, start_node, wait_for

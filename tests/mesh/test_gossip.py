@@ -6,6 +6,7 @@ import random
 
 import pytest
 import trio
+
 from unit_p2p.errors import MeshError
 from unit_p2p.mesh.bus import MAX_ANNOUNCEMENT_BYTES
 

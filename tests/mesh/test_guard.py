@@ -12,6 +12,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+
 from unit_p2p.errors import MeshError
 
 from .helpers import start_node, wait_for

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import trio
+
 from unit_p2p.errors import MeshError
 from unit_p2p.mesh import MeshTuning
 from unit_p2p.mesh.liveness import LivenessParams

@@ -16,6 +16,7 @@ from libp2p.security.secio import transport as secio
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+
 from unit_p2p.errors import MeshError
 from unit_p2p.mesh import TrustPolicy
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import trio
+
 from unit_p2p.errors import MeshError, WireError
 
 from .helpers import start_node

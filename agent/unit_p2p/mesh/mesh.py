@@ -22,6 +22,7 @@ from libp2p.abc import INetConn, INetStream, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
 from libp2p.tools.anyio_service import background_trio_service
@@ -143,6 +144,7 @@ class Mesh:
         self._host = None
         self._pubsub = None
         self._running = False
+        self._stopping = False
         self._event_send, self._event_receive = trio.open_memory_channel[tuple[str, str]](
             math.inf
         )
@@ -165,6 +167,8 @@ class Mesh:
         install_handler_guards(host, self.trust, self.stats)
         network = host.get_network()
         network.register_notifee(_Notifee(self))
+        self._stopping = False
+        _refuse_dials_when_stopping(network, lambda: self._stopping)
         pubsub, router = build_pubsub(host, self.topic, self.trust, self.stats,
                                       self.tuning.gossip)
         guard_pubsub(pubsub, self.stats)
@@ -188,6 +192,7 @@ class Mesh:
                     await trio.sleep_forever()
                 finally:
                     self._running = False
+                    self._stopping = True
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
                         await _close_quietly(network)
                     stack_scope.cancel()
@@ -438,6 +443,7 @@ class Mesh:
         else:
             state.conns.discard(id(conn))
         now_connected = bool(state.conns)
+        self._repair_pubsub(peer_id)
         if was_connected == now_connected:
             return
         state.connected_since = time.time() if now_connected else None
@@ -446,6 +452,34 @@ class Mesh:
         state.changed = trio.Event()
         self._event_send.send_nowait(("connected" if now_connected else "disconnected",
                                       peer_id))
+
+    def _repair_pubsub(self, peer_id: str) -> None:
+        """Keep pubsub's stream to a peer on a live connection.
+
+        py-libp2p keeps one pubsub stream per peer and skips a new connection's hello while it
+        holds one; when the old connection dies while a newer one exists, it keeps the dead stream
+        (it only drops peers with no connection left). Gossip with that peer then stays silent
+        until a write happens to fail. Measured: a peer reconnecting before its old connection was
+        noticed dead got no subscriptions for seconds. We hand the stale stream to pubsub's own
+        dead-peer path, which reopens a stream (with hello) on the live connection.
+        """
+        pubsub, host = self._pubsub, self._host
+        if pubsub is None or host is None:
+            return
+        pid = ID.from_base58(peer_id)
+        stream = pubsub.peers.get(pid)
+        conn = getattr(stream, "muxed_conn", None)
+        if conn is None:
+            return
+        live = host.get_network().get_connections(pid)
+        if any(getattr(c, "muxed_conn", None) is conn for c in live):
+            return
+        self.stats["pubsub_stream_repaired"] += 1
+        log.debug("pubsub stream to %s was on a closed connection; reopening", peer_id)
+        try:
+            pubsub._handle_dead_peer(pid)
+        except Exception:
+            log.warning("repairing the pubsub stream to %s failed", peer_id, exc_info=True)
 
     async def _dispatch_events(self) -> None:
         async for kind, peer_id in self._event_receive:
@@ -463,6 +497,21 @@ async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None
     async with background_trio_service(service):
         task_status.started()
         await trio.sleep_forever()
+
+
+def _refuse_dials_when_stopping(network, stopping: Callable[[], bool]) -> None:
+    """While we close the swarm, pubsub/identify/ping tasks still run and would re-dial a peer
+    whose connection was just closed (``new_stream`` dials when there is no connection). Such a
+    dial, cut short by the final cancel, left a half-registered connection whose socket stayed
+    open: the remote kept it as a live zombie. So dialing is refused once shutdown began."""
+    dial_peer = network.dial_peer
+
+    async def guarded_dial_peer(peer_id):
+        if stopping():
+            raise SwarmException("the mesh is shutting down")
+        return await dial_peer(peer_id)
+
+    network.dial_peer = guarded_dial_peer
 
 
 async def _close_quietly(network) -> None:
