@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 
+import multiaddr
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from unit_p2p.errors import MeshError
 from unit_p2p.mesh import MeshTuning
@@ -62,6 +64,7 @@ class FreezableProxy:
         self.frozen = trio.Event()
         self.listener = trio.socket.socket()
         self.port = 0
+        self.streams: list[trio.SocketStream] = []
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED):
         await self.listener.bind(("127.0.0.1", 0))
@@ -73,17 +76,30 @@ class FreezableProxy:
                 client, _ = await self.listener.accept()
                 upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
                 down = trio.SocketStream(client)
+                self.streams += [down, upstream]
                 nursery.start_soon(self._pump, down, upstream)
                 nursery.start_soon(self._pump, upstream, down)
 
+    async def close_all(self):
+        """Close every relayed socket: the connection through the proxy dies cleanly."""
+        for stream in list(self.streams):
+            with trio.move_on_after(1):
+                await stream.aclose()
+
     async def _pump(self, src, dst):
         while True:
-            data = await src.receive_some(65536)
+            try:
+                data = await src.receive_some(65536)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
             if not data:
                 return
             if self.frozen.is_set():
                 await trio.sleep_forever()  # hold the socket open, forward nothing
-            await dst.send_all(data)
+            try:
+                await dst.send_all(data)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
 
 
 async def test_link_cut_is_noticed_within_the_liveness_bound(nursery):
@@ -181,3 +197,32 @@ async def test_callbacks_never_run_on_foreign_threads(nursery):
         await b.mesh.connect(a.addr)
         await a.events.wait_until(lambda: b.peer_id in a.events.connected)
     assert threads == [threading.get_ident()]
+
+
+async def test_gossip_survives_losing_the_connection_that_carried_it(nursery):
+    # Two connections between a and b; the first (through the proxy) carries pubsub's streams.
+    # When it dies, gossip must continue on the second one.
+    a = await start_node(nursery)
+    b = await start_node(nursery)
+    port = int(a.addr.split("/tcp/")[1].split("/")[0])
+    proxy = FreezableProxy(port)
+    await nursery.start(proxy.serve)
+    with trio.fail_after(10):
+        await b.mesh.connect(f"/ip4/127.0.0.1/tcp/{proxy.port}/p2p/{a.peer_id}")
+        await wait_for(lambda: a.peer_id in b.mesh.gossip_peers()
+                       and b.peer_id in a.mesh.gossip_peers())
+        direct = multiaddr.Multiaddr(b.addr.split("/p2p/")[0])
+        await a.mesh._host.get_network().dial_addr(direct, ID.from_base58(b.peer_id))
+        await wait_for(lambda: len(a.mesh._host.get_network().get_connections(
+            ID.from_base58(b.peer_id))) == 2)
+        await proxy.close_all()
+        await wait_for(lambda: len(a.mesh._host.get_network().get_connections(
+            ID.from_base58(b.peer_id))) == 1)
+    assert a.mesh.connected_peers() == [b.peer_id], "still connected over the direct link"
+    with trio.fail_after(10):
+        await wait_for(lambda: a.peer_id in b.mesh.gossip_peers()
+                       and b.peer_id in a.mesh.gossip_peers())
+        await b.mesh.publish(b"after the first link died")
+        await a.events.wait_until(lambda: a.events.announcements)
+    print("pubsub streams repaired:", a.mesh.stats["pubsub_stream_repaired"],
+          b.mesh.stats["pubsub_stream_repaired"])
