@@ -317,6 +317,8 @@ class Rendezvous:
         self.query_timeout = query_timeout
         self.rounds = 0
         self.found: set[str] = set()
+        self._rounds_since_provide = 0
+        self._provided_at_size = 0
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -337,22 +339,36 @@ class Rendezvous:
             await rt.add_peer(ID.from_base58(peer), skip_server_mode_check=True)
         if rt.size() == 0:
             return
-        with trio.move_on_after(self.query_timeout):
-            await self._dht.provider_store.provide(self.key)
+        # Provider records live for hours: provide again when the routing table grew (new peers
+        # to store our record) or every 6th round (30 s at the default interval), not every round.
+        if self._rounds_since_provide >= 6 or rt.size() > self._provided_at_size:
+            with trio.move_on_after(self.query_timeout):
+                await self._dht.provider_store.provide(self.key)
+            self._rounds_since_provide = 0
+            self._provided_at_size = rt.size()
+        else:
+            self._rounds_since_provide += 1
         providers: dict[str, list[str]] = {}
         async with trio.open_nursery() as nursery:
             for peer_id in rt.get_peer_ids()[:20]:
                 nursery.start_soon(self._ask, peer_id, providers)
-        for peer, addrs in providers.items():
-            if peer == self._dialer.own_peer_id:
-                continue
-            self.found.add(peer)
-            self._dialer.note_discovered(peer, addrs, "dht")
-            if self._dialer.is_trusted(peer) and not self._dialer.is_connected(peer) and addrs:
-                try:
-                    await self._dialer.dial(peer, addrs)
-                except MeshError as exc:
-                    log.debug("DHT provider %s not reachable: %s", peer, exc)
+        # Records of departed agents live for 48 h in py-libp2p: dial in parallel so one
+        # unreachable provider (5 s dial timeout) does not stall the round.
+        async with trio.open_nursery() as nursery:
+            for peer, addrs in providers.items():
+                if peer == self._dialer.own_peer_id:
+                    continue
+                self.found.add(peer)
+                self._dialer.note_discovered(peer, addrs, "dht")
+                if (self._dialer.is_trusted(peer) and not self._dialer.is_connected(peer)
+                        and addrs):
+                    nursery.start_soon(self._dial, peer, addrs)
+
+    async def _dial(self, peer: str, addrs: list[str]) -> None:
+        try:
+            await self._dialer.dial(peer, addrs)
+        except MeshError as exc:
+            log.debug("DHT provider %s not reachable: %s", peer, exc)
 
     async def _ask(self, peer_id, providers: dict[str, list[str]]) -> None:
         with trio.move_on_after(self.query_timeout):
