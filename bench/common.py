@@ -152,8 +152,15 @@ def agent_args(kind: str, announce_interval: float, mdns: bool) -> list[str]:
 @asynccontextmanager
 async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: float,
                         mdns: bool = False, start_timeout: float = 300.0,
-                        config: dict | None = None) -> AsyncIterator[Fleet]:
-    """N agents up (API answering) in a temporary dir; stopped and removed on exit, always."""
+                        config: dict | None = None,
+                        ready_s: dict[int, float] | None = None,
+                        start_agents: bool = True) -> AsyncIterator[Fleet]:
+    """N agents up (API answering) in a temporary dir; stopped and removed on exit, always.
+
+    With ``ready_s`` the agents start one at a time, and it gets each one's spawn -> API
+    answering time (starting all at once would measure the CPU contention among them).
+    Without ``start_agents`` only the Units run; agents the caller starts are stopped too.
+    """
     with tempfile.TemporaryDirectory(prefix=f"unit-p2p-bench-{kind}-") as tmp:
         async with trio.open_nursery() as nursery:
             fleet = Fleet(Path(tmp), nursery, n, mesh=f"bench-{kind}")
@@ -164,10 +171,19 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
                 with trio.fail_after(start_timeout):
                     for a in fleet:
                         await fleet.start_unit(a, config)
-                    for a in fleet:
-                        a.start()
-                    for a in fleet:
-                        await a.wait_ready()
+                    if not start_agents:
+                        pass
+                    elif ready_s is None:
+                        for a in fleet:
+                            a.start()
+                        for a in fleet:
+                            await a.wait_ready()
+                    else:
+                        for a in fleet:
+                            spawned = time.monotonic()
+                            a.start()
+                            await a.wait_ready()
+                            ready_s[a.index] = time.monotonic() - spawned
                 yield fleet
             finally:
                 with trio.CancelScope(shield=True):

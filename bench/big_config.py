@@ -1,0 +1,149 @@
+"""A big config (about 1.5 MB, 20k routes) published to N agents, against one local PUT.
+
+    python -m bench.big_config --agents 10 --routes 20000 --rounds 3
+
+Each round publishes a different big config from agent 0 (``POST /v1/publish`` with the config:
+the publisher PUTs it into its own Unit first) and times it to the latest ``head.applied_at``
+of all agents (each pulled 1.5 MB over libp2p, verified the digest, PUT it and read it back).
+The baseline is what a single host does without a mesh: one PUT of the same config to an
+emulated Unit, and the PUT plus the read-back the agent also does.
+
+The agent refuses documents over ``max_config_bytes`` (default 8 MiB), so 1.5 MB is well within.
+Writes bench/results/big_config.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from bench import common
+from bench.common import md_table
+from tests.agent.harness import BASE_CONFIG
+from unit_p2p.sync.revision import canonical_json
+from unit_p2p.unit.client import UnitClient
+from unit_p2p.unit.emulator import UnitEmulator
+
+
+def big_config(routes: int, round_: int) -> dict:
+    """``routes`` distinct URI routes ahead of the catch-all; the round number makes each new."""
+    table = [{"match": {"uri": f"/api/v{round_}/items/{i:05d}/*", "method": ["GET", "HEAD"]},
+              "action": {"return": 200 + i % 3}} for i in range(routes)]
+    return dict(BASE_CONFIG, routes=[*table, *BASE_CONFIG["routes"]])
+
+
+def local_put(address: str, config: dict, repeats: int) -> dict[str, float]:
+    """Median ms of one PUT, and of PUT + GET (the agent's read-back), over ``repeats``."""
+    put, put_get = [], []
+    with UnitClient(address, timeout=60) as unit:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            unit.put("/config", config)
+            t1 = time.perf_counter()
+            unit.get("/config")
+            t2 = time.perf_counter()
+            put.append((t1 - t0) * 1000)
+            put_get.append((t2 - t0) * 1000)
+            unit.put("/config", BASE_CONFIG)
+    return {"put_ms": statistics.median(put), "put_get_ms": statistics.median(put_get)}
+
+
+async def baseline(workdir: Path, config: dict, repeats: int) -> dict[str, float]:
+    async with trio.open_nursery() as nursery:
+        emu = UnitEmulator(f"unix:{workdir / 'baseline.sock'}")
+        await nursery.start(emu.serve)
+        out = await trio.to_thread.run_sync(local_put, f"unix:{workdir / 'baseline.sock'}",
+                                            config, repeats)
+        nursery.cancel_scope.cancel()
+    return out
+
+
+async def main(args: argparse.Namespace) -> int:
+    meta = {"machine": common.machine(), "agents": args.agents, "routes": args.routes,
+            "rounds": args.rounds, "topology": args.topology,
+            "command": "python -m bench.big_config " + " ".join(sys.argv[1:])}
+    print(common.machine_line(meta["machine"]), flush=True)
+    configs = [big_config(args.routes, r + 1) for r in range(args.rounds)]
+    size = len(canonical_json(configs[0]))
+    meta["config_bytes"] = size
+    print(f"config: {args.routes} routes, {size / 1e6:.2f} MB canonical JSON", flush=True)
+
+    rounds = []
+    async with common.running_fleet(args.agents, args.topology, seed=args.seed,
+                                    announce_interval=common.DEFAULT_ANNOUNCE,
+                                    start_timeout=args.start_timeout) as fleet:
+        await common.wait_mesh_formed(fleet, args.topology, 60)
+        base = await baseline(fleet[0].dir.parent, configs[0], args.repeats)
+        print(f"one local PUT to an emulated Unit: {base['put_ms']:.0f} ms "
+              f"(with the read-back {base['put_get_ms']:.0f} ms)", flush=True)
+        for r, cfg in enumerate(configs, 1):
+            t0 = time.time()
+            result = await fleet[0].call("publish", config=cfg, http_timeout=args.deadline)
+            published = time.time()
+            applied = await common.wait_applied(fleet.agents, result["revision"], args.deadline)
+            ok = len(applied) == args.agents
+            ms = (max(applied.values()) - t0) * 1000 if ok else None
+            rounds.append({"round": r, "all_applied_ms": ms, "publish_call_ms":
+                           (published - t0) * 1000, "applied": len(applied),
+                           "per_agent_ms": sorted((t - t0) * 1000 for t in applied.values())})
+            print(f"  round {r}: publish call {(published - t0) * 1000:.0f} ms, "
+                  + (f"all {args.agents} applied in {ms:.0f} ms" if ok else
+                     f"MISS: {len(applied)}/{args.agents} within {args.deadline:g} s"),
+                  flush=True)
+            await trio.sleep(2)
+        rss = common.fleet_rss(fleet)
+
+    done = [r["all_applied_ms"] for r in rounds if r["all_applied_ms"] is not None]
+    rows = [[str(r["round"]), f"{r['publish_call_ms']:.0f}",
+             common.fmt_ms(r["all_applied_ms"]), f"{r['applied']}/{args.agents}",
+             common.fmt_ms(r["per_agent_ms"][0] if r["per_agent_ms"] else None),
+             common.fmt_ms(statistics.median(r["per_agent_ms"]) if r["per_agent_ms"] else None)]
+            for r in rounds]
+    table = md_table(["round", "publish call ms (local PUT + announce)", "all applied ms",
+                      "applied", "first agent ms", "median agent ms"], rows)
+    ratio = (f"{statistics.median(done) / base['put_get_ms']:.1f}x one local PUT + read-back"
+             if done else "-")
+    markdown = "\n".join([
+        f"# Big config: {size / 1e6:.2f} MB ({args.routes} routes) to {args.agents} agents", "",
+        f"Machine: {common.machine_line(meta['machine'])}.", "",
+        f"Command: `{meta['command']}`. Topology {args.topology} (mDNS off), agent defaults "
+        f"(max_config_bytes 8 MiB). Each round publishes a new {size / 1e6:.2f} MB config from "
+        f"agent 0; time from the publish request to the last agent's `head.applied_at`.", "",
+        table, "",
+        f"Baseline, one local PUT of the same config to an emulated Unit (median of "
+        f"{args.repeats}): **{base['put_ms']:.0f} ms**, with the read-back "
+        f"**{base['put_get_ms']:.0f} ms**.", "",
+        f"All {args.agents} applied, median over rounds: **"
+        f"{common.fmt_ms(statistics.median(done) if done else None)} ms** ({ratio}).", "",
+        f"Agent RSS after the rounds: {common.fmt_mib(rss)} MiB median (min-max).", ""])
+    common.write_result("big_config", markdown, {"meta": meta, "baseline": base,
+                                                 "rounds": rounds, "rss_mib": rss})
+    print()
+    print(markdown)
+    return 0 if len(done) == len(rounds) else 1
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.big_config", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", type=int, default=10)
+    p.add_argument("--routes", type=int, default=20000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="local PUTs for the baseline")
+    p.add_argument("--topology", choices=["mesh", "star"], default="mesh")
+    p.add_argument("--deadline", type=float, default=120.0)
+    p.add_argument("--start-timeout", type=float, default=300.0)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    if args.agents < 2 or args.routes < 1 or args.rounds < 1:
+        p.error("--agents must be at least 2, --routes and --rounds at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_main(main, parse()))

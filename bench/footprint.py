@@ -1,0 +1,203 @@
+"""What one agent costs a host: RSS, idle CPU, start-to-ready time, and what it imports.
+
+    python -m bench.footprint --agents 5 --idle 20
+
+1. One agent alone under ``-X importtime`` (``PYTHONPROFILEIMPORTTIME=1``), started, ready,
+   stopped: the import costs, grouped by package and by which unit_p2p module pulls them in.
+2. ``--agents`` agents (mesh: each bootstraps from 2-3 earlier ones), started one at a time:
+   spawn -> ``GET /v1/healthz`` answering. Once all are up and connected, ``--settle`` seconds,
+   then idle CPU over ``--idle`` seconds (utime + stime from /proc/PID/stat) and RSS (VmRSS).
+   Then one publish, and RSS again.
+
+Writes bench/results/footprint.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from bench import common
+from bench.common import md_table
+from tests.agent.harness import BASE_CONFIG, AgentProc
+from unit_p2p.demo import spawn
+
+TARGETS = {"rss_mib": 64, "ready_s": 1.0, "idle_cpu_pct": 0.2}
+
+
+@dataclass
+class ImportLine:
+    name: str
+    self_us: int
+    cumulative_us: int
+    level: int
+    parent: str | None = None
+
+
+def parse_importtime(text: str) -> list[ImportLine]:
+    """``import time: self | cumulative | name`` lines; nesting is the name's indentation.
+
+    Python prints an import after its children, so read backwards: a line's parent is the last
+    line seen (backwards) one level up.
+    """
+    lines = []
+    for raw in text.splitlines():
+        if not raw.startswith("import time:") or "|" not in raw:
+            continue
+        fields = raw[len("import time:"):].split("|")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue
+        name = fields[2].rstrip()
+        level = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        lines.append(ImportLine(name.strip(), int(fields[0]), int(fields[1]), level))
+    stack: dict[int, str] = {}
+    for line in reversed(lines):
+        line.parent = stack.get(line.level - 1)
+        stack[line.level] = line.name
+    return lines
+
+
+def import_report(lines: list[ImportLine], top: int = 12) -> dict[str, Any]:
+    by_package: dict[str, int] = defaultdict(int)
+    by_sub: dict[str, int] = defaultdict(int)
+    for ln in lines:
+        parts = ln.name.split(".")
+        by_package[parts[0]] += ln.self_us
+        by_sub[".".join(parts[:3])] += ln.self_us
+    heavy = sorted(by_package.items(), key=lambda kv: -kv[1])[:top]
+    heavy_names = {name for name, _ in heavy[:4]}
+    subs = sorted(((k, v) for k, v in by_sub.items() if k.split(".")[0] in heavy_names
+                   and "." in k), key=lambda kv: -kv[1])[:top]
+    # Where the agent's own modules step into third-party code, and what each step costs.
+    entry = sorted(((ln.parent, ln.name, ln.cumulative_us) for ln in lines
+                    if ln.parent and ln.parent.startswith("unit_p2p")
+                    and not ln.name.startswith("unit_p2p")), key=lambda t: -t[2])[:top]
+    return {"total_ms": sum(ln.self_us for ln in lines) / 1000, "modules": len(lines),
+            "by_package_ms": [(k, v / 1000) for k, v in heavy],
+            "by_subpackage_ms": [(k, v / 1000) for k, v in subs],
+            "entry_points_ms": [(p, n, c / 1000) for p, n, c in entry],
+            "quic_grpc_etc": sorted({ln.name for ln in lines
+                                     if any(w in ln.name for w in
+                                            ("quic", "grpc", "websocket", "relay", "mplex",
+                                             "secio", "insecure", "pubsub.floodsub", "webrtc"))
+                                     and ln.name.count(".") <= 3})}
+
+
+async def import_costs(start_timeout: float) -> tuple[dict[str, Any], float]:
+    """One agent alone, its imports profiled; returns the report and its start-to-ready time."""
+    async with common.running_fleet(1, "mesh", seed=0, announce_interval=common.DEFAULT_ANNOUNCE,
+                                    start_timeout=start_timeout, start_agents=False) as fleet:
+        a: AgentProc = fleet[0]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPROFILEIMPORTTIME="1")
+        spawned = time.monotonic()
+        a.proc = spawn(a.command(), a.dir / "agent.log", env)
+        with trio.fail_after(start_timeout):
+            await a.wait_ready()
+        ready = time.monotonic() - spawned
+        text = (a.dir / "agent.log").read_text(errors="replace")
+    return import_report(parse_importtime(text)), ready
+
+
+async def main(args: argparse.Namespace) -> int:
+    meta = {"machine": common.machine(), "agents": args.agents, "idle_s": args.idle,
+            "settle_s": args.settle, "command": "python -m bench.footprint "
+            + " ".join(sys.argv[1:])}
+    print(common.machine_line(meta["machine"]), flush=True)
+    print("one agent with -X importtime ...", flush=True)
+    imports, ready_profiled = await import_costs(args.start_timeout)
+    print(f"  {imports['modules']} modules imported in {imports['total_ms']:.0f} ms", flush=True)
+
+    ready_s: dict[int, float] = {}
+    print(f"{args.agents} agents, started one at a time ...", flush=True)
+    async with common.running_fleet(args.agents, "mesh", seed=args.seed,
+                                    announce_interval=common.DEFAULT_ANNOUNCE,
+                                    start_timeout=args.start_timeout,
+                                    ready_s=ready_s) as fleet:
+        formed = await common.wait_mesh_formed(fleet, "mesh", 60)
+        print(f"  all ready, connected after {formed:.1f} s; settling {args.settle:g} s, "
+              f"then idle CPU over {args.idle:g} s", flush=True)
+        await trio.sleep(args.settle)
+        pids = {a.index: a.proc.pid for a in fleet}
+        cpu0 = {i: common.cpu_seconds(p) for i, p in pids.items()}
+        t0 = time.monotonic()
+        await trio.sleep(args.idle)
+        elapsed = time.monotonic() - t0
+        cpu1 = {i: common.cpu_seconds(p) for i, p in pids.items()}
+        rss_idle = {i: common.rss_mib(p) for i, p in pids.items()}
+        idle_pct = {i: 100 * (cpu1[i] - cpu0[i]) / elapsed for i in pids
+                    if cpu0[i] is not None and cpu1[i] is not None}
+        cfg = dict(BASE_CONFIG, routes=[{"match": {"uri": "/footprint"},
+                                         "action": {"return": 200}}])
+        result = await fleet[0].call("publish", config=cfg, http_timeout=30)
+        applied = await common.wait_applied(fleet.agents, result["revision"], 60)
+        rss_pub = {i: common.rss_mib(p) for i, p in pids.items()}
+
+    rows = [[f"a{i}", f"{ready_s[i]:.2f}", f"{rss_idle[i]:.1f}", f"{idle_pct.get(i, 0):.2f}",
+             f"{rss_pub[i]:.1f}"] for i in sorted(pids)]
+    med = {"ready_s": statistics.median(ready_s.values()),
+           "rss_mib": statistics.median(rss_idle.values()),
+           "idle_cpu_pct": statistics.median(idle_pct.values()),
+           "rss_after_publish_mib": statistics.median(rss_pub.values())}
+    rows.append(["**median**", f"{med['ready_s']:.2f}", f"{med['rss_mib']:.1f}",
+                 f"{med['idle_cpu_pct']:.2f}", f"{med['rss_after_publish_mib']:.1f}"])
+    rows.append(["target (issue 7)", f"< {TARGETS['ready_s']:g}", f"<= {TARGETS['rss_mib']}",
+                 f"< {TARGETS['idle_cpu_pct']:g}", ""])
+    table = md_table(["agent", "start -> ready s", "RSS idle MiB", "idle CPU % of a core",
+                      "RSS after a publish MiB"], rows)
+    pkg = md_table(["package", "self import time ms"],
+                   [[k, f"{v:.0f}"] for k, v in imports["by_package_ms"]])
+    sub = md_table(["subpackage", "self ms"],
+                   [[k, f"{v:.0f}"] for k, v in imports["by_subpackage_ms"]])
+    entry = md_table(["unit_p2p module", "imports", "cumulative ms"],
+                     [[p, n, f"{c:.0f}"] for p, n, c in imports["entry_points_ms"]])
+    markdown = "\n".join([
+        "# Footprint: one agent's RSS, idle CPU, start-up and imports", "",
+        f"Machine: {common.machine_line(meta['machine'])}.", "",
+        f"Command: `{meta['command']}`. {args.agents} agents (mesh, each bootstraps from 2-3 "
+        f"earlier ones, DHT on, mDNS off, log level info), each with its emulated Unit in the "
+        f"benchmark process; started one at a time; idle CPU measured over {args.idle:g} s "
+        f"after {args.settle:g} s settling; publish applied by {len(applied)}/{args.agents}.",
+        "", table, "",
+        f"## Imports (one agent alone, `PYTHONPROFILEIMPORTTIME=1`, start -> ready "
+        f"{ready_profiled:.2f} s with the profiling on)", "",
+        f"{imports['modules']} modules, {imports['total_ms']:.0f} ms of import time in total "
+        f"(wall clock on this machine at this load).", "", pkg, "",
+        "Heaviest subpackages of the heaviest packages:", "", sub, "",
+        "Where the agent's modules step into third-party code (cumulative, including "
+        "everything below):", "", entry, "",
+        "Modules imported that a TCP + Noise + yamux agent never runs: "
+        + (", ".join(f"`{m}`" for m in imports["quic_grpc_etc"]) or "none") + ".", ""])
+    data = {"meta": meta, "ready_s": ready_s, "rss_idle_mib": rss_idle, "idle_cpu_pct": idle_pct,
+            "rss_after_publish_mib": rss_pub, "median": med, "imports": imports,
+            "ready_profiled_s": ready_profiled}
+    common.write_result("footprint", markdown, data)
+    print()
+    print(markdown)
+    return 0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", type=int, default=5)
+    p.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measurement")
+    p.add_argument("--settle", type=float, default=10.0,
+                   help="seconds after the mesh formed before measuring")
+    p.add_argument("--start-timeout", type=float, default=120.0)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    if args.agents < 2:
+        p.error("--agents must be at least 2")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_main(main, parse()))
