@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the libp2p peer ID of an Ed25519 identity key file.")
     p.add_argument("--key", type=Path, required=True, help="identity key file")
     p.add_argument("--create", action="store_true", help="create the key (mode 0600) if missing")
+    p.add_argument("--rotate", action="store_true",
+                   help="replace the key, keeping the old one as FILE.old; prints OLD NEW "
+                        "(docs/settings.md: rotating without downtime)")
+    p.add_argument("--new-key", type=Path, help="with --rotate: swap in this prepared key")
 
     p = sub.add_parser("unit-emulator", help="run the NGINX Unit control-API emulator",
                        description="An emulator of NGINX Unit 1.35's control API for tests and "
@@ -116,8 +120,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "agent":
         return _cmd_agent(args)
     if args.command == "id":
-        from unit_p2p.identity import id_command
+        from unit_p2p.identity import id_command, rotate_command
 
+        if args.rotate:
+            return rotate_command(args.key, args.new_key)
         return id_command(args.key, args.create)
     if args.command == "unit-emulator":
         from unit_p2p.unit.emulator import cli as emulator_cli

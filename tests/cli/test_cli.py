@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import trio
-from unit_p2p import __version__
 
 from tests.agent.harness import Fleet
+from unit_p2p import __version__
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,13 @@ def test_id_creates_once_and_refuses_loose_permissions(tmp_path):
     assert r.returncode == 2 and "chmod 600" in r.stderr and "Traceback" not in r.stderr
     r = cli("id", "--key", tmp_path / "absent.key")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    key.chmod(0o600)
+    r = cli("id", "--key", key, "--rotate")
+    assert r.returncode == 0, r.stderr
+    old, new = r.stdout.split()
+    assert old == peer and new != peer and new.startswith("12D3KooW")
+    assert cli("id", "--key", key).stdout.strip() == new
+    assert cli("id", "--key", f"{key}.old").stdout.strip() == peer
 
 
 def test_client_commands_without_an_agent_exit_3(tmp_path):
