@@ -166,7 +166,7 @@ fi
 step "molecule venv"
 venv="$CACHE/venv"
 stamp="$venv/.unit-p2p-reqs"
-want="$($PYTHON -c 'import sys; print(sys.version_info[:2])') ${MOLECULE_REQS[*]}"
+want="$($PYTHON -c 'import sys; print(sys.version_info[:2])') setuptools>=68 ${MOLECULE_REQS[*]}"
 if [[ -x $venv/bin/molecule && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
     done_step "up to date"
 else
@@ -176,7 +176,8 @@ else
     }
     rm -rf "$venv"
     "$PYTHON" -m venv "$venv"
-    quiet venv "$venv/bin/pip" install --upgrade pip wheel
+    # setuptools here: the agent wheel is built without build isolation (8 s -> 1 s)
+    quiet venv "$venv/bin/pip" install --upgrade pip wheel "setuptools>=68"
     quiet venv "$venv/bin/pip" install "${MOLECULE_REQS[@]}"
     printf '%s' "$want" >"$stamp"
     # molecule shells out to ansible-config, so its venv must be on PATH even for --version
@@ -219,7 +220,7 @@ wheels="$CACHE/wheels"
 wheelhouse="$CACHE/wheelhouse"
 rm -rf "$wheels"
 mkdir -p "$wheels" "$wheelhouse"
-quiet wheels "$venv/bin/pip" wheel --no-deps "$REPO" -w "$wheels"
+quiet wheels "$venv/bin/pip" wheel --no-deps --no-build-isolation "$REPO" -w "$wheels"
 agent_wheel=$(ls "$wheels"/unit_p2p-*.whl)
 # Offline resolution first (2 s): only when the cached wheelhouse no longer satisfies the agent's
 # requirements does pip go to the index and build what is missing.
