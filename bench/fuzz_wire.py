@@ -14,11 +14,11 @@ import sys
 import time
 
 from hypothesis import HealthCheck, given, settings
+
+from tests.sync.wire_strategies import DIGEST, any_input, check_accepted
 from unit_p2p.errors import SyncError, WireError
 from unit_p2p.sync import wire
 from unit_p2p.sync.revision import Document
-
-from tests.sync.wire_strategies import DIGEST, any_input, check_accepted
 
 
 def main() -> int:

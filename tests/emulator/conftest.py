@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
 from unit_p2p.unit.emulator import UnitEmulator
 
 # The validity of the certificate in the recording (fixtures: put_certificate).

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 import trio
+
+from tests.emulator.conftest import free_loopback_port, make_bundle
 from unit_p2p.unit.emulator import UnitEmulator
 from unit_p2p.unit.emulator.jsonparse import dumps_pretty
 from unit_p2p.unit.emulator.rawclient import RawResponse, build_request, exchange
-
-from tests.emulator.conftest import free_loopback_port, make_bundle
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "unit-fixtures"
 TRANSCRIPT = FIXTURES / "unit-control-api.jsonl"

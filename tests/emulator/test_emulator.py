@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from unit_p2p.unit.emulator import EmulatorError, UnitEmulator
-from unit_p2p.unit.emulator.rawclient import exchange, request
 
 from tests.emulator.conftest import free_loopback_port, make_bundle
+from unit_p2p.unit.emulator import EmulatorError, UnitEmulator
+from unit_p2p.unit.emulator.rawclient import exchange, request
 
 GOOD = b'{"listeners": {"*:8080": {"pass": "routes"}}, "routes": [{"action": {"return": 204}}]}'
 SUCCESS = b'{\r\n\t"success": "Reconfiguration done."\r\n}\r\n'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from unit_p2p.unit.emulator import UnitEmulator
 from unit_p2p.unit.emulator.rawclient import exchange, request
 

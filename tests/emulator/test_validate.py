@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from unit_p2p.unit.emulator.jsonparse import parse
 from unit_p2p.unit.emulator.listeners import ListenerAddress, parse_listener
 from unit_p2p.unit.emulator.validate import ConfigInvalid, validate

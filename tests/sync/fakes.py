@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import trio
 import trio.testing
+
 from unit_p2p.errors import MeshError, UnitInvalidConfig, UnitUnreachable, WireError
 
 END = b"\x00<end>"

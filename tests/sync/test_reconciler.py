@@ -13,6 +13,8 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+
+from tests.sync.fakes import FakeMesh, FakeNetwork, FakeStream, FakeUnit
 from unit_p2p.mesh import TrustPolicy
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
@@ -20,8 +22,6 @@ from unit_p2p.sync import wire
 from unit_p2p.sync.reconciler import Reconciler
 from unit_p2p.sync.revision import Document, Head, Revision, sign_revision
 from unit_p2p.sync.store import StateStore
-
-from tests.sync.fakes import FakeMesh, FakeNetwork, FakeStream, FakeUnit
 
 MESH = "test"
 

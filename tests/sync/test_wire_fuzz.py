@@ -7,11 +7,11 @@ import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+
+from tests.sync.wire_strategies import DIGEST, any_input, check_accepted, valid_messages
 from unit_p2p.errors import SyncError, WireError
 from unit_p2p.sync import wire
 from unit_p2p.sync.revision import Document, Revision
-
-from tests.sync.wire_strategies import DIGEST, any_input, check_accepted, valid_messages
 
 FUZZ = settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
 

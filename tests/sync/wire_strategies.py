@@ -8,6 +8,7 @@ import json
 from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+
 from unit_p2p.sync import wire
 from unit_p2p.sync.revision import Head, Revision, sign_revision
 
