@@ -226,3 +226,22 @@ async def test_gossip_survives_losing_the_connection_that_carried_it(nursery):
         await a.events.wait_until(lambda: a.events.announcements)
     print("pubsub streams repaired:", a.mesh.stats["pubsub_stream_repaired"],
           b.mesh.stats["pubsub_stream_repaired"])
+
+
+async def test_explicit_disconnect_is_not_undone_by_background_tasks(nursery):
+    # pubsub retries, identify, the DHT and our pinger all open streams, and py-libp2p dials for
+    # any of them when no connection exists; mesh._guard_dials refuses those background dials.
+    # (A regression check: on a quiet box the race rarely hits even without the guard.)
+    a = await start_node(nursery, tuning=FAST_LIVENESS, dht=True)
+    b = await start_node(nursery, tuning=FAST_LIVENESS, dht=True)
+    with trio.fail_after(10):
+        await b.mesh.connect(a.addr)
+        await wait_for(lambda: a.peer_id in b.mesh.gossip_peers())
+        await b.mesh.disconnect(a.peer_id)
+        await b.events.wait_until(lambda: a.peer_id not in b.events.connected)
+    await trio.sleep(3)  # several pinger periods, pubsub retries and DHT rounds
+    assert a.mesh.connected_peers() == [] and b.mesh.connected_peers() == []
+    assert b.events.log == [("connected", a.peer_id), ("disconnected", a.peer_id)]
+    # explicit dials still work
+    with trio.fail_after(10):
+        await b.mesh.connect(a.addr)

@@ -9,6 +9,7 @@ notification path and never on zeroconf's thread.
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import math
 import time
@@ -168,7 +169,7 @@ class Mesh:
         network = host.get_network()
         network.register_notifee(_Notifee(self))
         self._stopping = False
-        _refuse_dials_when_stopping(network, lambda: self._stopping)
+        _guard_dials(network, lambda: self._stopping)
         pubsub, router = build_pubsub(host, self.topic, self.trust, self.stats,
                                       self.tuning.gossip)
         guard_pubsub(pubsub, self.stats)
@@ -274,6 +275,7 @@ class Mesh:
         if not self.trust.is_trusted(peer_id):
             raise MeshError(f"peer {peer_id} is not trusted")
         pid = _parse_id(peer_id)
+        allow = _ALLOW_DIAL.set(True)  # may dial a known but unconnected peer
         try:
             with trio.fail_after(self.tuning.dial_timeout + NEGOTIATE_TIMEOUT):
                 raw = await self._host.new_stream(pid, [TProtocol(protocol)])
@@ -282,6 +284,8 @@ class Mesh:
         except Exception as exc:
             raise MeshError(f"cannot open {protocol} to {peer_id}: {type(exc).__name__}: "
                             f"{exc}") from exc
+        finally:
+            _ALLOW_DIAL.reset(allow)
         self._touch(peer_id)
         return Stream(raw, peer_id, protocol, self.tuning.stream_timeout)
 
@@ -377,6 +381,7 @@ class Mesh:
             # A failed dial puts the peer in the swarm's 60 s negative cache, which would turn our
             # backoff schedule into one attempt a minute: lift it before each of our attempts.
             network.unblock_peer(pid)
+            allow = _ALLOW_DIAL.set(True)
             try:
                 with trio.fail_after(self.tuning.dial_timeout):
                     await self._host.connect(LibPeerInfo(pid, mas))
@@ -385,6 +390,8 @@ class Mesh:
             except Exception as exc:
                 raise MeshError(f"cannot connect to {peer_id}: {type(exc).__name__}: "
                                 f"{exc}") from exc
+            finally:
+                _ALLOW_DIAL.reset(allow)
 
     async def disconnect(self, peer_id: str) -> None:
         if self._host is None:
@@ -499,16 +506,29 @@ async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None
         await trio.sleep_forever()
 
 
-def _refuse_dials_when_stopping(network, stopping: Callable[[], bool]) -> None:
-    """While we close the swarm, pubsub/identify/ping tasks still run and would re-dial a peer
-    whose connection was just closed (``new_stream`` dials when there is no connection). Such a
-    dial, cut short by the final cancel, left a half-registered connection whose socket stayed
-    open: the remote kept it as a live zombie. So dialing is refused once shutdown began."""
+#: set while the mesh itself dials (discovery, connect, open_stream); see _guard_dials
+_ALLOW_DIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("mesh_allow_dial",
+                                                                   default=False)
+
+
+def _guard_dials(network, stopping: Callable[[], bool]) -> None:
+    """Only the mesh decides whom to connect to.
+
+    py-libp2p dials whenever a stream is wanted and no connection exists: pubsub's retries,
+    identify, the DHT's lookups and our own pinger would silently undo an explicit disconnect or
+    a dead-peer drop (measured: a peer disconnected on purpose was reconnected by a background
+    ``new_stream``). Those background dials are refused; ``Mesh.dial`` and ``Mesh.open_stream``
+    mark their own with ``_ALLOW_DIAL``. While the swarm shuts down every dial is refused: one cut
+    short by the final cancel left a half-registered connection whose socket stayed open, and
+    the remote kept it as a live zombie.
+    """
     dial_peer = network.dial_peer
 
     async def guarded_dial_peer(peer_id):
         if stopping():
             raise SwarmException("the mesh is shutting down")
+        if not _ALLOW_DIAL.get():
+            raise SwarmException(f"not connected to {peer_id} (background dials are refused)")
         return await dial_peer(peer_id)
 
     network.dial_peer = guarded_dial_peer
