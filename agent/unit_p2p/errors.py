@@ -20,8 +20,8 @@ of named errors instead of every library's own.
     ├── SyncError              a revision could not be fetched, verified or applied
     ├── ApiError               the agent's local API answered with an error (docs/api.md)
     ├── AgentUnreachable       the agent's API socket is missing, refused or timed out
+    │                          (defined in unit_p2p.api.client)
     └── EmulatorError          the Unit emulator cannot start as asked
-                               (defined in unit_p2p.api.client)
 """
 
 from __future__ import annotations
