@@ -19,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from unit_p2p.api.client import AgentUnreachable
 from unit_p2p.errors import ApiError
+from unit_p2p.unit.client import AsyncUnitClient
 
 
 @dataclass
@@ -37,6 +38,10 @@ class Node:
     unit_sock: Path
     api_sock: Path
     proc: subprocess.Popen | None = None
+    unit: AsyncUnitClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unit = AsyncUnitClient(f"unix:{self.unit_sock}")
 
     @property
     def api(self) -> str:
@@ -159,9 +164,7 @@ async def demo(n: int, timeout: float, topology: str, workdir: Path) -> int:
             await nursery.start(emu.serve)
             emulators.append(emu)
         for node, port in zip(nodes, ports[n:], strict=True):
-            from unit_p2p.unit.client import AsyncUnitClient
-
-            await AsyncUnitClient(f"unix:{node.unit_sock}").put(
+            await node.unit.put(
                 "/config", initial_config(port, "v1"))
         try:
             for i, node in enumerate(nodes):
@@ -188,7 +191,7 @@ async def demo(n: int, timeout: float, topology: str, workdir: Path) -> int:
                 head = status.get("head") or {}
                 ok = head.get("digest") == result["digest"] and status["local"]["in_sync"]
                 converged += ok
-                unit_cfg = await AsyncUnitClient(f"unix:{node.unit_sock}").get("/config")
+                unit_cfg = await node.unit.get("/config")
                 listener = next(iter(unit_cfg.get("listeners", {})), "-")
                 say(f"  node {node.index}  {'applied' if ok else 'NOT applied'}  "
                     f"head {head.get('revision', 'none')}  routes {len(unit_cfg['routes'])}  "
