@@ -129,6 +129,24 @@ def run_main(main, *args) -> int:
 
 # --- the agent fleet ----------------------------------------------------------------------------
 
+@dataclasses.dataclass
+class VariantAgent(AgentProc):
+    """An agent run through ``bench.agent_variant`` (same CLI, liveness timing changed)."""
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        assert cmd[1:3] == ["-m", "unit_p2p"]
+        return [cmd[0], "-m", "bench.agent_variant", *cmd[3:]]
+
+
+def use_variant(fleet: Fleet, liveness: str) -> None:
+    """Run ``fleet``'s agents with liveness ``interval,timeout,misses`` instead of the default."""
+    os.environ["BENCH_LIVENESS"] = liveness  # inherited by the agents the harness spawns
+    fleet.agents = [VariantAgent(**{f.name: getattr(a, f.name)
+                                    for f in dataclasses.fields(AgentProc)})
+                    for a in fleet.agents]
+
+
 def bootstrap_topology(fleet: Fleet, kind: str, rng: random.Random) -> None:
     """mesh: each agent bootstraps from 2-3 random earlier agents; star: all from agent 0."""
     for a in fleet:
@@ -154,16 +172,20 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
                         mdns: bool = False, start_timeout: float = 300.0,
                         config: dict | None = None,
                         ready_s: dict[int, float] | None = None,
-                        start_agents: bool = True) -> AsyncIterator[Fleet]:
+                        start_agents: bool = True,
+                        liveness: str | None = None) -> AsyncIterator[Fleet]:
     """N agents up (API answering) in a temporary dir; stopped and removed on exit, always.
 
     With ``ready_s`` the agents start one at a time, and it gets each one's spawn -> API
     answering time (starting all at once would measure the CPU contention among them).
     Without ``start_agents`` only the Units run; agents the caller starts are stopped too.
+    ``liveness`` ("interval,timeout,misses") runs a what-if variant (bench/agent_variant.py).
     """
     with tempfile.TemporaryDirectory(prefix=f"unit-p2p-bench-{kind}-") as tmp:
         async with trio.open_nursery() as nursery:
             fleet = Fleet(Path(tmp), nursery, n, mesh=f"bench-{kind}")
+            if liveness:
+                use_variant(fleet, liveness)
             bootstrap_topology(fleet, kind, random.Random(seed))
             for a in fleet:
                 a.extra_args = agent_args(kind, announce_interval, mdns)

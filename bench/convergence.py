@@ -41,6 +41,10 @@ def publish_config(tag: str, i: int) -> dict:
     return cfg
 
 
+def ours_label(args: argparse.Namespace) -> str:
+    return f"unit-p2p (liveness {args.liveness})" if args.liveness else "unit-p2p"
+
+
 def keep_logs(fleet: Fleet, indices: list[int], label: str) -> Path:
     """Copy the logs of agents that missed a publish out of the temporary dir, for a look."""
     dest = LOGS_KEPT / label
@@ -67,17 +71,19 @@ async def describe_pending(fleet: Fleet, pending: list[int]) -> str:
 
 async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed + n)
-    run: dict[str, Any] = {"system": "unit-p2p", "n": n, "topology": kind,
+    run: dict[str, Any] = {"system": ours_label(args), "n": n, "topology": kind,
                            "loadavg_start": list(common.machine()["loadavg"])}
     started = time.monotonic()
     async with common.running_fleet(n, kind, seed=args.seed + n,
                                     announce_interval=args.announce_interval,
-                                    start_timeout=args.start_timeout) as fleet:
+                                    start_timeout=args.start_timeout,
+                                    liveness=args.liveness) as fleet:
         run["all_ready_s"] = round(time.monotonic() - started, 1)
         run["mesh_formed_s"] = round(await common.wait_mesh_formed(fleet, kind, 60), 1)
         tag = f"{kind}{n}-{int(time.time())}"
         latencies: list[float] = []
         per_agent: list[float] = []
+        reached: list[int] = []
         misses: list[dict] = []
         for i in range(args.publishes + 1):
             publisher = fleet[0] if i == 0 else fleet[rng.randrange(n)]
@@ -88,13 +94,15 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
             deadline = args.deadline * (3 if i == 0 else 1)
             applied = await common.wait_applied(fleet.agents, rev, deadline)
             label = "warm-up" if i == 0 else f"{i:2d}/{args.publishes}"
+            if i > 0:
+                reached.append(len(applied))
+                per_agent += [(t - t0) * 1000 for t in applied.values()]
             if len(applied) == n:
                 ms = (max(applied.values()) - t0) * 1000
                 if i == 0:
                     run["warmup_ms"] = round(ms, 1)
                 else:
                     latencies.append(ms)
-                    per_agent += [(t - t0) * 1000 for t in applied.values()]
                 print(f"  ours {kind:4} N={n:2} publish {label} from a{publisher.index}: "
                       f"all {n} applied in {ms:.0f} ms", flush=True)
             else:
@@ -112,7 +120,8 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
             run["logs"] = str(keep_logs(fleet, list(range(n)), tag))
         run.update(latency_ms=summary(latencies), per_agent_ms=summary(per_agent),
                    samples_ms=[round(x, 1) for x in latencies], misses=len(misses),
-                   miss_detail=misses, rss_mib=[round(r, 1) for r in common.fleet_rss(fleet)])
+                   miss_detail=misses, reached=reached,
+                   rss_mib=[round(r, 1) for r in common.fleet_rss(fleet)])
     run["loadavg_end"] = list(common.machine()["loadavg"])
     return run
 
@@ -125,6 +134,7 @@ async def bench_serf(serf: str, n: int, kind: str, args: argparse.Namespace) -> 
         run["mesh_formed_s"] = round(cluster.formed_s, 1)
         latencies: list[float] = []
         per_agent: list[float] = []
+        reached: list[int] = []
         misses = 0
         for i in range(args.publishes + 1):
             node = cluster.nodes[0] if i == 0 else cluster.nodes[rng.randrange(n)]
@@ -133,11 +143,13 @@ async def bench_serf(serf: str, n: int, kind: str, args: argparse.Namespace) -> 
             await trio.to_thread.run_sync(cluster.send_event, node, payload)
             got = await cluster.wait_delivered(payload, args.deadline)
             label = "warm-up" if i == 0 else f"{i:2d}/{args.publishes}"
+            if i > 0:
+                reached.append(len(got))
+                per_agent += [(t - t0) * 1000 for t in got.values()]
             if len(got) == n:
                 ms = (max(got.values()) - t0) * 1000
                 if i > 0:
                     latencies.append(ms)
-                    per_agent += [(t - t0) * 1000 for t in got.values()]
                 print(f"  serf {kind:4} N={n:2} event   {label} from s{node.index}: "
                       f"all {n} handlers ran in {ms:.0f} ms", flush=True)
             else:
@@ -146,7 +158,7 @@ async def bench_serf(serf: str, n: int, kind: str, args: argparse.Namespace) -> 
                       f"{len(got)}/{n} within {args.deadline:.0f} s", flush=True)
             await trio.sleep(rng.uniform(1.0, 2.0))
         run.update(latency_ms=summary(latencies), per_agent_ms=summary(per_agent),
-                   samples_ms=[round(x, 1) for x in latencies], misses=misses,
+                   samples_ms=[round(x, 1) for x in latencies], misses=misses, reached=reached,
                    rss_mib=[round(r, 1) for n_ in cluster.nodes
                             if n_.proc and (r := common.rss_mib(n_.proc.pid)) is not None])
     run["loadavg_end"] = list(common.machine()["loadavg"])
@@ -160,6 +172,19 @@ def _find(runs: list[dict], system: str, n: int, kind: str) -> dict | None:
                  and r["topology"] == kind), None)
 
 
+def _misses(run: dict | None, meta: dict) -> str:
+    if not run:
+        return "-"
+    return "error" if run["misses"] is None else f"{run['misses']}/{meta['publishes']}"
+
+
+def _reached(run: dict | None) -> str:
+    """How many agents a publish reached within the deadline, median over the publishes."""
+    if not run or not run["reached"]:
+        return "-"
+    return f"{sorted(run['reached'])[len(run['reached']) // 2]}/{run['n']}"
+
+
 def _lat(run: dict | None) -> str:
     if not run:
         return "-"
@@ -171,7 +196,7 @@ def report(runs: list[dict], meta: dict) -> str:
     rows = []
     for n in meta["n"]:
         for kind in meta["topologies"]:
-            ours, serf = _find(runs, "unit-p2p", n, kind), _find(runs, "serf", n, kind)
+            ours, serf = _find(runs, meta["ours"], n, kind), _find(runs, "serf", n, kind)
             if not ours and not serf:
                 continue
             ratio = "-"
@@ -179,18 +204,21 @@ def report(runs: list[dict], meta: dict) -> str:
                 ratio = f"{ours['latency_ms']['p99'] / serf['latency_ms']['p99']:.2f}"
             load = ours or serf
             rows.append([
-                str(n), kind, _lat(ours),
-                f"{ours['misses']}/{meta['publishes']}" if ours else "-",
-                _lat(serf), f"{serf['misses']}/{meta['publishes']}" if serf else "-", ratio,
+                str(n), kind, _lat(ours), _misses(ours, meta), _reached(ours),
+                _lat(serf), _misses(serf, meta), _reached(serf), ratio,
                 fmt_mib(ours["rss_mib"]) if ours else "-",
                 fmt_mib(serf["rss_mib"]) if serf else "-",
                 f"{load['loadavg_start'][0]:.1f}"])
-    table = md_table(["N", "topology", "unit-p2p p50 / p99 / max ms", "misses",
-                      "Serf p50 / p99 / max ms", "Serf misses", "p99 ratio (ours/Serf)",
+    table = md_table(["N", "topology", f"{meta['ours']} p50 / p99 / max ms", "misses",
+                      "agents reached (median)", "Serf p50 / p99 / max ms", "Serf misses",
+                      "Serf reached (median)", "p99 ratio (ours/Serf)",
                       "unit-p2p RSS MiB median (min-max)", "Serf RSS MiB", "load avg (1 min)"],
                      rows)
     detail = []
     for r in runs:
+        if r.get("error"):
+            detail.append(f"- {r['system']} {r['topology']} N={r['n']}: FAILED: {r['error']}")
+            continue
         extra = (f"agents ready {r['all_ready_s']} s, " if "all_ready_s" in r else "")
         warm = f", warm-up publish {r['warmup_ms']:.0f} ms" if r.get("warmup_ms") else ""
         pa = r["per_agent_ms"]
@@ -212,7 +240,7 @@ def report(runs: list[dict], meta: dict) -> str:
         f"same join topology, `serf event -coalesce=false`, latency to the last handler run. "
         f"p99 of 20 samples is their maximum but one (nearest rank).", "",
         table, "", "Runs:", "", *detail, "",
-        "![latency against N](convergence.png)", ""])
+        f"![latency against N]({meta['out']}.png)", ""])
 
 
 def plot(runs: list[dict], meta: dict, path: Path) -> None:
@@ -224,18 +252,24 @@ def plot(runs: list[dict], meta: dict, path: Path) -> None:
     kinds = meta["topologies"]
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.2), squeeze=False,
                              sharey=True)
-    styles = {"unit-p2p": ("tab:blue", "o"), "serf": ("tab:orange", "s")}
+    styles = {meta["ours"]: ("tab:blue", "o"), "serf": ("tab:orange", "s")}
     for ax, kind in zip(axes[0], kinds, strict=True):
         for system, (color, marker) in styles.items():
             sel = sorted((r for r in runs if r["system"] == system and r["topology"] == kind
                           and r["latency_ms"]["p50"] is not None), key=lambda r: r["n"])
-            if not sel:
-                continue
             ns = [r["n"] for r in sel]
             ax.plot(ns, [r["latency_ms"]["p50"] for r in sel], color=color, marker=marker,
                     label=f"{system} p50")
             ax.plot(ns, [r["latency_ms"]["p99"] for r in sel], color=color, marker=marker,
                     linestyle="--", label=f"{system} p99")
+            lost = [r for r in runs if r["system"] == system and r["topology"] == kind
+                    and r["latency_ms"]["p50"] is None]
+            for r in lost:
+                ax.plot([r["n"]], [meta["deadline"] * 1000], color=color, marker="x",
+                        linestyle="none", markersize=10)
+                ax.annotate("all missed" if r["misses"] else "failed",
+                            (r["n"], meta["deadline"] * 1000), textcoords="offset points",
+                            xytext=(4, -12), fontsize=8, color=color)
             for r in sel:
                 if r["misses"]:
                     ax.annotate(f"{r['misses']} miss", (r["n"], r["latency_ms"]["p99"]),
@@ -257,8 +291,23 @@ def plot(runs: list[dict], meta: dict, path: Path) -> None:
 
 def save(runs: list[dict], meta: dict) -> None:
     markdown = report(runs, meta)
-    common.write_result("convergence", markdown, {"meta": meta, "runs": runs})
-    plot(runs, meta, common.RESULTS / "convergence.png")
+    common.write_result(meta["out"], markdown, {"meta": meta, "runs": runs})
+    plot(runs, meta, common.RESULTS / f"{meta['out']}.png")
+
+
+async def recorded(system: str, n: int, kind: str, run) -> dict[str, Any]:
+    """One run's result; a run that broke (a process died, start-up timed out) is recorded
+    with its error, and the benchmark goes on with the next."""
+    load = list(common.machine()["loadavg"])
+    try:
+        return await run
+    except (RuntimeError, AssertionError, OSError, trio.TooSlowError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"  {system} {kind} N={n} failed: {error[:2000]}", flush=True)
+        return {"system": system, "n": n, "topology": kind, "error": error[:300],
+                "latency_ms": summary([]), "per_agent_ms": summary([]), "misses": None,
+                "reached": [], "rss_mib": [], "mesh_formed_s": None, "loadavg_start": load,
+                "loadavg_end": list(common.machine()["loadavg"])}
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -267,24 +316,26 @@ async def main(args: argparse.Namespace) -> int:
             "publishes": args.publishes, "deadline": args.deadline,
             "announce_interval": args.announce_interval,
             "serf_version": serf_version(serf) if serf else "not run",
-            "command": "python -m bench.convergence " + " ".join(sys.argv[1:])}
+            "command": "python -m bench.convergence " + " ".join(sys.argv[1:]),
+            "out": args.out,
+            "ours": ours_label(args)}
     print(common.machine_line(meta["machine"]), flush=True)
     runs: list[dict] = []
     with trio.fail_after(args.max_minutes * 60):
         for n in args.n:
             for kind in args.topology:
                 if not args.no_ours:
-                    print(f"unit-p2p: {n} agents, {kind}", flush=True)
-                    runs.append(await bench_ours(n, kind, args))
+                    print(f"{meta['ours']}: {n} agents, {kind}", flush=True)
+                    runs.append(await recorded(meta["ours"], n, kind, bench_ours(n, kind, args)))
                     save(runs, meta)
                 if serf:
                     print(f"serf: {n} agents, {kind}", flush=True)
-                    runs.append(await bench_serf(serf, n, kind, args))
+                    runs.append(await recorded("serf", n, kind, bench_serf(serf, n, kind, args)))
                     save(runs, meta)
     print()
     print(report(runs, meta))
-    print(f"\nwritten: {common.RESULTS / 'convergence.md'}, convergence.png, convergence.json")
-    return 0 if all(r["misses"] == 0 for r in runs if r["system"] == "unit-p2p") else 1
+    print(f"\nwritten: {common.RESULTS / meta['out']}.{{md,png,json}}")
+    return 0 if all(r["misses"] == 0 for r in runs if r["system"] != "serf") else 1
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -301,6 +352,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-serf", action="store_true", help="only unit-p2p")
     p.add_argument("--no-ours", action="store_true", help="only Serf")
+    p.add_argument("--liveness", metavar="INTERVAL,TIMEOUT,MISSES",
+                   help="what-if: run the agents with these liveness settings instead of the "
+                   "default 2,2,3 (bench/agent_variant.py); results go to --out")
+    p.add_argument("--out", default="convergence", help="results name under bench/results/")
     p.add_argument("--keep-logs", action="store_true",
                    help=f"copy every agent's log to {LOGS_KEPT}/ (missed publishes always are)")
     p.add_argument("--max-minutes", type=float, default=150.0, help="whole run's bound")

@@ -99,7 +99,8 @@ class SerfCluster:
         cmd = [self.serf, "agent", f"-node={node.name}", f"-bind=127.0.0.1:{node.port}",
                f"-rpc-addr={node.rpc}", f"-event-handler=user:bench={self.handler}",
                "-log-level=warn"]
-        return cmd + [f"-join=127.0.0.1:{p}" for p in node.join]
+        # -retry-join: the nodes start together, and -join exits if its peer is not up yet
+        return cmd + ["-retry-interval=1s"] + [f"-retry-join=127.0.0.1:{p}" for p in node.join]
 
     def start(self) -> None:
         for node in self.nodes:
