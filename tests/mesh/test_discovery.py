@@ -128,7 +128,7 @@ async def test_mdns_does_not_block_the_trio_loop(nursery):
         inner.cancel_scope.cancel()  # and the unregister/close at stop
     stop.set()
     print(f"longest trio loop stall during mDNS start/stop: {worst * 1000:.0f} ms")
-    assert worst < 0.3
+    assert worst < 0.5  # zeroconf on the loop would stall it ~1.5 s
 
 
 def test_mdns_interface_plan():

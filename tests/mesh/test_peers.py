@@ -16,7 +16,7 @@ from unit_p2p.mesh.liveness import LivenessParams
 
 from .helpers import make_mesh, start_node, wait_for
 
-FAST_LIVENESS = MeshTuning(liveness=LivenessParams(interval=0.5, timeout=0.5, misses=3))
+FAST_LIVENESS = MeshTuning(liveness=LivenessParams(interval=0.5, timeout=1.0, misses=3))
 
 
 async def test_connect_and_disconnect_fire_events_on_both_sides(nursery):
