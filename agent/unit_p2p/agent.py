@@ -78,8 +78,10 @@ class Agent:
         out.update(version=__version__, uptime_s=round(time.time() - self.started_at, 1),
                    listen_addrs=self.listen_addrs, trust=self.settings.trust)
         # The mesh layer refuses untrusted connections before the reconciler sees them.
-        for reason, count in getattr(self.trust, "rejected", {}).items():
-            out["counters"]["rejected"][reason] = out["counters"]["rejected"].get(reason, 0) + count
+        rejected = out["counters"]["rejected"]
+        for reason, count in self.trust.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+        out["counters"]["mesh"] = dict(self.mesh.stats)
         return out
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -90,9 +92,10 @@ class Agent:
             log.warning("trust: any — every peer of mesh %r may change this host's Unit config; "
                         "use trusted_peers outside demos", s.mesh)
         await self.reconciler.load()
+        # Handlers first: a bootstrap peer may open a heads stream the moment we listen.
+        self.reconciler.register_handlers()
         async with trio.open_nursery() as nursery:
             self.listen_addrs = await nursery.start(self.mesh.serve)
-            self.reconciler.register_handlers()
             await nursery.start(self.reconciler.serve)
             await nursery.start(serve_api, self)
             log.info("agent %s ready: mesh=%s listen=%s api=%s unit=%s", self.peer_id, s.mesh,

@@ -122,4 +122,8 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None,
     logging.getLogger("unit_p2p").setLevel(numeric)
     for name in _QUIET_BELOW_DEBUG:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # py-libp2p reports routine events (a peer closing a DHT stream, a failed redial that our
+    # own bootstrap loop retries) at WARNING/ERROR; ours say what matters, once.
+    logging.getLogger("libp2p").setLevel(logging.WARNING if numeric == logging.DEBUG
+                                         else logging.CRITICAL)
     return handler

@@ -91,6 +91,9 @@ def test_reconfiguring_replaces_the_handler():
     log.info("dropped")
     log.warning("kept")
     assert first.getvalue() == "" and json.loads(second.getvalue())["msg"] == "kept"
+    # py-libp2p logs routine events as warnings and errors: silenced unless debugging
+    assert logging.getLogger("libp2p").level == logging.CRITICAL
+    configure_logging("debug", "text", stream=io.StringIO(), env={})
     assert logging.getLogger("libp2p").level == logging.WARNING
 
 
