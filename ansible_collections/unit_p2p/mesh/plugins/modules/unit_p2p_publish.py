@@ -149,7 +149,7 @@ changed:
 revision:
   description:
     - The published revision, C(<counter>@<origin peer id>), or the current head when nothing changed.
-    - In check mode, what the agent reports for a dry run (null: nothing is published).
+    - In check mode null, since nothing is published.
   returned: success
   type: str
   sample: "8@12D3KooWQxo5yGk3Q7ErBDvCE7fS7kb3AJhEU3gRpvGZhSdbPkwT"
