@@ -172,12 +172,16 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
                         mdns: bool = False, start_timeout: float = 300.0,
                         config: dict | None = None,
                         ready_s: dict[int, float] | None = None,
+                        ready_cpu_s: dict[int, float] | None = None,
                         start_agents: bool = True,
-                        liveness: str | None = None) -> AsyncIterator[Fleet]:
+                        liveness: str | None = None,
+                        extra_args: tuple[str, ...] = ()) -> AsyncIterator[Fleet]:
     """N agents up (API answering) in a temporary dir; stopped and removed on exit, always.
 
     With ``ready_s`` the agents start one at a time, and it gets each one's spawn -> API
-    answering time (starting all at once would measure the CPU contention among them).
+    answering time (starting all at once would measure the CPU contention among them), and
+    ``ready_cpu_s`` the CPU seconds each used until then (what a quiet machine's wall time
+    would be near).
     Without ``start_agents`` only the Units run; agents the caller starts are stopped too.
     ``liveness`` ("interval,timeout,misses") runs a what-if variant (bench/agent_variant.py).
     """
@@ -188,7 +192,7 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
                 use_variant(fleet, liveness)
             bootstrap_topology(fleet, kind, random.Random(seed))
             for a in fleet:
-                a.extra_args = agent_args(kind, announce_interval, mdns)
+                a.extra_args = [*agent_args(kind, announce_interval, mdns), *extra_args]
             try:
                 with trio.fail_after(start_timeout):
                     for a in fleet:
@@ -206,6 +210,8 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
                             a.start()
                             await a.wait_ready()
                             ready_s[a.index] = time.monotonic() - spawned
+                            if ready_cpu_s is not None:
+                                ready_cpu_s[a.index] = cpu_seconds(a.proc.pid) or 0.0
                 yield fleet
             finally:
                 with trio.CancelScope(shield=True):
@@ -270,6 +276,13 @@ async def wait_applied(agents: list[AgentProc], revision: str, deadline_s: float
             if len(applied) < len(agents):
                 await trio.sleep(poll)
     return applied
+
+
+def fleet_cpu(fleet: Fleet) -> float:
+    """CPU seconds used so far by all agents plus this process (the emulated Units)."""
+    own = os.times()
+    return own.user + own.system + sum(c for a in fleet if a.proc
+                                       and (c := cpu_seconds(a.proc.pid)) is not None)
 
 
 def fleet_rss(fleet: Fleet) -> list[float]:
