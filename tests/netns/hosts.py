@@ -96,7 +96,11 @@ def sweep_stale() -> None:
             ip("netns", "del", name, check=False)
 
 
-async def poll(predicate, interval: float = 0.1) -> None:
+#: status polling period: every poll is an API call on each agent, which a loaded machine feels
+POLL_INTERVAL = 0.25
+
+
+async def poll(predicate, interval: float = POLL_INTERVAL) -> None:
     """Until ``await predicate()`` is true, for states the agent offers no event for; the caller
     bounds it with fail_after."""
     while True:
@@ -228,5 +232,12 @@ class HostFleet(Fleet):
         """Poll until each agent reports exactly ``expected`` connected peers; bound by caller."""
         async def reached():
             return all(c == expected for c in await self.connected_counts(agents))
+
+        await poll(reached)
+
+    async def wait_converged(self, digest: str, agents=None) -> None:
+        """As Fleet.wait_converged, polling at POLL_INTERVAL."""
+        async def reached():
+            return await self.converged_on(digest, agents)
 
         await poll(reached)

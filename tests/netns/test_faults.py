@@ -41,12 +41,17 @@ def elapsed(since: float) -> float:
 
 
 @asynccontextmanager
-async def hosts(tmp_path, network, *, extra_args=("--no-mdns",), bootstrap=True):
-    """Start one agent (and its Unit) per host; on failure print every agent's log tail."""
+async def hosts(tmp_path, network, *, extra_args=("--no-mdns",), topology: str | None = "full"):
+    """Start one agent (and its Unit) per host; on failure print every agent's log tail.
+
+    ``topology``: "full" (every agent knows every other's address), "mesh" or "star" (as
+    Fleet.topology), None (no bootstrap list)."""
     async with trio.open_nursery() as nursery:
         fleet = HostFleet(tmp_path, nursery, network)
-        if bootstrap:
+        if topology == "full":
             fleet.bootstrap_all()
+        elif topology:
+            fleet.topology(topology)
         for a in fleet:
             a.extra_args = list(extra_args)
         try:
@@ -74,7 +79,10 @@ async def peer_connected(observer, peer_id: str) -> bool | None:
 
 async def test_split_three_three_heals_to_the_higher_revision(tmp_path, make_network):
     net = make_network([0, 0, 0, 1, 1, 1])
-    async with hosts(tmp_path, net, extra_args=os.environ.get("NETNS_ARGS", "--no-mdns").split()) as f:
+    # Bootstrap chain (each host knows the one or two before it; the DHT finds the rest), as the
+    # loopback tests: with every host knowing every other, healthy links flap (see
+    # test_full_bootstrap_lists_keep_healthy_links).
+    async with hosts(tmp_path, net, topology="mesh") as f:
         left, right = f.agents[:3], f.agents[3:]
         with trio.fail_after(BOUND):
             await f.wait_connected(5)
@@ -269,7 +277,7 @@ async def test_vanished_peer_is_dropped_and_comes_back(tmp_path, make_network):
 async def test_mdns_discovery_across_the_bridge(tmp_path, make_network):
     net = make_network([0, 0, 0])
     # no bootstrap list and no DHT: only multicast DNS on the bridge can introduce them
-    async with hosts(tmp_path, net, extra_args=["--mdns", "--no-dht"], bootstrap=False) as f:
+    async with hosts(tmp_path, net, extra_args=["--mdns", "--no-dht"], topology=None) as f:
         assert all(a.bootstrap == [] for a in f)
         ready = trio.current_time()
         with trio.fail_after(BOUND):
