@@ -19,8 +19,8 @@ ANSIBLE_BUNDLE="ansible==12.3.0"
 BUNDLED_COLLECTIONS=(containers/podman)
 # netavark/aardvark-dns: podman's network backend with DNS between containers (only Recommends of
 # podman, and podman falls back to CNI without them). gcc/python3-dev/libgmp-dev: fastecdsa builds
-# from source into the wheelhouse here, on the host.
-APT_PACKAGES=(podman runc netavark aardvark-dns debootstrap gcc python3-dev libgmp-dev)
+# from source into the wheelhouse here, on the host. python3-venv: when python3 is Debian's own.
+APT_PACKAGES=(podman runc netavark aardvark-dns debootstrap gcc python3-dev python3-venv libgmp-dev)
 
 step_start=0
 step() { step_start=$(date +%s%N); printf '==> %s\n' "$*"; }
@@ -218,8 +218,9 @@ step "agent wheel + wheelhouse"
 # only missing ones are built (fastecdsa compiles here, on the host, never inside a container).
 wheels="$CACHE/wheels"
 wheelhouse="$CACHE/wheelhouse"
-rm -rf "$wheels"
+# emptied, not recreated: running containers bind-mount these directories
 mkdir -p "$wheels" "$wheelhouse"
+rm -f "$wheels"/*.whl
 quiet wheels "$venv/bin/pip" wheel --no-deps --no-build-isolation "$REPO" -w "$wheels"
 agent_wheel=$(ls "$wheels"/unit_p2p-*.whl)
 # Offline resolution first (2 s): only when the cached wheelhouse no longer satisfies the agent's
