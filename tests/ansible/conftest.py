@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# the checkout for ansible_collections.*, this directory for ansible_helpers (whatever pytest's
+# import mode)
+for _path in (REPO, Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from ansible_helpers import VENV_BIN, Fleet  # noqa: E402
 
