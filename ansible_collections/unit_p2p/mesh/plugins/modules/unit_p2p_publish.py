@@ -279,6 +279,9 @@ class AgentAPI:
             raise AgentError(_error_message(self.socket_path, exc.code, code, detail),
                              status=exc.code, code=code)
         except URLError as exc:
+            if isinstance(exc.reason, (socket.timeout, TimeoutError)):
+                raise AgentError("the unit-p2p agent at %s did not answer within %s s"
+                                 % (self.socket_path, timeout))
             reason = str(exc.reason)
             if "Permission denied" in reason:
                 raise AgentError(

@@ -234,6 +234,13 @@ def test_quorum_wait_passes_min_peers(agent):
     assert agent.requests[-1]["require_all"] is False
 
 
+def test_agent_that_does_not_answer_in_time(agent):
+    agent.peers[PEER_A] = "pending"  # the fake agent then blocks for the whole wait
+    api = mod.AgentAPI(agent.socket)
+    with pytest.raises(mod.AgentError, match="did not answer within 0.5 s"):
+        api.publish({"wait": True, "timeout": 2}, timeout=0.5)
+
+
 def test_min_peers_with_require_all_is_refused_before_calling(agent):
     with pytest.raises(mod.AgentError, match="min_peers needs require_all=false"):
         _run(agent, wait=True, min_peers=2)
