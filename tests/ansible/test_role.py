@@ -113,9 +113,18 @@ def test_role_writes_a_working_mesh(agent_fleet, ansible_env, tmp_path):
     env = dict(ansible_env, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
     argv = [tool("ansible-playbook"), "-i", str(inventory), str(playbook)]
 
+    # check mode on new hosts: runs clean, reports changes, creates nothing
+    started = time.monotonic()
+    proc = run_ansible([*argv, "--check"], env)
+    print(f"\nrole, --check on 3 new hosts: {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr
+    assert all(c["changed"] > 0 for c in recap(proc).values()), proc.stdout[-3000:]
+    assert not any((node.dir / name).exists() for node in nodes for name in ("etc", "state"))
+    assert not any(node.key.exists() for node in nodes)
+
     started = time.monotonic()
     proc = run_ansible(argv, env)
-    print(f"\nrole, first run on 3 hosts: {time.monotonic() - started:.1f} s")
+    print(f"role, first run on 3 hosts: {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr
     for node in nodes:
         node.peer_id = subprocess.run([tool("unit-p2p"), "id", "--key", str(node.key)],
