@@ -157,8 +157,8 @@ SRC
         rm -rf --one-file-system "$rootfs"
         trap - EXIT
     fi
-    podman import --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' \
-        --change 'ENV container=podman' "$tarball" "$BASE_IMAGE" >/dev/null
+    quiet import podman import --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' \
+        --change 'ENV container=podman' "$tarball" "$BASE_IMAGE"
     done_step "imported $tarball ($(du -h "$tarball" | cut -f1))"
 fi
 
@@ -181,7 +181,7 @@ else
     quiet venv "$venv/bin/pip" install "${MOLECULE_REQS[@]}"
     printf '%s' "$want" >"$stamp"
     # molecule shells out to ansible-config, so its venv must be on PATH even for --version
-    done_step "$(PATH="$venv/bin:$PATH" "$venv/bin/molecule" --version | tr -s ' \n' ' ')"
+    done_step "$(NO_COLOR=1 PATH="$venv/bin:$PATH" "$venv/bin/molecule" --version | awk 'NR == 1')"
 fi
 
 # ---------------------------------------------------------------------------------------------
