@@ -1,21 +1,21 @@
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from tests.netns.hosts import NetnsUnavailable, Network, probe_privilege, sweep_stale
 
-_privilege: list[str | None] = []
 
-
+@functools.cache
 def _skip_reason() -> str | None:
-    if not _privilege:
-        try:
-            probe_privilege()
-            sweep_stale()
-            _privilege.append(None)
-        except NetnsUnavailable as exc:
-            _privilege.append(str(exc))
-    return _privilege[0]
+    """Checked once per session; also clears namespaces left by a run that was killed."""
+    try:
+        probe_privilege()
+    except NetnsUnavailable as exc:
+        return str(exc)
+    sweep_stale()
+    return None
 
 
 @pytest.fixture

@@ -168,8 +168,9 @@ class Network:
         self._made.clear()
 
     async def _set(self, link: str, state: str) -> None:
-        await trio.run_process(["ip", "-n", self.switch, "link", "set", link, state],
-                               capture_stdout=True, capture_stderr=True)
+        with trio.fail_after(30):
+            await trio.run_process(["ip", "-n", self.switch, "link", "set", link, state],
+                                   capture_stdout=True, capture_stderr=True)
 
     async def cut(self, host: int) -> None:
         """Pull a host's cable at the switch: no FIN, no RST, its packets just stop."""
@@ -221,9 +222,6 @@ class HostFleet(Fleet):
         """Every agent gets every other agent's address, as the Ansible role distributes them."""
         for a in self.agents:
             a.bootstrap = [b.multiaddr for b in self.agents if b is not a]
-
-    async def status(self, a: AgentProc) -> dict:
-        return await a.call("status")
 
     async def connected_counts(self, agents=None) -> list[int]:
         return [(await a.call("status"))["peers"]["connected"] for a in agents or self.agents]

@@ -101,12 +101,12 @@ async def test_split_three_three_heals_to_the_higher_revision(tmp_path, make_net
             for name, agents, origin in (("left", left, f[0]), ("right", right, f[3])):
                 sides[name] = await origin.call("publish", config=config(name), http_timeout=30)
                 await f.wait_converged(sides[name]["digest"], agents)
+            # both sides really diverged before the heal
+            assert await f.converged_on(sides["left"]["digest"], left)
+            assert await f.converged_on(sides["right"]["digest"], right)
         winner_name = max(sides, key=lambda s: Revision.parse(sides[s]["revision"]))
         winner = sides[winner_name]
         assert sides["left"]["revision"] != sides["right"]["revision"]
-        # both sides really diverged before the heal
-        assert await f.converged_on(sides["left"]["digest"], left)
-        assert await f.converged_on(sides["right"]["digest"], right)
 
         await net.join()
         healed = trio.current_time()
@@ -212,13 +212,14 @@ async def test_unit_down_is_reported_and_caught_up(tmp_path, make_network):
 
             await poll(knows_but_cannot_apply)
             health = await host.call("healthz")
+            status = await host.call("status")
         assert host.proc.poll() is None, "the agent must keep running while Unit is down"
         assert health["ok"] is True and health["unit"] == "unreachable"
-        assert (await host.call("status"))["head"] is None
+        assert status["head"] is None
 
-        await host.emulator.start_listening()
-        back = trio.current_time()
         with trio.fail_after(BOUND):
+            await host.emulator.start_listening()
+            back = trio.current_time()
             await f.wait_converged(result["digest"], [host])
             catch_up = elapsed(back)
             assert await host.unit.get("/config") == config("while-down")
