@@ -7,8 +7,7 @@ one ``/ipfs/ping/1.0.0`` stream per connected peer and ping it every ``interval`
 normal disconnect path (notifee -> MeshEvents.on_peer_disconnected). Each peer's probes start
 ``interval`` apart (at once after a probe that used the whole timeout), so the worst-case
 detection time is ``interval + timeout + (misses - 1) * max(interval, timeout)`` (defaults:
-2 + 2 + 2 x 2 = 8 s).
-A timeout of 2 s tolerates pings queued behind a large transfer on the same connection.
+3 + 5 + 2 x 5 = 18 s).
 """
 
 from __future__ import annotations
@@ -31,8 +30,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LivenessParams:
-    interval: float = 2.0
-    timeout: float = 2.0
+    # A timeout of 5 s rides out an overloaded host (a busy 2-core box stalled healthy pings
+    # past 2 s and peers were dropped and redialled); a dead link is still dropped in <= 18 s.
+    interval: float = 3.0
+    timeout: float = 5.0
     misses: int = 3
 
     @property
