@@ -3,7 +3,8 @@
 Each agent is a ``unit-p2p agent`` process with its own Unit emulator; nodes 1 and 2 bootstrap
 from node 0. Ansible runs with a local connection against node 0's API socket: check mode
 (nothing published), a real publish with ``wait: true`` (all three Units hold the config), the
-same again (``changed: false``), and the ad-hoc form by the module's short name.
+same again (``changed: false``), the ad-hoc form by the module's short name, and the failures
+when Unit rejects the config or is down.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ PLAYBOOK = """\
 def _ad_hoc(socket, args: str = "") -> list[str]:
     return [tool("ansible"), "localhost", "-i", "localhost,", "-c", "local",
             "-m", "unit_p2p_publish", "-a", f"socket={socket} {args}".strip()]
+
+
+def _ad_hoc_json(args: str) -> list[str]:
+    return [tool("ansible"), "localhost", "-i", "localhost,", "-c", "local",
+            "-m", "unit_p2p_publish", "-a", args]
 
 
 def test_publish_check_wait_idempotent_and_ad_hoc(agent_fleet, ansible_env, tmp_path):
@@ -106,6 +112,20 @@ def test_publish_check_wait_idempotent_and_ad_hoc(agent_fleet, ansible_env, tmp_
     assert (status, ad_hoc["changed"]) == ("SUCCESS", False), ad_hoc
     assert ad_hoc["revision"] == revision
     assert ad_hoc["converged"] is True
+
+    # 5. the real failure paths: Unit rejects the given config, then Unit is down
+    bad = json.dumps({"socket": str(nodes[1].api_sock),
+                      "config": {"listeners": {"127.0.0.1:28080": {"pass": "nowhere"}}}})
+    status, rejected = ad_hoc_result(run_ansible(_ad_hoc_json(bad), ansible_env))
+    assert status == "FAILED!"
+    assert rejected["msg"].startswith("NGINX Unit rejected the given config"), rejected
+    assert [node.unit_config() for node in nodes] == [NEW_CONFIG] * 3
+    emulator = nodes[2].procs[0]
+    emulator.terminate()
+    emulator.wait(timeout=15)
+    status, down = ad_hoc_result(run_ansible(_ad_hoc(nodes[2].api_sock), ansible_env))
+    assert status == "FAILED!"
+    assert down["msg"].startswith("the unit-p2p agent cannot reach NGINX Unit"), down
 
 
 def test_ad_hoc_without_agent_fails_clearly(ansible_env, tmp_path):
