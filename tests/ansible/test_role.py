@@ -6,7 +6,7 @@ directories, into this test's venv (where unit-p2p is installed). What is checke
 the identity key is created on the host, the settings file is accepted by ``unit-p2p agent``,
 trusted_peers and bootstrap hold every host, a second run and a check-mode run change nothing,
 and three agents started from those files (trust: allowlist) form a mesh that converges on a
-publish made with unit_p2p_publish.
+publish made with unit_p2p_publish; with one of them down, a wait names it as pending.
 """
 
 from __future__ import annotations
@@ -178,3 +178,19 @@ def test_role_writes_a_working_mesh(agent_fleet, ansible_env, tmp_path):
     for node in nodes:
         wait_for(lambda n=node: unix_get(n.unit_sock, "/config")[1] == NEW_CONFIG, 30,
                  f"node {node.index} to apply the published config", node.logs)
+
+    # a trusted peer that is down: the wait times out and the task names it as pending
+    agent = nodes[1].procs[-1]
+    agent.terminate()
+    agent.wait(timeout=15)
+    newer = dict(NEW_CONFIG, routes=[{"action": {"return": 204}}])
+    proc = run_ansible([tool("ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                        "-m", "unit_p2p_publish",
+                        "-a", json.dumps({"socket": str(nodes[0].api_sock), "wait": True,
+                                          "timeout": 5, "config": newer})], ansible_env)
+    status, timed_out = ad_hoc_result(proc)
+    assert status == "FAILED!", timed_out
+    assert "did not converge within 5 s" in timed_out["msg"], timed_out
+    assert f"pending: {nodes[1].peer_id}" in timed_out["msg"], timed_out
+    assert timed_out["peers"]["pending"] == [nodes[1].peer_id]
+    assert nodes[2].peer_id in timed_out["peers"]["applied"]
