@@ -7,10 +7,11 @@ The measured figures are printed (run with ``-s`` to see them) as ``MEASURED <na
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import signal
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import pytest
 import trio
@@ -30,6 +31,10 @@ def config(tag: str, routes: int = 3) -> dict:
             "routes": [{"match": {"uri": f"/{tag}/{i}"}, "action": {"return": 200}}
                        for i in range(routes)],
             "applications": {}}
+
+
+#: the agent's warning when liveness gives up on a peer
+DROP_LINE = "pings; dropping its connection"
 
 
 def measured(name: str, **values) -> None:
@@ -67,6 +72,32 @@ async def hosts(tmp_path, network, *, extra_args=("--no-mdns",), topology: str |
             nursery.cancel_scope.cancel()
 
 
+@contextmanager
+def known_stale_peer_bug(fleet):
+    """Turn a timeout into an explicit XFAIL when, and only when, the agents' logs show the known
+    mesh bug (reported to the lead): after liveness dropped a peer over a dead path, the swarm
+    holds no connection to it ("not connected to X (background dials are refused)") yet the mesh
+    still lists it as connected, so its pinger re-drops it every few seconds forever and status
+    never shows the peer gone. Any other timeout fails the test as usual."""
+    try:
+        yield
+    except trio.TooSlowError:
+        evidence = []
+        for a in fleet:
+            # a pinger runs only for peers the mesh lists as connected; one such line can be a
+            # race with the disconnect event, three for one peer are the stale state
+            stale = collections.Counter(
+                line.split(" ping ", 1)[1].split()[0]
+                for line in a.log_tail(10**8).splitlines()
+                if "mesh.liveness: ping" in line and "background dials are refused" in line)
+            evidence += [f"agent {a.index} pinged {peer} {n} times with no connection"
+                         for peer, n in stale.items() if n >= 3]
+        if evidence:
+            pytest.xfail("KNOWN AGENT BUG (mesh keeps a dropped peer 'connected'): "
+                         + " | ".join(evidence))
+        raise
+
+
 async def peer_connected(observer, peer_id: str) -> bool | None:
     for p in (await observer.call("peers"))["peers"]:
         if p["peer_id"] == peer_id:
@@ -79,20 +110,22 @@ async def peer_connected(observer, peer_id: str) -> bool | None:
 
 async def test_split_three_three_heals_to_the_higher_revision(tmp_path, make_network):
     net = make_network([0, 0, 0, 1, 1, 1])
-    # Bootstrap chain (each host knows the one or two before it; the DHT finds the rest), as the
-    # loopback tests: with every host knowing every other, healthy links flap (see
-    # test_full_bootstrap_lists_keep_healthy_links).
-    async with hosts(tmp_path, net, topology="mesh") as f:
+    # Every host knows every other's address, as the Ansible role writes them.
+    async with hosts(tmp_path, net, topology="full") as f:
         left, right = f.agents[:3], f.agents[3:]
         with trio.fail_after(BOUND):
             await f.wait_connected(5)
             base = await f[0].call("publish", config=config("base"), wait=True, timeout=60,
                                    http_timeout=75)
         assert base["converged"], f"{base['peers']}"
+        # Nothing failed yet: liveness must not have dropped a healthy peer (with 2 s ping
+        # timeouts a loaded host dropped healthy links here every few seconds).
+        healthy_drops = sum(a.log_tail(10**8).count(DROP_LINE) for a in f)
+        assert healthy_drops == 0
 
         await net.split()
         cut = trio.current_time()
-        with trio.fail_after(BOUND):
+        with known_stale_peer_bug(f), trio.fail_after(BOUND):
             await f.wait_connected(2)  # each half dropped the other (liveness), kept its own
         noticed = elapsed(cut)
 
@@ -118,7 +151,8 @@ async def test_split_three_three_heals_to_the_higher_revision(tmp_path, make_net
                 status = await a.call("status")
                 assert status["head"]["revision"] == winner["revision"]
                 assert await a.unit.get("/config") == config(winner_name)
-        measured("split_3_3", partition_noticed_s=noticed, heal_to_converged_s=heal_to_converged,
+        measured("split_3_3", healthy_drops_before_split=healthy_drops,
+                 partition_noticed_s=noticed, heal_to_converged_s=heal_to_converged,
                  winner=winner_name, revisions=f"{sides['left']['revision'][:12]}|"
                  f"{sides['right']['revision'][:12]}")
 
@@ -248,7 +282,7 @@ async def test_vanished_peer_is_dropped_and_comes_back(tmp_path, make_network):
             await poll(dropped)
             drops[observer.index] = elapsed(cut)
 
-        with trio.fail_after(BOUND):
+        with known_stale_peer_bug(f), trio.fail_after(BOUND):
             async with trio.open_nursery() as nursery:
                 for a in others:
                     nursery.start_soon(watch, a)
@@ -293,32 +327,3 @@ async def test_mdns_discovery_across_the_bridge(tmp_path, make_network):
         assert result["converged"], result
         measured("mdns_discovery", all_connected_after_ready_s=discovered)
 
-
-# --- known bug: healthy links flap when every host bootstraps from every other --------------
-
-WATCH = 20.0
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "AGENT BUG, reported to the lead (mesh): with mutual bootstrap lists, as the Ansible role "
-    "writes them, 6 healthy hosts keep dropping each other (liveness: 'missed 3 pings; dropping "
-    "its connection') and re-dialling; suspected: simultaneous dials of each pair + "
-    "max_connections_per_peer=1, each side trimming a different one of the two connections"))
-async def test_full_bootstrap_lists_keep_healthy_links(tmp_path, make_network):
-    net = make_network([0] * 6)
-    async with hosts(tmp_path, net, topology="full") as f:
-        with trio.fail_after(BOUND):
-            await f.wait_connected(5)
-        before = [a.log_tail(10**8).count("dropping its connection") for a in f]
-        # Nothing is wrong on this LAN, so nothing may happen for a while: the window is the test.
-        low = 5
-        end = trio.current_time() + WATCH
-        while trio.current_time() < end:
-            with trio.fail_after(BOUND):
-                low = min(low, *await f.connected_counts())
-            await trio.sleep(0.5)
-        drops = sum(a.log_tail(10**8).count("dropping its connection") - b
-                    for a, b in zip(f, before, strict=True))
-        measured("full_bootstrap_healthy_lan", watch_s=WATCH, liveness_drops=drops,
-                 lowest_connected=low)
-        assert drops == 0 and low == 5
