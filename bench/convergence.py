@@ -280,7 +280,8 @@ def plot(runs: list[dict], meta: dict, path: Path) -> None:
         ax.set_xticks(meta["n"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("publish -> all N (ms)")
+    axes[0][0].set_ylabel("publish -> all N (ms, log scale)")
+    axes[0][0].set_yscale("log")
     la = meta["machine"]["loadavg"]
     fig.suptitle(f"unit-p2p publish -> all applied vs Serf user event -> all handlers "
                  f"({meta['machine']['nproc']} cores, load {la[0]:.0f})", fontsize=10)
@@ -308,6 +309,16 @@ async def recorded(system: str, n: int, kind: str, run) -> dict[str, Any]:
                 "latency_ms": summary([]), "per_agent_ms": summary([]), "misses": None,
                 "reached": [], "rss_mib": [], "mesh_formed_s": None, "loadavg_start": load,
                 "loadavg_end": list(common.machine()["loadavg"])}
+
+
+def replot(name: str) -> int:
+    """Rewrite the table and plot from a run's saved JSON (no benchmark)."""
+    import json
+
+    data = json.loads((common.RESULTS / f"{name}.json").read_text())
+    save(data["runs"], data["meta"])
+    print(report(data["runs"], data["meta"]))
+    return 0
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -356,6 +367,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what-if: run the agents with these liveness settings instead of the "
                    "default 2,2,3 (bench/agent_variant.py); results go to --out")
     p.add_argument("--out", default="convergence", help="results name under bench/results/")
+    p.add_argument("--replot", action="store_true",
+                   help="only rewrite bench/results/<out>.md and .png from <out>.json")
     p.add_argument("--keep-logs", action="store_true",
                    help=f"copy every agent's log to {LOGS_KEPT}/ (missed publishes always are)")
     p.add_argument("--max-minutes", type=float, default=150.0, help="whole run's bound")
@@ -366,4 +379,5 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_main(main, parse()))
+    _args = parse()
+    sys.exit(replot(_args.out) if _args.replot else common.run_main(main, _args))
