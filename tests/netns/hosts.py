@@ -6,7 +6,7 @@ Layout of one :class:`Network` (every name carries a prefix unique to the test r
    eth0 10.213.0.2 ...                                                       (one IP each)
         |          |          |                |          |          |
       port0      port1      port2            port3      port4      port5    veth ends
-        +----- br0 ----------+---- trunk0 ~ trunk1 ----+------ br1 ------+
+        +----- br0 ----------+--- trunk1a ~ trunk1b ---+------ br1 ------+
                                    <p>sw (the switch namespace)
 
 The bridges live in a namespace of their own, so nothing is added to the machine's own network
@@ -152,7 +152,8 @@ class Network:
             ip("link", "set", "lo", "up", netns=h.netns)
             ip("addr", "add", f"{h.ip}/24", "dev", "eth0", netns=h.netns)
             ip("link", "set", "eth0", "up", netns=h.netns)
-            # mDNS sends to 224.0.0.251; without a route for it the send fails with ENETUNREACH
+            # multicast (mDNS: 224.0.0.251) gets a route even for senders that do not pin an
+            # interface; the namespace has no default route
             ip("route", "add", "224.0.0.0/4", "dev", "eth0", netns=h.netns)
         return self
 
