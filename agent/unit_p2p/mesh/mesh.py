@@ -402,6 +402,22 @@ class Mesh:
                 await self._host.disconnect(pid)
             except Exception as exc:
                 log.warning("disconnecting %s failed: %s", peer_id, exc)
+        self._forget_dead_connections(peer_id, pid)
+
+    def _forget_dead_connections(self, peer_id: str, pid: ID) -> None:
+        """Make our view match the swarm's after a disconnect.
+
+        ``Swarm.close_peer`` drops its connections from its table even when closing one over a
+        dead path never fires the notifee's ``disconnected`` (measured in the netns link-cut
+        tests: the peer stayed "connected" here forever, its pinger re-dropping it every few
+        seconds). Whatever the swarm no longer holds is gone for us too.
+        """
+        state = self._peers.get(peer_id)
+        if state is None or not state.conns or self._host is None:
+            return
+        live = {id(c) for c in self._host.get_network().get_connections(pid)}
+        for conn_id in list(state.conns - live):
+            self._conn_closed(peer_id, conn_id)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -436,19 +452,28 @@ class Mesh:
             peer_id = conn.muxed_conn.peer_id.to_base58()
         except Exception:
             return
+        if not up:
+            self._conn_closed(peer_id, id(conn))
+            return
         state = self._state(peer_id)
         was_connected = bool(state.conns)
-        if up:
-            state.conns.add(id(conn))
-            try:
-                for addr in conn.get_transport_addresses():
-                    text = strip_p2p(str(addr))
-                    if text not in state.addrs:
-                        state.addrs.append(text)
-            except Exception:
-                pass
-        else:
-            state.conns.discard(id(conn))
+        state.conns.add(id(conn))
+        try:
+            for addr in conn.get_transport_addresses():
+                text = strip_p2p(str(addr))
+                if text not in state.addrs:
+                    state.addrs.append(text)
+        except Exception:
+            pass
+        self._conn_changed(peer_id, state, was_connected)
+
+    def _conn_closed(self, peer_id: str, conn_id: int) -> None:
+        state = self._state(peer_id)
+        was_connected = bool(state.conns)
+        state.conns.discard(conn_id)
+        self._conn_changed(peer_id, state, was_connected)
+
+    def _conn_changed(self, peer_id: str, state: _PeerState, was_connected: bool) -> None:
         now_connected = bool(state.conns)
         self._repair_pubsub(peer_id)
         if was_connected == now_connected:
