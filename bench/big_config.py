@@ -9,7 +9,7 @@ The baseline is what a single host does without a mesh: one PUT of the same conf
 emulated Unit, and the PUT plus the read-back the agent also does.
 
 The agent refuses documents over ``max_config_bytes`` (default 8 MiB), so 1.5 MB is well within.
-Writes bench/results/big_config.{md,json}.
+Writes bench/results/big_config.{md,json} (``--out`` names another).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ async def main(args: argparse.Namespace) -> int:
         f"All {args.agents} applied, median over rounds: **"
         f"{common.fmt_ms(statistics.median(done) if done else None)} ms** ({ratio}).", "",
         f"Agent RSS after the rounds: {common.fmt_mib(rss)} MiB median (min-max).", ""])
-    common.write_result("big_config", markdown, {"meta": meta, "baseline": base,
+    common.write_result(args.out, markdown, {"meta": meta, "baseline": base,
                                                  "rounds": rounds, "rss_mib": rss})
     print()
     print(markdown)
@@ -151,6 +151,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="agents' unit_timeout: the emulated Unit takes seconds per 1.5 MB PUT")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", default="big_config", help="results name under bench/results/")
     args = p.parse_args(argv)
     if args.agents < 2 or args.routes < 1 or args.rounds < 1:
         p.error("--agents must be at least 2, --routes and --rounds at least 1")
