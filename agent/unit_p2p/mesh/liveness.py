@@ -23,6 +23,7 @@ from libp2p.host.ping import PING_LENGTH
 from libp2p.io.utils import read_exactly
 from libp2p.peer.id import ID
 
+from .bounded import call_abandonable
 from .guard import reset_quietly
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Liveness:
         self._streams: dict[str, object] = {}
         self._misses: dict[str, int] = {}
         self._inflight: set[str] = set()
+        self._nursery: trio.Nursery | None = None
         #: last measured round-trip time per peer, seconds
         self.rtt: dict[str, float] = {}
 
@@ -68,6 +70,7 @@ class Liveness:
         # One pinger per connected peer, each on its own clock: a failed probe that used the whole
         # timeout is followed by the next one at once, so the detection bound holds.
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
             while True:
                 for peer in self._connected():
@@ -87,6 +90,16 @@ class Liveness:
             self._inflight.discard(peer)
             self._forget(peer)
 
+    async def _ping(self, peer: str) -> None:
+        stream = self._streams.get(peer)
+        if stream is None:
+            stream = await self._host.new_stream(ID.from_base58(peer), [PING_PROTOCOL])
+            self._streams[peer] = stream
+        payload = secrets.token_bytes(PING_LENGTH)
+        await stream.write(payload)
+        if await read_exactly(stream, PING_LENGTH) != payload:
+            raise ValueError("ping payload mismatch")
+
     def _forget(self, peer: str) -> None:
         self._streams.pop(peer, None)
         self._misses.pop(peer, None)
@@ -95,20 +108,14 @@ class Liveness:
     async def _probe_once(self, peer: str) -> bool:
         """One ping; False once the peer has been dropped."""
         started = trio.current_time()
-        stream = self._streams.get(peer)
         try:
-            with trio.fail_after(self.params.timeout):
-                if stream is None:
-                    stream = await self._host.new_stream(ID.from_base58(peer), [PING_PROTOCOL])
-                    self._streams[peer] = stream
-                payload = secrets.token_bytes(PING_LENGTH)
-                await stream.write(payload)
-                if await read_exactly(stream, PING_LENGTH) != payload:
-                    raise ValueError("ping payload mismatch")
+            # Abandonable: a failed new_stream over a dead path blocks in a shielded reset that
+            # no deadline reaches (bounded.py); the miss must still count on time.
+            await call_abandonable(self._nursery, self.params.timeout, self._ping, peer)
         except Exception as exc:  # timeout, reset, refused: all count as one miss
+            stream = self._streams.pop(peer, None)
             if stream is not None:
-                self._streams.pop(peer, None)
-                await reset_quietly(stream)
+                self._nursery.start_soon(reset_quietly, stream)
             misses = self._misses.get(peer, 0) + 1
             self._misses[peer] = misses
             log.debug("ping %s missed (%d/%d): %s", peer, misses, self.params.misses, exc)

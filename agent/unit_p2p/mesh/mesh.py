@@ -30,9 +30,16 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from ..errors import MeshError
 from ..settings import Settings
+from .bounded import call_abandonable
 from .bus import MAX_ANNOUNCEMENT_BYTES, GossipParams, announcement_topic, build_pubsub
 from .discovery import Backoff, Bootstrap, Mdns, Rendezvous, split_p2p, strip_p2p
-from .guard import guard_pubsub, guard_swarm_handler, install_handler_guards, remote_peer
+from .guard import (
+    guard_pubsub,
+    guard_swarm_handler,
+    install_handler_guards,
+    remote_peer,
+    reset_quietly,
+)
 from .host import (
     DIAL_TIMEOUT,
     NEGOTIATE_TIMEOUT,
@@ -144,6 +151,7 @@ class Mesh:
         self._dial_locks: dict[str, trio.Lock] = {}
         self._host = None
         self._pubsub = None
+        self._services: trio.Nursery | None = None
         self._running = False
         self._stopping = False
         self._event_send, self._event_receive = trio.open_memory_channel[tuple[str, str]](
@@ -201,6 +209,7 @@ class Mesh:
             self._running = False
             self._pubsub = None
             self._host = None
+            self._services = None
             for state in self._peers.values():
                 state.conns.clear()
                 state.connected_since = None
@@ -229,7 +238,15 @@ class Mesh:
             raise MeshError(f"cannot listen on any of {[str(a) for a in listen]}")
         self.listen_addrs = check_listening(self._host, listen)
 
+    async def _bounded(self, timeout: float, fn, *args, discard=None):
+        """``fn(*args)`` within ``timeout`` even if py-libp2p shields it (see bounded.py)."""
+        if self._services is None:  # starting or stopping: no nursery to leave a task in
+            with trio.fail_after(timeout):
+                return await fn(*args)
+        return await call_abandonable(self._services, timeout, fn, *args, discard=discard)
+
     async def _start_services(self, nursery, host, dht, bootstrap, subscription) -> None:
+        self._services = nursery
         nursery.start_soon(self._dispatch_events)
         nursery.start_soon(self._read_announcements, subscription)
         self.liveness = Liveness(host, self.connected_peers, self.disconnect, self._alive,
@@ -277,8 +294,9 @@ class Mesh:
         pid = _parse_id(peer_id)
         allow = _ALLOW_DIAL.set(True)  # may dial a known but unconnected peer
         try:
-            with trio.fail_after(self.tuning.dial_timeout + NEGOTIATE_TIMEOUT):
-                raw = await self._host.new_stream(pid, [TProtocol(protocol)])
+            raw = await self._bounded(self.tuning.dial_timeout + NEGOTIATE_TIMEOUT,
+                                      self._host.new_stream, pid, [TProtocol(protocol)],
+                                      discard=reset_quietly)
         except trio.TooSlowError as exc:
             raise MeshError(f"opening {protocol} to {peer_id} timed out") from exc
         except Exception as exc:
@@ -397,11 +415,12 @@ class Mesh:
         if self._host is None:
             return
         pid = _parse_id(peer_id)
-        with trio.move_on_after(5):
-            try:
-                await self._host.disconnect(pid)
-            except Exception as exc:
-                log.warning("disconnecting %s failed: %s", peer_id, exc)
+        try:
+            await self._bounded(5, self._host.disconnect, pid)
+        except trio.TooSlowError:
+            log.warning("disconnecting %s is stuck on a dead path; left to finish", peer_id)
+        except Exception as exc:
+            log.warning("disconnecting %s failed: %s", peer_id, exc)
         self._forget_dead_connections(peer_id, pid)
 
     def _forget_dead_connections(self, peer_id: str, pid: ID) -> None:
