@@ -314,6 +314,7 @@ class Reconciler:
         cand = self.candidates.get(rev)
         if cand is None:
             cand = self.candidates[rev] = Candidate(head)
+            log.debug("candidate %s from %s", rev, peer)
         elif cand.head.digest != head.digest:
             # Same revision, another digest: only the origin can sign it, so the origin equivocated.
             self._reject(peer, "equivocation", f"revision {rev} announced with two digests")
@@ -397,15 +398,21 @@ class Reconciler:
         except (MeshError, WireError, trio.TooSlowError) as exc:
             log.debug("push to %s failed: %s", peer, exc)
 
-    async def _broadcast(self, data: bytes, only: list[str] | None = None) -> None:
-        """Gossip ``data`` and push it directly to connected trusted peers, in parallel."""
+    async def _gossip(self, data: bytes) -> None:
         try:
             await self.mesh.publish(data)
         except MeshError as exc:
             log.debug("gossip publish failed: %s", exc)
-        peers = only if only is not None else self.mesh.connected_peers()
+
+    async def _broadcast(self, data: bytes, skip_holders_of: Revision | None = None) -> None:
+        """Gossip ``data`` and push it directly to connected trusted peers, all in parallel."""
         async with trio.open_nursery() as nursery:
-            for peer in peers:
+            nursery.start_soon(self._gossip, data)
+            for peer in self.mesh.connected_peers():
+                known = self.peer_heads.get(peer)
+                if skip_holders_of is not None and known is not None \
+                        and known.revision >= skip_holders_of:
+                    continue
                 if self.trust.is_trusted(peer):
                     nursery.start_soon(self._push, peer, data)
 
@@ -468,15 +475,20 @@ class Reconciler:
         if data is not None:
             return Document.from_bytes(data, head.digest)
         connected = self.mesh.connected_peers()
-        # Holders first (they announced it), then anyone connected: content is addressed by
-        # digest, so whoever serves it is verified the same way.
+        # Connected holders first (they announced it), then the origin even if we must dial it
+        # (gossip relayed its announcement; it certainly holds the document), then anyone
+        # connected: content is addressed by digest, so whoever serves it is verified the same.
+        origin = head.revision.origin
         order = [p for p in cand.holders if p in connected]
-        order += [p for p in connected if p not in cand.holders]
+        if origin not in order and origin != self.peer_id:
+            order.append(origin)
+        order += [p for p in connected if p not in order]
         order = [p for p in order if self.trust.is_trusted(p)]
         if not order:
             raise SyncError("no_holder", f"no connected peer to pull {head.revision} from")
         errors = []
         for peer in order:
+            log.debug("pulling %s from %s", head.revision, peer)
             try:
                 doc = await self._pull_from(peer, head)
             except SyncError as exc:
@@ -528,8 +540,9 @@ class Reconciler:
             log.info("applied revision %s digest=%s size=%d in %.1f ms", head.revision,
                      doc.digest, doc.size, (time.monotonic() - started) * 1000)
         # Tell everyone directly: gossip may not reach peers of a hub, and the origin is waiting.
-        await self._report(head.revision, head.digest, "applied", None)
-        await self._broadcast(self._announcement())
+        # The announcement is the "applied" report too (an agent only announces its own head),
+        # so one message per peer, and none to peers that already hold this revision.
+        await self._broadcast(self._announcement(), skip_holders_of=head.revision)
 
     async def _put_verified(self, target: Any, digest: str, rollback: Any) -> None:
         """PUT ``target`` and read it back. Unit rejects atomically; if the read-back differs
