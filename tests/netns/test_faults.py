@@ -81,13 +81,6 @@ async def peer_connected(observer, peer_id: str) -> bool | None:
 # --- (a) partition 3/3 and heal -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "AGENT BUG, reported to the lead (mesh liveness): in about 2 of 5 runs at load 40-60 some "
-    "agents on one side never drop the other side's peers: a pinger logs 'missed (1/3)' or "
-    "'(2/3)' and then nothing for 60-85 s, so status keeps 5 connected and the partition wait "
-    "times out. "
-    "Suspect: libp2p BasicHost.new_stream resets a failed stream in an unbounded shielded scope "
-    "(basic_host.py ~1063), which blocks on a dead path and wedges the pinger"))
 async def test_split_three_three_heals_to_the_higher_revision(tmp_path, make_network):
     net = make_network([0, 0, 0, 1, 1, 1])
     # Every host knows every other's address, as the Ansible role writes them.
