@@ -379,12 +379,15 @@ class UnitEmulator:
         stream = trio.SocketStream(sock)
         try:
             async with stream:
+                # The deadline is for a client that never finishes its request; handling and
+                # sending a large answer on a loaded machine may take longer and must not be cut.
+                request = None
                 with trio.move_on_after(self._read_timeout):
                     request = await read_request(stream, header_limit)
-                    if request is None:
-                        return
-                    await stream.send_all(await respond(request))
-                    await stream.send_eof()
+                if request is None:
+                    return
+                await stream.send_all(await respond(request))
+                await stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection dropped by the client: %s", exc)
         except Exception:
