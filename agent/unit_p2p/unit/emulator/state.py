@@ -8,32 +8,13 @@ All methods block; callers on the event loop run them in a worker thread.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from unit_p2p.errors import EmulatorError
+from unit_p2p.fsutil import atomic_write
 
 __all__ = ["EmulatorError", "StateDir"]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class StateDir:
@@ -57,7 +38,7 @@ class StateDir:
             raise EmulatorError(f"{self.conf_file}: {exc.strerror or exc}") from exc
 
     def write_config(self, data: bytes) -> None:
-        _atomic_write(self.conf_file, data)
+        atomic_write(self.conf_file, data)
 
     def read_certificates(self) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -80,7 +61,7 @@ class StateDir:
         return self.certs_dir / ("c-" + quote(name, safe=""))
 
     def write_certificate(self, name: str, pem: bytes) -> None:
-        _atomic_write(self._cert_path(name), pem)
+        atomic_write(self._cert_path(name), pem)
 
     def delete_certificate(self, name: str) -> None:
         self._cert_path(name).unlink(missing_ok=True)
