@@ -62,6 +62,8 @@ RATE_PER_S = 20.0
 RATE_BURST = 60.0
 # revisions whose reports are kept for publishers' waits
 REPORTS_KEPT = 64
+# seconds an agent waits before relaying a revision it applied to peers not known to hold it
+RELAY_DELAY = (0.2, 0.6)
 
 
 class UnitLike(Protocol):
@@ -404,10 +406,12 @@ class Reconciler:
         except MeshError as exc:
             log.debug("gossip publish failed: %s", exc)
 
-    async def _broadcast(self, data: bytes, skip_holders_of: Revision | None = None) -> None:
+    async def _broadcast(self, data: bytes, skip_holders_of: Revision | None = None,
+                         gossip: bool = True) -> None:
         """Gossip ``data`` and push it directly to connected trusted peers, all in parallel."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._gossip, data)
+            if gossip:
+                nursery.start_soon(self._gossip, data)
             for peer in self.mesh.connected_peers():
                 known = self.peer_heads.get(peer)
                 if skip_holders_of is not None and known is not None \
@@ -539,10 +543,19 @@ class Reconciler:
             self.metrics.last_convergence.set(time.monotonic() - cand.seen_at)
             log.info("applied revision %s digest=%s size=%d in %.1f ms", head.revision,
                      doc.digest, doc.size, (time.monotonic() - started) * 1000)
-        # Tell everyone directly: gossip may not reach peers of a hub, and the origin is waiting.
-        # The announcement is the "applied" report too (an agent only announces its own head),
-        # so one message per peer, and none to peers that already hold this revision.
-        await self._broadcast(self._announcement(), skip_holders_of=head.revision)
+        # The announcement is the "applied" report too (an agent only announces its own head).
+        # Gossip it now; push it directly, after a short random delay, only to connected peers
+        # still not known to hold it: in a well-connected mesh the origin's own pushes and the
+        # others' gossip reach nearly everyone first, so the relay costs O(N) streams, not O(N^2),
+        # while a hub's leaves (whom gossip may starve) still get it within a second.
+        await self._gossip(self._announcement())
+        if self._nursery is not None:
+            self._nursery.start_soon(self._relay, head.revision)
+
+    async def _relay(self, revision: Revision) -> None:
+        await trio.sleep(random.uniform(*RELAY_DELAY))
+        if self.head is not None and self.head.revision == revision:
+            await self._broadcast(self._announcement(), skip_holders_of=revision, gossip=False)
 
     async def _put_verified(self, target: Any, digest: str, rollback: Any) -> None:
         """PUT ``target`` and read it back. Unit rejects atomically; if the read-back differs
