@@ -124,7 +124,7 @@ async def main(args: argparse.Namespace) -> int:
         f"Baseline, one local PUT of the same config to an emulated Unit (median of "
         f"{args.repeats}): **{base['put_ms']:.0f} ms**, with the read-back "
         f"**{base['put_get_ms']:.0f} ms**. For scale: real NGINX Unit takes about 70-145 ms "
-        f"for a 1.5 MB PUT (/work/shared/unit-fixtures, measured on an idle machine); the "
+        f"for a 1.5 MB PUT (../shared/unit-fixtures, measured on an idle machine); the "
         f"emulator parses and validates in pure Python, and every agent's apply is a GET, a "
         f"PUT and a read-back GET of the whole config, so the emulated Units dominate here.",
         "",
