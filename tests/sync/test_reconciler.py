@@ -304,3 +304,19 @@ async def test_head_survives_restart(tmp_path):
     assert head.revision == result.revision and max_seen == result.revision.counter
     assert base64.b64encode(head.signature)
     assert store.load_document_bytes(head.digest) == Document.from_config(config(1), ()).data
+
+
+async def test_disk_failure_during_apply_fails_that_revision_only(tmp_path):
+    async with cluster(tmp_path) as (_, nodes):
+        a, b, c = nodes
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        c.rec.store.save_backup = disk_full
+        with trio.fail_after(10):
+            result = await a.rec.publish(config(1), wait=True, timeout=5)
+        assert "apply_error" in result.failed[c.peer_id]
+        assert "No space left" in result.failed[c.peer_id]
+        assert c.unit.config == config(0) and c.rec.head is None
+        assert b.unit.config == config(1)

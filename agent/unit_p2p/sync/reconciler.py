@@ -445,7 +445,14 @@ class Reconciler:
                     break
                 best = self.candidates[max(self.candidates)]
                 try:
-                    await self._apply(best)
+                    try:
+                        await self._apply(best)
+                    except (UnitError, OSError) as exc:
+                        if isinstance(exc, UnitUnreachable):
+                            raise
+                        # Unit answered a read with an error, or the state dir failed (disk
+                        # full): this revision fails here; the agent and its old config stay.
+                        raise SyncError("apply_error", f"{type(exc).__name__}: {exc}") from exc
                 except UnitUnreachable as exc:
                     # Transient: keep the candidate and retry when Unit answers again.
                     self._set_unit_state(False, str(exc))
