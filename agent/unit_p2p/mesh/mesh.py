@@ -238,6 +238,15 @@ class Mesh:
             raise MeshError(f"cannot listen on any of {[str(a) for a in listen]}")
         self.listen_addrs = check_listening(self._host, listen)
 
+    async def _libp2p_call(self, what: str, timeout: float, fn, *args, discard=None):
+        """One bounded py-libp2p call; its failures become MeshError, translated here once."""
+        try:
+            return await self._bounded(timeout, fn, *args, discard=discard)
+        except trio.TooSlowError as exc:
+            raise MeshError(f"cannot {what}: timed out after {timeout} s") from exc
+        except Exception as exc:
+            raise MeshError(f"cannot {what}: {type(exc).__name__}: {exc}") from exc
+
     async def _bounded(self, timeout: float, fn, *args, discard=None):
         """``fn(*args)`` within ``timeout`` even if py-libp2p shields it (see bounded.py)."""
         if self._services is None:  # starting or stopping: no nursery to leave a task in
@@ -294,14 +303,9 @@ class Mesh:
         pid = _parse_id(peer_id)
         allow = _ALLOW_DIAL.set(True)  # may dial a known but unconnected peer
         try:
-            raw = await self._bounded(self.tuning.dial_timeout + NEGOTIATE_TIMEOUT,
-                                      self._host.new_stream, pid, [TProtocol(protocol)],
-                                      discard=reset_quietly)
-        except trio.TooSlowError as exc:
-            raise MeshError(f"opening {protocol} to {peer_id} timed out") from exc
-        except Exception as exc:
-            raise MeshError(f"cannot open {protocol} to {peer_id}: {type(exc).__name__}: "
-                            f"{exc}") from exc
+            raw = await self._libp2p_call(
+                f"open {protocol} to {peer_id}", self.tuning.dial_timeout + NEGOTIATE_TIMEOUT,
+                self._host.new_stream, pid, [TProtocol(protocol)], discard=reset_quietly)
         finally:
             _ALLOW_DIAL.reset(allow)
         self._touch(peer_id)
@@ -401,13 +405,8 @@ class Mesh:
             network.unblock_peer(pid)
             allow = _ALLOW_DIAL.set(True)
             try:
-                with trio.fail_after(self.tuning.dial_timeout):
-                    await self._host.connect(LibPeerInfo(pid, mas))
-            except trio.TooSlowError as exc:
-                raise MeshError(f"dialing {peer_id} timed out") from exc
-            except Exception as exc:
-                raise MeshError(f"cannot connect to {peer_id}: {type(exc).__name__}: "
-                                f"{exc}") from exc
+                await self._libp2p_call(f"connect to {peer_id}", self.tuning.dial_timeout,
+                                        self._host.connect, LibPeerInfo(pid, mas))
             finally:
                 _ALLOW_DIAL.reset(allow)
 
