@@ -47,4 +47,16 @@ class Metrics:
         return out
 
     def applies_count(self, result: str) -> int:
-        return int(self.applies.labels(result)._value.get())
+        return int(self._sample(self.applies, "unit_p2p_applies_total", {"result": result}))
+
+    def pulls_served_count(self) -> int:
+        return int(self._sample(self.pulls_served, "unit_p2p_pulls_served_total", {}))
+
+    @staticmethod
+    def _sample(metric, name: str, labels: dict) -> float:
+        # The public collect() view, not prometheus-client's private value holders.
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0

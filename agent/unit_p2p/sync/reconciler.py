@@ -790,7 +790,7 @@ class Reconciler:
             "counters": {
                 "applied": self.metrics.applies_count("ok"),
                 "apply_failed": self.metrics.applies_count("failed"),
-                "pulls_served": int(self.metrics.pulls_served._value.get()),
+                "pulls_served": self.metrics.pulls_served_count(),
                 "rejected": self.metrics.rejected_counts(),
             },
         }

@@ -8,6 +8,7 @@ so the same config has the same digest on every host whatever key order Unit ret
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -198,8 +199,6 @@ class Head:
     signature: bytes
 
     def to_json(self) -> dict:
-        import base64
-
         return {
             "revision": str(self.revision),
             "counter": self.revision.counter,
