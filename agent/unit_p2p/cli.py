@@ -138,6 +138,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
+    from unit_p2p import lean_libp2p
+
+    lean_libp2p.install()  # before anything imports libp2p: the daemon loads only what it runs
     import trio
 
     from unit_p2p.agent import run_agent

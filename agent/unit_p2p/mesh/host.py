@@ -23,17 +23,21 @@ import socket
 from collections.abc import Callable, Sequence
 
 import multiaddr
-from libp2p import new_swarm
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore
+from libp2p.rcmgr.manager import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.manager import TransportManager
 from libp2p.transport.tcp.tcp import TCP
+from libp2p.transport.upgrader import TransportUpgrader
 
 from ..errors import MeshError
 from .trust import TrustedNoise, TrustPolicy
@@ -131,20 +135,29 @@ def build_host(
     on_rejected: Callable[[str], None] | None = None,
 ) -> BasicHost:
     """A host that is not yet running; ``Mesh.serve`` runs its network and listens."""
-    # Built by hand (not via new_host) so TLS, secio, plaintext, mplex, QUIC and mDNS are never
-    # offered or started; they are still imported by ``import libp2p`` (see docs/mesh.md).
+    # Built by hand, not via new_host/new_swarm: those would offer TLS, secio, plaintext and
+    # mplex, and living in ``libp2p/__init__`` they would load every transport (lean_libp2p.py).
     noise = TrustedNoise(
         keypair, create_new_x25519_key_pair().private_key, trust, on_rejected
     )
-    swarm = new_swarm(
-        key_pair=keypair,
-        sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        peerstore_opt=PeerStore(),
+    upgrader = TransportUpgrader(
+        secure_transports_by_protocol={TProtocol(NOISE_PROTOCOL_ID): noise},
+        muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+    )
+    peer_id = ID.from_pubkey(keypair.public_key)
+    peerstore = PeerStore()
+    peerstore.add_key_pair(peer_id, keypair)
+    swarm = Swarm(
+        peer_id,
+        peerstore,
+        upgrader,
         transports=[TCP()],
         retry_config=RetryConfig(max_retries=0),
         connection_config=connection_config(),
+        transport_manager=TransportManager(),
     )
+    # Same default limits new_swarm installs (per-peer stream and connection caps).
+    swarm.set_resource_manager(new_resource_manager())
     # The swarm's auto-connector dials peerstore entries on its own schedule (and waits 60 s after
     # a disconnect); discovery.py owns dialing, so the connector's one entry point is a no-op.
     swarm.auto_connector.maybe_connect = _no_auto_connect

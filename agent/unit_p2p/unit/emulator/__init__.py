@@ -54,7 +54,26 @@ Not modelled (known differences from Unit 1.35)
     connection); request timing (the emulator closes idle connections after 60 s).
 """
 
-from unit_p2p.unit.emulator.server import UnitEmulator
-from unit_p2p.unit.emulator.state import EmulatorError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unit_p2p.unit.emulator.server import UnitEmulator
+    from unit_p2p.unit.emulator.state import EmulatorError
 
 __all__ = ["EmulatorError", "UnitEmulator"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: ``unit-p2p --help`` and the agent import this package only for the
+    # emulator subcommand's argument parser, and the server pulls in trio and cryptography.x509.
+    if name == "UnitEmulator":
+        from unit_p2p.unit.emulator.server import UnitEmulator
+
+        return UnitEmulator
+    if name == "EmulatorError":
+        from unit_p2p.unit.emulator.state import EmulatorError
+
+        return EmulatorError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import trio
 
-from unit_p2p.unit.emulator.rawclient import request
-from unit_p2p.unit.emulator.server import UnitEmulator
-from unit_p2p.unit.emulator.state import EmulatorError
+# The emulator itself (server, state, certificates -> cryptography.x509) is imported inside the
+# functions that run it: ``unit-p2p`` builds this subcommand's parser for every command,
+# including the agent daemon, which must not pay for it.
 
 __all__ = ["configure_parser", "run"]
 
@@ -58,6 +58,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    from unit_p2p.unit.emulator.server import UnitEmulator
+
     emulator = UnitEmulator(
         args.control,
         state_dir=args.state_dir,
@@ -76,6 +78,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 async def _self_check() -> list[str]:
     """Problems found (empty when everything answered like Unit)."""
+    from unit_p2p.unit.emulator.rawclient import request
+    from unit_p2p.unit.emulator.server import UnitEmulator
+
     problems: list[str] = []
 
     def expect(what: str, got: object, want: object) -> None:
@@ -132,6 +137,8 @@ def _leaf(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
 
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/Ctrl-C (exit 0), or the self-check (exit 0 OK, 1 FAIL); 2 on bad use."""
+    from unit_p2p.unit.emulator.state import EmulatorError
+
     if args.self_check:
         expected = (EmulatorError, OSError, trio.TooSlowError)
         try:

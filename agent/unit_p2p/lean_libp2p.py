@@ -1,0 +1,161 @@
+"""Load only the parts of py-libp2p 0.8.1 that a TCP + Noise + yamux agent runs.
+
+``import libp2p`` costs ~81 MiB RSS, ~1,250 modules and ~0.6 s: the package's ``__init__``
+(and its subpackages' ``__init__`` files) eagerly import QUIC (aioquic, service_identity),
+TLS with ACME (httpx), WebSocket, circuit relay, bitswap, UPnP and the DNS stack of every
+transport, whether or not a host ever uses them. The agent never does (docs/mesh.md), so its
+process installs this import hook before anything imports libp2p:
+
+1. **Package ``__init__`` files run on demand.** A libp2p package is created with its real
+   ``__path__`` (so its submodules import normally) and its ``__init__`` runs only when code
+   asks the package for a name no submodule import has set, e.g. ``from libp2p.pubsub.pb
+   import rpc_pb2`` still works; ``import libp2p.peer.id`` no longer drags in all of libp2p.
+2. **Subsystems the agent never runs are absent** (:data:`ABSENT`). Modules we do run import
+   them at module level, mostly for type annotations or for features behind flags we keep off
+   (``custom_types`` imports ``QUICStream`` for a ``Union``; ``basic_host`` imports the ACME
+   client, UPnP and bootstrap discovery). They get a placeholder module whose every name is a
+   placeholder class: importing and annotating with it works, ``isinstance`` is always False
+   (no such object can exist here), and calling or instantiating it raises
+   :class:`AbsentFeatureError` naming the module, so a path we missed fails loudly instead of
+   quietly doing something else.
+
+Set ``UNIT_P2P_FULL_LIBP2P=1`` to load py-libp2p as published (for debugging; costs the RSS
+above). Only the agent process installs the hook (``unit-p2p agent``); library users and the
+test suite's in-process peers import libp2p normally, so the real-process tests cover the lean
+agent and the in-process tests cover the full library.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import types
+from collections.abc import Sequence
+
+#: Subsystems a TCP + Noise + yamux + gossipsub + Kademlia agent never runs. Each one is only
+#: imported, at module level, by modules we do run; see the module doc.
+ABSENT: tuple[str, ...] = (
+    "aioquic",
+    "libp2p.transport.quic",
+    "libp2p.transport.websocket",
+    "libp2p.security.tls",
+    "libp2p.relay",
+    "libp2p.bitswap",
+    "libp2p.discovery.bootstrap",
+    "libp2p.discovery.mdns",
+    "libp2p.discovery.upnp",
+)
+
+FULL_ENV = "UNIT_P2P_FULL_LIBP2P"
+
+
+class AbsentFeatureError(RuntimeError):
+    """A py-libp2p feature that the lean agent does not load was used."""
+
+
+class _Placeholder(type):
+    """Metaclass of the placeholder classes served by absent modules."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> object:
+        raise AbsentFeatureError(
+            f"{cls.__module__}.{cls.__qualname__} is not loaded: unit-p2p's agent runs "
+            f"py-libp2p with TCP + Noise + yamux only (set {FULL_ENV}=1 to load everything)"
+        )
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        return False
+
+
+class _AbsentModule(types.ModuleType):
+    def __getattr__(self, name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        placeholder = _Placeholder(name, (), {"__module__": self.__name__, "__qualname__": name})
+        setattr(self, name, placeholder)
+        return placeholder
+
+
+class _OnDemandPackage(types.ModuleType):
+    """A package whose ``__init__`` runs the first time a name it defines is asked for."""
+
+    def __getattr__(self, name: str) -> object:
+        namespace = self.__dict__
+        if name.startswith("__") or namespace.get("_unit_p2p_init_ran"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        namespace["_unit_p2p_init_ran"] = True
+        loader = namespace["_unit_p2p_real_loader"]
+        code = loader.get_code(self.__name__)
+        if code is not None:
+            exec(code, namespace)
+        try:
+            return namespace[name]
+        except KeyError:
+            raise AttributeError(
+                f"module {self.__name__!r} has no attribute {name!r}"
+            ) from None
+
+
+class _AbsentLoader(importlib.abc.Loader):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return _AbsentModule(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__path__ = []  # a package, so ``import absent.sub`` lands here too
+
+
+class _OnDemandLoader(importlib.abc.Loader):
+    def __init__(self, real: importlib.machinery.SourceFileLoader) -> None:
+        self.real = real
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = _OnDemandPackage(spec.name)
+        module.__dict__["_unit_p2p_real_loader"] = self.real
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
+class LeanFinder(importlib.abc.MetaPathFinder):
+    """Serves libp2p packages on demand and :data:`ABSENT` modules as placeholders."""
+
+    def __init__(self, absent: Sequence[str] = ABSENT) -> None:
+        self.absent = tuple(absent)
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if any(fullname == a or fullname.startswith(a + ".") for a in self.absent):
+            return importlib.machinery.ModuleSpec(fullname, _AbsentLoader(), is_package=True)
+        if fullname != "libp2p" and not fullname.startswith("libp2p."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if (
+            spec is None
+            or spec.submodule_search_locations is None
+            or not isinstance(spec.loader, importlib.machinery.SourceFileLoader)
+        ):
+            return spec
+        lean = importlib.machinery.ModuleSpec(
+            fullname, _OnDemandLoader(spec.loader), origin=spec.origin, is_package=True
+        )
+        lean.submodule_search_locations = spec.submodule_search_locations
+        lean.has_location = True
+        return lean
+
+
+def install() -> bool:
+    """Install the hook (idempotent). False if disabled or libp2p is already imported."""
+    if os.environ.get(FULL_ENV, "") not in ("", "0"):
+        return False
+    if any(isinstance(f, LeanFinder) for f in sys.meta_path):
+        return True
+    if "libp2p" in sys.modules:
+        return False
+    sys.meta_path.insert(0, LeanFinder())
+    return True
