@@ -105,7 +105,9 @@ class Settings:
     max_config_bytes: int = field(default=8 * 1024 * 1024, metadata=_doc(
         "largest config document accepted (bytes of canonical JSON)", metavar="BYTES"))
     announce_interval: float = field(default=10.0, metadata=_doc(
-        "seconds between anti-entropy re-announcements of the head", metavar="SECONDS"))
+        "seconds between anti-entropy rounds (heads exchanged with peers not known at our "
+        "head; the head re-gossiped when any is, and every 6th round regardless)",
+        metavar="SECONDS"))
     log_level: str = field(default="info", metadata=_doc(
         "debug, info, warning or error", metavar="LEVEL"))
     log_format: str = field(default="text", metadata=_doc(

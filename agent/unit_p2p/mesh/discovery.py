@@ -304,65 +304,89 @@ class Rendezvous:
 
     The DHT runs in SERVER mode (client mode offers no protocol handler). py-libp2p does not feed
     the routing table from connections, so every round adds the connected trusted peers first.
-    Lookups ask every routing-table peer directly (GET_PROVIDERS) instead of
+    Lookups ask routing-table peers directly (GET_PROVIDERS) instead of
     ``KadDHT.find_providers``, which stops at the local store once we provide the key ourselves.
+
+    Cost is kept proportional to change, not to fleet size: a round asks only the ``ask``
+    routing-table peers closest to the key (the ones a provider stores its record with; each
+    answer lists every provider with its signed peer record, which the DHT verifies), and rounds
+    come quickly only while they find something. A round that finds nothing new doubles the
+    pause up to ``idle_interval``; a lost connection (``nudge``) or a newly found peer makes the
+    next rounds quick again. Measured at N=50 on loopback: asking 20 peers every 5 s cost each
+    agent ~1,000 signature checks per round and kept 2 cores saturated with the fleet idle.
     """
 
-    def __init__(self, dialer: Dialer, dht, mesh: str, interval: float = 5.0,
-                 query_timeout: float = 5.0):
+    def __init__(self, dialer: Dialer, dht, mesh: str, idle_interval: float = 60.0,
+                 query_timeout: float = 5.0, ask: int = 3):
         self._dialer = dialer
         self._dht = dht
         self.key = rendezvous_key(mesh)
-        self.interval = interval
+        self.idle_interval = idle_interval
         self.query_timeout = query_timeout
+        self.ask = ask
         self.rounds = 0
         self.found: set[str] = set()
-        self._rounds_since_provide = 0
+        self._provided_at = -float("inf")
         self._provided_at_size = 0
+        self._wake = trio.Event()
+
+    def nudge(self) -> None:
+        """Look again soon (a connection was lost: the peer may be back at a new address)."""
+        self._wake.set()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        # Quick first rounds so a fresh fleet meshes in seconds, then the steady interval.
+        # Quick first rounds so a fresh fleet meshes in seconds, then back off while quiet.
         delay = 0.5
         while True:
+            news = False
             try:
-                await self.round()
+                news = await self.round()
             except MeshError as exc:
                 log.info("DHT rendezvous round failed: %s", exc)
-            await trio.sleep(delay)
-            delay = min(delay * 2, self.interval)
+            delay = 0.5 if news else min(delay * 2, self.idle_interval)
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+            if self._wake.is_set():
+                self._wake = trio.Event()
+                delay = 0.5
 
-    async def round(self) -> None:
+    async def round(self) -> bool:
+        """One lookup; True if it found a provider not seen before or had one to dial."""
         self.rounds += 1
         rt = self._dht.routing_table
         for peer in self._dialer.connected_peers():
             await rt.add_peer(ID.from_base58(peer), skip_server_mode_check=True)
         if rt.size() == 0:
-            return
+            return False
         # Provider records live for hours: provide again when the routing table grew (new peers
-        # to store our record) or every 6th round (30 s at the default interval), not every round.
-        if self._rounds_since_provide >= 6 or rt.size() > self._provided_at_size:
+        # to store our record) or every ``idle_interval``, not every round.
+        now = trio.current_time()
+        if now - self._provided_at >= self.idle_interval or rt.size() > self._provided_at_size:
             with trio.move_on_after(self.query_timeout):
                 await self._dht.provider_store.provide(self.key)
-            self._rounds_since_provide = 0
+            self._provided_at = now
             self._provided_at_size = rt.size()
-        else:
-            self._rounds_since_provide += 1
         providers: dict[str, list[str]] = {}
         async with trio.open_nursery() as nursery:
-            for peer_id in rt.get_peer_ids()[:20]:
+            for peer_id in rt.find_local_closest_peers(self.key, self.ask):
                 nursery.start_soon(self._ask, peer_id, providers)
+        news = False
         # Records of departed agents live for 48 h in py-libp2p: dial in parallel so one
         # unreachable provider (5 s dial timeout) does not stall the round.
         async with trio.open_nursery() as nursery:
             for peer, addrs in providers.items():
                 if peer == self._dialer.own_peer_id:
                     continue
-                self.found.add(peer)
+                if peer not in self.found:
+                    self.found.add(peer)
+                    news = True
                 self._dialer.note_discovered(peer, addrs, "dht")
                 if (self._dialer.is_trusted(peer) and not self._dialer.is_connected(peer)
                         and addrs):
+                    news = True
                     nursery.start_soon(self._dial, peer, addrs)
+        return news
 
     async def _dial(self, peer: str, addrs: list[str]) -> None:
         try:

@@ -84,7 +84,8 @@ class MeshTuning:
     liveness: LivenessParams = field(default_factory=LivenessParams)
     backoff: Backoff = field(default_factory=Backoff)
     gossip: GossipParams = field(default_factory=GossipParams)
-    dht_interval: float = 5.0
+    #: longest pause between DHT rendezvous rounds while they find nothing new (discovery.py)
+    dht_idle_interval: float = 60.0
     dial_timeout: float = DIAL_TIMEOUT
     stream_timeout: float = DEFAULT_TIMEOUT
     publish_timeout: float = 5.0
@@ -264,7 +265,7 @@ class Mesh:
         if dht is not None:
             await nursery.start(_run_service, dht)
             self.rendezvous = Rendezvous(self, dht, self.settings.mesh,
-                                         interval=self.tuning.dht_interval)
+                                         idle_interval=self.tuning.dht_idle_interval)
             await nursery.start(self.rendezvous.serve)
         self.bootstrap = bootstrap
         await nursery.start(bootstrap.serve)
@@ -500,6 +501,8 @@ class Mesh:
         state.last_seen = time.time()
         state.changed.set()
         state.changed = trio.Event()
+        if not now_connected and self.rendezvous is not None:
+            self.rendezvous.nudge()
         self._event_send.send_nowait(("connected" if now_connected else "disconnected",
                                       peer_id))
 
