@@ -67,6 +67,17 @@ class _Placeholder(type):
     def __instancecheck__(cls, instance: object) -> bool:
         return False
 
+    def __getattr__(cls, name: str) -> object:
+        # ``Secp256k1PublicKey.from_bytes`` is read into a dispatch table at import time.
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def absent(*args: object, **kwargs: object) -> object:
+            return cls()
+
+        absent.__qualname__ = f"{cls.__qualname__}.{name}"
+        return absent
+
 
 class _AbsentModule(types.ModuleType):
     def __getattr__(self, name: str) -> type:
