@@ -11,13 +11,15 @@ process installs this import hook before anything imports libp2p:
    asks the package for a name no submodule import has set, e.g. ``from libp2p.pubsub.pb
    import rpc_pb2`` still works; ``import libp2p.peer.id`` no longer drags in all of libp2p.
 2. **Subsystems the agent never runs are absent** (:data:`ABSENT`). Modules we do run import
-   them at module level, mostly for type annotations or for features behind flags we keep off
-   (``custom_types`` imports ``QUICStream`` for a ``Union``; ``basic_host`` imports the ACME
-   client, UPnP and bootstrap discovery). They get a placeholder module whose every name is a
-   placeholder class: importing and annotating with it works, ``isinstance`` is always False
-   (no such object can exist here), and calling or instantiating it raises
-   :class:`AbsentFeatureError` naming the module, so a path we missed fails loudly instead of
-   quietly doing something else.
+   them at module level, for type annotations, ``isinstance`` checks, ``except`` clauses or
+   features behind flags we keep off (``custom_types`` imports ``QUICStream`` for a ``Union``;
+   ``net_stream`` catches ``QUICStreamResetError``; ``basic_host`` imports the ACME client, UPnP
+   and bootstrap discovery). They get a placeholder module whose every name is a placeholder
+   exception class: importing, annotating and ``except`` clauses work and never match,
+   ``isinstance`` is always False (no such object can exist here), and calling it or anything
+   read from it raises :class:`AbsentFeatureError` naming it, so a path we missed fails loudly
+   instead of quietly doing something else. A module whose *functions* run on our paths is not
+   absent, however little it seems to do (``kad_dht`` calls ``libp2p.bitswap.cid.parse_cid``).
 
 Set ``UNIT_P2P_FULL_LIBP2P=1`` to load py-libp2p as published (for debugging; costs the RSS
 above). Only the agent process installs the hook (``unit-p2p agent``); library users and the
@@ -42,7 +44,6 @@ ABSENT: tuple[str, ...] = (
     "libp2p.transport.websocket",
     "libp2p.security.tls",
     "libp2p.relay",
-    "libp2p.bitswap",
     "libp2p.discovery.bootstrap",
     "libp2p.discovery.mdns",
     "libp2p.discovery.upnp",
@@ -83,7 +84,10 @@ class _AbsentModule(types.ModuleType):
     def __getattr__(self, name: str) -> type:
         if name.startswith("__"):
             raise AttributeError(name)
-        placeholder = _Placeholder(name, (), {"__module__": self.__name__, "__qualname__": name})
+        # An Exception subclass, so ``except (ValueError, Placeholder):`` is valid Python.
+        placeholder = _Placeholder(
+            name, (Exception,), {"__module__": self.__name__, "__qualname__": name}
+        )
         setattr(self, name, placeholder)
         return placeholder
 
