@@ -299,6 +299,10 @@ def rendezvous_key(mesh: str) -> bytes:
     return bytes([0x12, 0x20]) + hashlib.sha256(f"unit-p2p/rendezvous/{mesh}".encode()).digest()
 
 
+#: seconds between re-provides of the rendezvous key while the routing table is stable
+PROVIDE_REFRESH = 600.0
+
+
 class Rendezvous:
     """Kademlia rendezvous: provide the mesh key, look for other providers, dial them.
 
@@ -359,10 +363,13 @@ class Rendezvous:
             await rt.add_peer(ID.from_base58(peer), skip_server_mode_check=True)
         if rt.size() == 0:
             return False
-        # Provider records live for hours: provide again when the routing table grew (new peers
-        # to store our record) or every ``idle_interval``, not every round.
+        # Provider records live for 48 h and lookups ask the peers closest to the key: provide
+        # again when the routing table doubled (closer peers may have joined) or every
+        # PROVIDE_REFRESH, not on every growth: while a fresh fleet meshed, providing each round
+        # (a DHT walk plus up to 20 ADD_PROVIDER streams) was most of the CPU it burned.
         now = trio.current_time()
-        if now - self._provided_at >= self.idle_interval or rt.size() > self._provided_at_size:
+        if (now - self._provided_at >= PROVIDE_REFRESH
+                or rt.size() >= 2 * self._provided_at_size):
             with trio.move_on_after(self.query_timeout):
                 await self._dht.provider_store.provide(self.key)
             self._provided_at = now

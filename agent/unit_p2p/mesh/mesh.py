@@ -48,7 +48,7 @@ from .host import (
     parse_listen,
     probe_ports,
 )
-from .liveness import Liveness, LivenessParams
+from .liveness import PING_PROTOCOL, Liveness, LivenessParams
 from .stream import DEFAULT_TIMEOUT, Stream
 from .trust import TrustPolicy
 
@@ -261,6 +261,8 @@ class Mesh:
         nursery.start_soon(self._read_announcements, subscription)
         self.liveness = Liveness(host, self.connected_peers, self.disconnect, self._alive,
                                  self.stats, self.tuning.liveness)
+        # Our responder replaces py-libp2p's: it also tells the pinger the peer was heard.
+        host.set_stream_handler(TProtocol(PING_PROTOCOL), self.liveness.handle_ping)
         await nursery.start(self.liveness.serve)
         if dht is not None:
             await nursery.start(_run_service, dht)
