@@ -128,7 +128,29 @@ def build_pubsub(
     # seqnos and lost the first 20 publishes (notes). Nanoseconds never repeat across restarts.
     pubsub.counter = time.time_ns()
     pubsub.set_topic_validator(topic, _validator(trust, stats), is_async_validator=False)
+    _send_without_sender_records(pubsub)
     return pubsub, router
+
+
+def _send_without_sender_records(pubsub: Pubsub) -> None:
+    """Send RPCs without the signed peer record py-libp2p 0.8.1 attaches to every one.
+
+    Each RPC (every published or forwarded message, every batch of control messages) carried the
+    sender's signed peer record, and the receiver verified its Ed25519 signature before looking
+    at the RPC, duplicates included: the largest single cost of a publish in a 30-agent mesh
+    (16 % of an agent's samples). The record only certifies listen addresses, which our
+    discovery already knows, over a connection Noise already authenticated. The stream's hello
+    (sent once, not through ``write_msg``) still carries it. A peer that keeps sending records is
+    still checked; our agents just never ask each other to.
+    """
+    write = pubsub.write_msg
+
+    async def write_msg(stream, rpc_msg: rpc_pb2.RPC) -> bool:
+        if rpc_msg.HasField("senderRecord"):
+            rpc_msg.ClearField("senderRecord")
+        return await write(stream, rpc_msg)
+
+    pubsub.write_msg = write_msg
 
 
 def _validator(trust: TrustPolicy, stats):

@@ -59,6 +59,8 @@ UNIT_POLL_INTERVAL = 5.0
 UNIT_RETRY_INTERVAL = 1.0
 #: a converged agent still re-announces its head by gossip every this many announce intervals
 ANNOUNCE_HEARTBEAT = 6
+#: verified signed heads remembered, so re-announcements of one head are checked once
+VERIFIED_KEPT = 64
 # per-peer token bucket for inbound announcements/heads/notifications
 RATE_PER_S = 20.0
 RATE_BURST = 60.0
@@ -167,6 +169,8 @@ class Reconciler:
         # revisions this host failed to apply, by reason: not retried until something changes
         self.failed: dict[Revision, str] = {}
         self.peer_heads: dict[str, Head | None] = {}
+        #: heads whose origin signature verified (revision, digest, signature), oldest first
+        self._verified: OrderedDict[tuple[Revision, str, bytes], None] = OrderedDict()
         self.reports: OrderedDict[Revision, dict[str, tuple[str, str | None]]] = OrderedDict()
         self.last_error: dict | None = None
         self.unit_reachable: bool | None = None
@@ -293,9 +297,17 @@ class Reconciler:
         if head.size > self.settings.max_config_bytes:
             self._reject(peer, "too_large", f"revision {rev} is {head.size} bytes")
             return False
+        key = (rev, head.digest, head.signature)
+        if key in self._verified:
+            # After a publish every applier announces the same signed head: check it once.
+            self._verified.move_to_end(key)
+            return True
         if not verify_revision(self.mesh_name, rev, head.digest, head.signature):
             self._reject(peer, "bad_signature", f"revision {rev}: origin signature does not verify")
             return False
+        self._verified[key] = None
+        while len(self._verified) > VERIFIED_KEPT:
+            self._verified.popitem(last=False)
         return True
 
     def _consider(self, peer: str, head: Head) -> None:
