@@ -103,6 +103,9 @@ class FakeMesh:
     def connected_peers(self) -> list[str]:
         return [p for p in self.net.meshes if self.net.linked(self.peer_id, p)]
 
+    def gossip_mesh_peers(self) -> set[str]:
+        return set()  # no gossip mesh modelled: relays go to every linked peer (the safe side)
+
     def peers(self) -> list[Info]:
         return [Info(p, connected=self.net.linked(self.peer_id, p))
                 for p in self.net.meshes if p != self.peer_id]

@@ -152,6 +152,7 @@ class Mesh:
         self._dial_locks: dict[str, trio.Lock] = {}
         self._host = None
         self._pubsub = None
+        self._router = None
         self._services: trio.Nursery | None = None
         self._running = False
         self._stopping = False
@@ -209,6 +210,7 @@ class Mesh:
         finally:
             self._running = False
             self._pubsub = None
+            self._router = None
             self._host = None
             self._services = None
             for state in self._peers.values():
@@ -224,6 +226,7 @@ class Mesh:
                     await pubsub.wait_until_ready()
                     subscription = await pubsub.subscribe(self.topic)
                     self._pubsub = pubsub
+                    self._router = router
                     async with trio.open_nursery() as nursery:
                         await self._start_services(nursery, self._host, dht, bootstrap,
                                                    subscription)
@@ -364,6 +367,13 @@ class Mesh:
 
     def connected_peers(self) -> list[str]:
         return sorted(p for p, s in self._peers.items() if s.conns)
+
+    def gossip_mesh_peers(self) -> set[str]:
+        """Peers in our gossipsub mesh for the topic: each gets what we publish or forward."""
+        router = self._router
+        if router is None:
+            return set()
+        return {p.to_base58() for p in router.mesh.get(self.topic, ())}
 
     def gossip_peers(self) -> list[str]:
         """Peers known to be subscribed to our announcement topic (gossip can reach them)."""

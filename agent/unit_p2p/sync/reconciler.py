@@ -59,6 +59,8 @@ UNIT_POLL_INTERVAL = 5.0
 UNIT_RETRY_INTERVAL = 1.0
 #: a converged agent still re-announces its head by gossip every this many announce intervals
 ANNOUNCE_HEARTBEAT = 6
+#: stale peers whose heads an anti-entropy round exchanges (random ones each round)
+ANTI_ENTROPY_FANOUT = 3
 #: verified signed heads remembered, so re-announcements of one head are checked once
 VERIFIED_KEPT = 64
 # per-peer token bucket for inbound announcements/heads/notifications
@@ -421,12 +423,15 @@ class Reconciler:
             log.debug("gossip publish failed: %s", exc)
 
     async def _broadcast(self, data: bytes, skip_holders_of: Revision | None = None,
-                         gossip: bool = True) -> None:
+                         gossip: bool = True, skip: set[str] | frozenset[str] = frozenset(),
+                         ) -> None:
         """Gossip ``data`` and push it directly to connected trusted peers, all in parallel."""
         async with trio.open_nursery() as nursery:
             if gossip:
                 nursery.start_soon(self._gossip, data)
             for peer in self.mesh.connected_peers():
+                if peer in skip:
+                    continue
                 known = self.peer_heads.get(peer)
                 if skip_holders_of is not None and known is not None \
                         and known.revision >= skip_holders_of:
@@ -576,7 +581,9 @@ class Reconciler:
     async def _relay(self, revision: Revision) -> None:
         await trio.sleep(random.uniform(*RELAY_DELAY))
         if self.head is not None and self.head.revision == revision:
-            await self._broadcast(self._announcement(), skip_holders_of=revision, gossip=False)
+            # Peers in our gossip mesh got this announcement from the gossip we just sent.
+            await self._broadcast(self._announcement(), skip_holders_of=revision, gossip=False,
+                                  skip=self.mesh.gossip_mesh_peers())
 
     async def _put_verified(self, target: Any, digest: str, rollback: Any) -> None:
         """PUT ``target`` and read it back. Unit rejects atomically; if the read-back differs
@@ -650,15 +657,20 @@ class Reconciler:
             stale = [p for p in self.mesh.connected_peers()
                      if self.trust.is_trusted(p)
                      and (self.peer_heads.get(p) is None or self.peer_heads[p].revision != mine)]
+            behind = [p for p in stale
+                      if self.peer_heads.get(p) is None or self.peer_heads[p].revision < mine]
             quiet += 1
-            if stale or quiet >= ANNOUNCE_HEARTBEAT:
+            if behind or quiet >= ANNOUNCE_HEARTBEAT:
                 quiet = 0
                 try:
                     await self.mesh.publish(self._announcement())
                 except MeshError as exc:
                     log.debug("re-announce failed: %s", exc)
+            # A few stale peers per round: during a slow rollout in a large full mesh every peer
+            # is stale to every other, and exchanging with all of them (N^2 streams a round)
+            # slowed the rollout it was meant to repair.
             async with trio.open_nursery() as nursery:
-                for peer in stale:
+                for peer in random.sample(stale, min(len(stale), ANTI_ENTROPY_FANOUT)):
                     nursery.start_soon(self._exchange_heads, peer)
             # A revision that failed for a transient reason may succeed now; rejected ones wait
             # for a newer revision.
