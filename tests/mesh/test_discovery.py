@@ -6,6 +6,7 @@ import itertools
 
 import trio
 
+from unit_p2p.mesh import MeshTuning
 from unit_p2p.mesh.discovery import Mdns
 
 from .helpers import make_mesh, start_node, wait_for
@@ -135,3 +136,31 @@ def test_mdns_interface_plan():
     assert Mdns._plan(["/ip4/127.0.0.1/tcp/4001"]) == (["127.0.0.1"], ["/ip4/127.0.0.1/tcp/4001"])
     interfaces, advertised = Mdns._plan(["/ip4/0.0.0.0/tcp/4001"])
     assert interfaces is None and "/ip4/127.0.0.1/tcp/4001" in advertised
+
+
+async def test_dht_dials_new_peers_only_below_the_target_but_always_redials_lost_ones(nursery):
+    # peer_target=1: each spoke is at its target once connected to the hub, so it learns the
+    # other spokes from the DHT but does not dial them (the star stays a star) ...
+    tuning = MeshTuning(peer_target=1)
+    hub = await start_node(nursery, dht=True, tuning=tuning)
+    spokes = [await start_node(nursery, dht=True, bootstrap=(hub.addr,), tuning=tuning)
+              for _ in range(3)]
+    with trio.fail_after(30):
+        for spoke in spokes:
+            others = {s.peer_id for s in spokes} - {spoke.peer_id}
+            await wait_for(lambda spoke=spoke, others=others:
+                           others <= spoke.mesh.rendezvous.found, interval=0.1)
+    rounds = spokes[0].mesh.rendezvous.rounds
+    with trio.fail_after(30):
+        await wait_for(lambda: spokes[0].mesh.rendezvous.rounds >= rounds + 2, interval=0.1)
+    for spoke in spokes:
+        assert spoke.mesh.connected_peers() == [hub.peer_id]
+    # ... but a peer it was connected to and lost is redialled whatever the budget, so a healed
+    # partition rejoins even when both sides are at their target.
+    a, b = spokes[0], spokes[1]
+    with trio.fail_after(15):
+        await a.mesh.connect(b.addr)
+        await a.mesh.disconnect(b.peer_id)
+        await wait_for(lambda: b.peer_id not in a.mesh.connected_peers(), interval=0.05)
+        assert a.mesh.was_lost(b.peer_id)
+        await wait_for(lambda: b.peer_id in a.mesh.connected_peers(), interval=0.1)

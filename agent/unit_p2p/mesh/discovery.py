@@ -43,6 +43,10 @@ class Dialer(Protocol):
 
     def connected_peers(self) -> list[str]: ...
 
+    def dial_budget(self) -> int: ...
+
+    def was_lost(self, peer_id: str) -> bool: ...
+
     async def wait_peer_change(self, peer_id: str) -> None: ...
 
     def note_discovered(self, peer_id: str, addrs: Sequence[str], source: str) -> None: ...
@@ -284,7 +288,8 @@ class Mdns:
                 continue
             self.stats["found"] += 1
             self._dialer.note_discovered(peer, addrs, "mdns")
-            if self._dialer.is_trusted(peer) and not self._dialer.is_connected(peer):
+            if (self._dialer.is_trusted(peer) and not self._dialer.is_connected(peer)
+                    and (self._dialer.dial_budget() > 0 or self._dialer.was_lost(peer))):
                 try:
                     await self._dialer.dial(peer, addrs)
                 except MeshError as exc:
@@ -379,27 +384,36 @@ class Rendezvous:
             for peer_id in rt.find_local_closest_peers(self.key, self.ask):
                 nursery.start_soon(self._ask, peer_id, providers)
         news = False
+        fresh, lost = [], []
+        for peer, addrs in providers.items():
+            if peer == self._dialer.own_peer_id:
+                continue
+            if peer not in self.found:
+                self.found.add(peer)
+                news = True
+            self._dialer.note_discovered(peer, addrs, "dht")
+            if self._dialer.is_trusted(peer) and not self._dialer.is_connected(peer) and addrs:
+                (lost if self._dialer.was_lost(peer) else fresh).append(peer)
+        # Degree, not fleet size, bounds each agent's connections: new peers only while below
+        # the target (random ones, so the mesh is a random graph), peers we lost always (a
+        # healed partition must rejoin even when both sides are at the target).
+        picked = lost + random.sample(fresh, min(len(fresh), self._dialer.dial_budget()))
         # Records of departed agents live for 48 h in py-libp2p: dial in parallel so one
-        # unreachable provider (5 s dial timeout) does not stall the round.
+        # unreachable provider (5 s dial timeout) does not stall the round. Only a dial that
+        # worked is news: a departed peer must not keep the rounds quick.
+        connected: list[str] = []
         async with trio.open_nursery() as nursery:
-            for peer, addrs in providers.items():
-                if peer == self._dialer.own_peer_id:
-                    continue
-                if peer not in self.found:
-                    self.found.add(peer)
-                    news = True
-                self._dialer.note_discovered(peer, addrs, "dht")
-                if (self._dialer.is_trusted(peer) and not self._dialer.is_connected(peer)
-                        and addrs):
-                    news = True
-                    nursery.start_soon(self._dial, peer, addrs)
-        return news
+            for peer in picked:
+                nursery.start_soon(self._dial, peer, providers[peer], connected)
+        return news or bool(connected)
 
-    async def _dial(self, peer: str, addrs: list[str]) -> None:
+    async def _dial(self, peer: str, addrs: list[str], connected: list[str]) -> None:
         try:
             await self._dialer.dial(peer, addrs)
         except MeshError as exc:
             log.debug("DHT provider %s not reachable: %s", peer, exc)
+        else:
+            connected.append(peer)
 
     async def _ask(self, peer_id, providers: dict[str, list[str]]) -> None:
         with trio.move_on_after(self.query_timeout):

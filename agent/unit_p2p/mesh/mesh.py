@@ -86,6 +86,9 @@ class MeshTuning:
     gossip: GossipParams = field(default_factory=GossipParams)
     #: longest pause between DHT rendezvous rounds while they find nothing new (discovery.py)
     dht_idle_interval: float = 60.0
+    #: discovery (DHT rendezvous, mDNS) dials new peers only while fewer than this many are
+    #: connected; bootstrap peers and peers we lost are always redialled (docs/mesh.md)
+    peer_target: int = 8
     dial_timeout: float = DIAL_TIMEOUT
     stream_timeout: float = DEFAULT_TIMEOUT
     publish_timeout: float = 5.0
@@ -99,6 +102,8 @@ class _PeerState:
     last_seen: float | None = None
     sources: set[str] = field(default_factory=set)
     changed: trio.Event = field(default_factory=trio.Event)
+    #: we were connected once and are not now (discovery may redial it beyond peer_target)
+    lost: bool = False
 
 
 class _Notifee(INotifee):
@@ -388,6 +393,15 @@ class Mesh:
     def is_trusted(self, peer_id: str) -> bool:
         return self.trust.is_trusted(peer_id)
 
+    def dial_budget(self) -> int:
+        """How many newly discovered peers discovery may dial now (see ``peer_target``)."""
+        return max(0, self.tuning.peer_target - len(self.connected_peers()))
+
+    def was_lost(self, peer_id: str) -> bool:
+        """Connected once, not now: redialled whatever the budget, so a healed split rejoins."""
+        state = self._peers.get(peer_id)
+        return bool(state and state.lost and not state.conns)
+
     async def wait_peer_change(self, peer_id: str) -> None:
         await self._state(peer_id).changed.wait()
 
@@ -511,6 +525,7 @@ class Mesh:
             return
         state.connected_since = time.time() if now_connected else None
         state.last_seen = time.time()
+        state.lost = not now_connected
         state.changed.set()
         state.changed = trio.Event()
         if not now_connected and self.rendezvous is not None:

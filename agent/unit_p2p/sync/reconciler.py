@@ -59,6 +59,8 @@ UNIT_POLL_INTERVAL = 5.0
 UNIT_RETRY_INTERVAL = 1.0
 #: a converged agent still re-announces its head by gossip every this many announce intervals
 ANNOUNCE_HEARTBEAT = 6
+#: seconds to wait for a connected holder before dialling a revision's origin to pull it
+HOLDER_WAIT = 1.0
 #: stale peers whose heads an anti-entropy round exchanges (random ones each round)
 ANTI_ENTROPY_FANOUT = 3
 #: verified signed heads remembered, so re-announcements of one head are checked once
@@ -96,6 +98,7 @@ class Candidate:
     head: Head
     holders: set[str] = field(default_factory=set)
     seen_at: float = field(default_factory=time.monotonic)
+    holder_added: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass
@@ -338,6 +341,7 @@ class Reconciler:
             self._reject(peer, "equivocation", f"revision {rev} announced with two digests")
             return
         cand.holders.add(peer)
+        cand.holder_added.set()
         self._wake_apply()
 
     def _behind(self, peer: str) -> None:
@@ -505,10 +509,20 @@ class Reconciler:
         if data is not None:
             return Document.from_bytes(data, head.digest)
         connected = self.mesh.connected_peers()
+        origin = head.revision.origin
+        if (origin != self.peer_id and origin not in connected
+                and not any(p in connected for p in cand.holders)):
+            # Dialling the origin adds a connection beyond the mesh's degree, and in a large
+            # fleet most agents would dial it at once. A neighbour that holds the revision
+            # usually announces within a few hundred ms: wait that long for one first.
+            with trio.move_on_after(HOLDER_WAIT):
+                while not any(p in self.mesh.connected_peers() for p in cand.holders):
+                    await cand.holder_added.wait()
+                    cand.holder_added = trio.Event()
+            connected = self.mesh.connected_peers()
         # Connected holders first (they announced it), then the origin even if we must dial it
         # (gossip relayed its announcement; it certainly holds the document), then anyone
         # connected: content is addressed by digest, so whoever serves it is verified the same.
-        origin = head.revision.origin
         order = [p for p in cand.holders if p in connected]
         if origin not in order and origin != self.peer_id:
             order.append(origin)
