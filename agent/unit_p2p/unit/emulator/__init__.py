@@ -58,9 +58,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from unit_p2p.errors import EmulatorError
+
 if TYPE_CHECKING:
     from unit_p2p.unit.emulator.server import UnitEmulator
-    from unit_p2p.unit.emulator.state import EmulatorError
 
 __all__ = ["EmulatorError", "UnitEmulator"]
 
@@ -72,8 +73,4 @@ def __getattr__(name: str) -> Any:
         from unit_p2p.unit.emulator.server import UnitEmulator
 
         return UnitEmulator
-    if name == "EmulatorError":
-        from unit_p2p.unit.emulator.state import EmulatorError
-
-        return EmulatorError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import trio
 
+from unit_p2p.errors import EmulatorError
+
 # The emulator itself (server, state, certificates -> cryptography.x509) is imported inside the
 # functions that run it: ``unit-p2p`` builds this subcommand's parser for every command,
 # including the agent daemon, which must not pay for it.
@@ -137,8 +139,6 @@ def _leaf(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
 
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/Ctrl-C (exit 0), or the self-check (exit 0 OK, 1 FAIL); 2 on bad use."""
-    from unit_p2p.unit.emulator.state import EmulatorError
-
     if args.self_check:
         expected = (EmulatorError, OSError, trio.TooSlowError)
         try:
