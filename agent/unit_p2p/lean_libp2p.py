@@ -69,7 +69,8 @@ class _Placeholder(type):
         return False
 
     def __getattr__(cls, name: str) -> object:
-        # ``Secp256k1PublicKey.from_bytes`` is read into a dispatch table at import time.
+        # A class attribute read at import time (e.g. into a dispatch table) must not fail;
+        # calling it does.
         if name.startswith("__"):
             raise AttributeError(name)
 

@@ -105,8 +105,8 @@ class Settings:
     max_config_bytes: int = field(default=8 * 1024 * 1024, metadata=_doc(
         "largest config document accepted (bytes of canonical JSON)", metavar="BYTES"))
     announce_interval: float = field(default=10.0, metadata=_doc(
-        "seconds between anti-entropy rounds (heads exchanged with peers not known at our "
-        "head; the head re-gossiped when any is, and every 6th round regardless)",
+        "seconds between anti-entropy rounds (heads exchanged with up to 3 peers not known "
+        "at our head; the head re-gossiped when a peer is behind, and every 6th round)",
         metavar="SECONDS"))
     log_level: str = field(default="info", metadata=_doc(
         "debug, info, warning or error", metavar="LEVEL"))

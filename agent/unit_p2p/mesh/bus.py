@@ -142,8 +142,8 @@ def _send_without_sender_records(pubsub: Pubsub) -> None:
     at the RPC, duplicates included: the largest single cost of a publish in a 30-agent mesh
     (16 % of an agent's samples). The record only certifies listen addresses, which our
     discovery already knows, over a connection Noise already authenticated. The stream's hello
-    (sent once, not through ``write_msg``) still carries it. A peer that keeps sending records is
-    still checked; our agents just never ask each other to.
+    (sent once, not through ``write_msg``) still carries it. Records a peer does send are still
+    verified as before; our agents simply send none.
     """
     write = pubsub.write_msg
 

@@ -219,6 +219,7 @@ class Mesh:
             self._host = None
             self._services = None
             for state in self._peers.values():
+                state.lost = state.lost or bool(state.conns)
                 state.conns.clear()
                 state.connected_since = None
 
@@ -400,7 +401,7 @@ class Mesh:
     def was_lost(self, peer_id: str) -> bool:
         """Connected once, not now: redialled whatever the budget, so a healed split rejoins."""
         state = self._peers.get(peer_id)
-        return bool(state and state.lost and not state.conns)
+        return bool(state and state.lost)
 
     async def wait_peer_change(self, peer_id: str) -> None:
         await self._state(peer_id).changed.wait()

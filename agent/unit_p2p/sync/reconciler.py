@@ -512,13 +512,13 @@ class Reconciler:
             return Document.from_bytes(data, head.digest)
         connected = self.mesh.connected_peers()
         origin = head.revision.origin
-        if (origin != self.peer_id and origin not in connected
-                and not any(p in connected for p in cand.holders)):
+        if origin != self.peer_id and origin not in connected \
+                and cand.holders.isdisjoint(connected):
             # Dialling the origin adds a connection beyond the mesh's degree, and in a large
             # fleet most agents would dial it at once. A neighbour that holds the revision
             # usually announces within a few hundred ms: wait that long for one first.
             with trio.move_on_after(HOLDER_WAIT):
-                while not any(p in self.mesh.connected_peers() for p in cand.holders):
+                while cand.holders.isdisjoint(self.mesh.connected_peers()):
                     await cand.holder_added.wait()
                     cand.holder_added = trio.Event()
             connected = self.mesh.connected_peers()
@@ -666,11 +666,10 @@ class Reconciler:
             await trio.sleep(max(UNIT_POLL_INTERVAL, took * UNIT_POLL_COST_FACTOR))
 
     async def _anti_entropy_loop(self) -> None:
-        # Every interval: exchange heads with connected peers not known to be at our head, and
-        # re-announce by gossip only when one of them exists (it reaches peers we are not
-        # connected to) or every ANNOUNCE_HEARTBEAT intervals. An idle converged fleet then
-        # gossips ~6x less: a re-announcement costs every agent a signature check per copy,
-        # so at N=50 the fixed 10 s cadence alone kept a core busy.
+        # Every interval: exchange heads with a few connected peers not known to be at our head,
+        # and re-announce by gossip (it reaches peers we are not connected to) only when a peer
+        # is known to be behind us, or every ANNOUNCE_HEARTBEAT intervals. A converged fleet then
+        # gossips 6x less: each re-announcement costs every agent ~D receptions.
         interval = self.settings.announce_interval
         quiet = 0
         while True:
@@ -690,9 +689,9 @@ class Reconciler:
                     await self.mesh.publish(self._announcement())
                 except MeshError as exc:
                     log.debug("re-announce failed: %s", exc)
-            # A few stale peers per round: during a slow rollout in a large full mesh every peer
-            # is stale to every other, and exchanging with all of them (N^2 streams a round)
-            # slowed the rollout it was meant to repair.
+            # A few stale peers per round: during a slow rollout every peer is stale to every
+            # other, and exchanging with all of them (N * degree streams a round) competed with
+            # the rollout it was meant to repair.
             async with trio.open_nursery() as nursery:
                 for peer in random.sample(stale, min(len(stale), ANTI_ENTROPY_FANOUT)):
                     nursery.start_soon(self._exchange_heads, peer)
