@@ -29,7 +29,7 @@ from bench import common
 from bench.common import md_table
 from tests.agent.harness import BASE_CONFIG, AgentProc
 from unit_p2p.demo import spawn
-from unit_p2p.lean_libp2p import ABSENT
+from unit_p2p.lean_libp2p import ABSENT, is_absent
 
 TARGETS = {"rss_mib": 64, "ready_s": 1.0, "idle_cpu_pct": 0.2}
 
@@ -98,13 +98,9 @@ def import_report(lines: list[ImportLine], top: int = 12) -> dict[str, Any]:
             "by_subpackage_ms": [(k, v / 1000) for k, v in subs],
             "entry_points_ms": [(p, n, c / 1000) for p, n, c in entry],
             "quic_grpc_etc": sorted({u for ln in lines
-                                     if (u := _unused(ln.name)) and not _absent(ln.name)}),
-            "placeholders": sorted({ln.name for ln in lines if _absent(ln.name)})}
+                                     if (u := _unused(ln.name)) and not is_absent(ln.name)}),
+            "placeholders": sorted({ln.name for ln in lines if is_absent(ln.name)})}
 
-
-def _absent(name: str) -> bool:
-    """A module the lean agent serves as a placeholder (unit_p2p/lean_libp2p.py): not loaded."""
-    return any(name == a or name.startswith(a + ".") for a in ABSENT)
 
 
 UNUSED = ("quic", "grpc", "websocket", "relay", "mplex", "secio", "insecure", "floodsub",

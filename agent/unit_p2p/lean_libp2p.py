@@ -52,6 +52,11 @@ ABSENT: tuple[str, ...] = (
 FULL_ENV = "UNIT_P2P_FULL_LIBP2P"
 
 
+def is_absent(name: str, absent: Sequence[str] = ABSENT) -> bool:
+    """True if module ``name`` is (inside) one of the ``absent`` subsystems."""
+    return any(name == a or name.startswith(a + ".") for a in absent)
+
+
 class AbsentFeatureError(RuntimeError):
     """A py-libp2p feature that the lean agent does not load was used."""
 
@@ -146,7 +151,7 @@ class LeanFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: types.ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if any(fullname == a or fullname.startswith(a + ".") for a in self.absent):
+        if is_absent(fullname, self.absent):
             return importlib.machinery.ModuleSpec(fullname, _AbsentLoader(), is_package=True)
         if fullname != "libp2p" and not fullname.startswith("libp2p."):
             return None
