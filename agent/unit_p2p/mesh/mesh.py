@@ -29,6 +29,7 @@ from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..errors import MeshError
+from ..identity import peer_id_of
 from ..settings import Settings
 from .bounded import call_abandonable
 from .bus import MAX_ANNOUNCEMENT_BYTES, GossipParams, announcement_topic, build_pubsub
@@ -144,7 +145,7 @@ class Mesh:
         self.events = events
         self.tuning = tuning or MeshTuning()
         self._keypair = keypair
-        self.peer_id = ID.from_pubkey(keypair.public_key).to_base58()
+        self.peer_id = peer_id_of(keypair)
         self.own_peer_id = self.peer_id
         if trust.own_peer_id != self.peer_id:
             raise MeshError("TrustPolicy was built for another peer ID than this key's")
