@@ -18,9 +18,17 @@ ANSIBLE_BUNDLE="ansible==12.3.0"
 # the podman connection plugin). The role and the scenarios use ansible.builtin only.
 BUNDLED_COLLECTIONS=(containers/podman)
 # netavark/aardvark-dns: podman's network backend with DNS between containers (only Recommends of
-# podman, and podman falls back to CNI without them). gcc/python3-dev/libgmp-dev: fastecdsa builds
-# from source into the wheelhouse here, on the host. python3-venv: when python3 is Debian's own.
-APT_PACKAGES=(podman runc netavark aardvark-dns debootstrap gcc python3-dev python3-venv libgmp-dev)
+# podman, and podman falls back to CNI without them). iptables: netavark 1.4 runs the `iptables`
+# program for every container network and is only a Suggests of podman, so --no-install-recommends
+# leaves it out. conmon: podman's container monitor (a Depends, named so the check below is complete).
+# gcc/python3-dev/libgmp-dev: fastecdsa builds from source into the wheelhouse here, on the host.
+# python3-venv: when python3 is Debian's own.
+APT_PACKAGES=(podman conmon runc netavark aardvark-dns iptables debootstrap gcc python3-dev python3-venv
+              libgmp-dev)
+# Programs podman execs while it starts a container, and where Debian 12 puts them (podman looks
+# for its network helpers in helper_binaries_dir, not on PATH).
+HELPER_DIRS=(/usr/local/libexec/podman /usr/local/lib/podman /usr/libexec/podman /usr/lib/podman)
+NEEDED_PROGRAMS=(podman conmon runc netavark aardvark-dns iptables debootstrap)
 
 step_start=0
 step() { step_start=$(date +%s%N); printf '==> %s\n' "$*"; }
@@ -56,6 +64,22 @@ if ((${#missing[@]})); then
 else
     done_step "already installed"
 fi
+
+# ---------------------------------------------------------------------------------------------
+step "programs podman runs: ${NEEDED_PROGRAMS[*]}"
+absent=()
+for prog in "${NEEDED_PROGRAMS[@]}"; do
+    found=$(PATH="$PATH:/usr/sbin:/sbin" command -v "$prog" || true)
+    for dir in "${HELPER_DIRS[@]}"; do
+        [[ -z $found && -x $dir/$prog ]] && found=$dir/$prog
+    done
+    [[ -n $found ]] || absent+=("$prog")
+done
+if ((${#absent[@]})); then
+    echo "prepare-host.sh: missing programs podman needs: ${absent[*]} (apt-get install ${absent[*]})" >&2
+    exit 1
+fi
+done_step "all present"
 
 # ---------------------------------------------------------------------------------------------
 step "containers.conf"
