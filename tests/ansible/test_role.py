@@ -14,6 +14,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,7 @@ import pytest
 import yaml
 from ansible_helpers import REPO, ad_hoc_result, recap, run_ansible, tool, unix_get, wait_for
 
-from unit_p2p.demo import free_ports
-from unit_p2p.settings import SETTING_NAMES
+from unit_p2p.fleet import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,29 @@ NEW_CONFIG = {"listeners": {"127.0.0.1:28081": {"pass": "routes"}},
               "routes": [{"action": {"return": 200}}], "applications": {}}
 
 
-def test_role_knows_every_agent_setting():
-    names = yaml.safe_load(ROLE_VARS.read_text())["_unit_p2p_setting_names"]
-    assert names == list(SETTING_NAMES)
+PHASES = {
+    "unit_p2p_install": {"Create the virtualenv", "Install from the index"},
+    "unit_p2p_configure": {"Create the identity key", "Write the agent's settings"},
+    "unit_p2p_run": {"Enable and start the agent", "Wait until the agent's API answers"},
+}
+
+
+@pytest.mark.parametrize("tag", sorted(PHASES))
+def test_each_phase_runs_alone_by_its_tag(ansible_env, tmp_path, tag):
+    playbook = tmp_path / "role.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles:\n"
+                        "    - unit_p2p.mesh.agent\n")
+    proc = run_ansible([tool("ansible-playbook"), "-i", "localhost,", "--list-tasks",
+                        "--tags", tag, str(playbook)], ansible_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    listed = set(re.findall(r"^\s+unit_p2p\.mesh\.agent : (.+?)\s+TAGS:", proc.stdout,
+                            re.MULTILINE))
+    assert PHASES[tag] <= listed, proc.stdout
+    for other, tasks in PHASES.items():
+        if other != tag:
+            assert not tasks & listed, (other, proc.stdout)
+    # every phase starts with the preflight checks
+    assert "Assert that the API socket is an absolute path" in listed, proc.stdout
 
 
 RENDER_UNIT = f"""\
@@ -159,6 +179,16 @@ def test_role_writes_a_working_mesh(agent_fleet, ansible_env, tmp_path):
         assert sorted(counters) == ["n0", "n1", "n2"], proc.stdout[-3000:]
         assert all(c["changed"] == 0 and c["failed"] == 0 for c in counters.values()), (
             extra, counters, proc.stdout[-6000:])
+
+    # a misspelt setting: the agent's own check refuses the rendered file, the old one stays
+    before = (nodes[0].dir / "etc" / "agent.yaml").read_text()
+    proc = run_ansible([*argv, "--limit", "n0", "-e",
+                        json.dumps({"unit_p2p_allow_partial_peers": True,
+                                    "unit_p2p_extra_settings": {"keep_config": 3}})], env)
+    assert proc.returncode != 0, proc.stdout[-6000:]
+    assert "keep_config: unknown key (did you mean 'keep_configs'?)" in proc.stdout, (
+        proc.stdout[-6000:])
+    assert (nodes[0].dir / "etc" / "agent.yaml").read_text() == before
 
     # the agents run from the role's files alone: allowlist trust, bootstrap from the lists
     for node in nodes:

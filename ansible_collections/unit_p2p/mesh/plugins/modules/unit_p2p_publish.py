@@ -206,10 +206,22 @@ from urllib.error import HTTPError, URLError
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import Request
 
-DEFAULT_SOCKET = "/run/unit-p2p/api.sock"
+# The one list of options and defaults: main() hands it to AnsibleModule, and run() fills the
+# same defaults when it is called without Ansible (the unit tests).
+ARGUMENT_SPEC = dict(
+    socket=dict(type="path", default="/run/unit-p2p/api.sock"),
+    config=dict(type="dict"),
+    wait=dict(type="bool", default=False),
+    timeout=dict(type="int", default=30),
+    min_peers=dict(type="int"),
+    require_all=dict(type="bool", default=True),
+)
 # Extra seconds on top of the agent's own wait so the agent, not the HTTP client, reports
-# a timeout (its answer lists the pending peers).
+# a timeout (its answer lists the pending peers). A dry run never waits for peers, so the
+# margin alone bounds it.
 REQUEST_MARGIN = 15
+PERMISSION_DENIED = ("permission denied on agent socket %s: run the task as root (become) or as "
+                     "a member of the agent's api_group")
 
 
 class AgentError(Exception):
@@ -252,14 +264,12 @@ class AgentAPI:
         except FileNotFoundError:
             raise AgentError("agent socket %s not found: is unit-p2p running?" % self.socket_path)
         except PermissionError:
-            raise AgentError(
-                "permission denied on agent socket %s: run the task as root (become) or as a "
-                "member of the agent's api_group" % self.socket_path)
+            raise AgentError(PERMISSION_DENIED % self.socket_path)
         if not stat.S_ISSOCK(mode):
             raise AgentError("%s is not a unix socket: check the socket option (the agent's "
                              "api setting)" % self.socket_path)
 
-    def call(self, method, path, body=None, timeout=30):
+    def call(self, method, path, body, timeout):
         self._check_socket()
         data = None if body is None else json.dumps(body)
         try:
@@ -284,9 +294,7 @@ class AgentAPI:
                                  % (self.socket_path, timeout))
             reason = str(exc.reason)
             if "Permission denied" in reason:
-                raise AgentError(
-                    "permission denied on agent socket %s: run the task as root (become) or as "
-                    "a member of the agent's api_group" % self.socket_path)
+                raise AgentError(PERMISSION_DENIED % self.socket_path)
             raise AgentError("cannot connect to agent socket %s (%s): is unit-p2p running?"
                              % (self.socket_path, reason))
         except (socket.timeout, TimeoutError):
@@ -326,56 +334,24 @@ def _convergence_text(peers):
 
 
 def _validate(params):
-    if params.get("timeout") is not None and params["timeout"] <= 0:
+    if params["timeout"] <= 0:
         raise AgentError("timeout must be a positive number of seconds, got %s" % params["timeout"])
-    if params.get("min_peers") is not None:
+    if params["min_peers"] is not None:
         if params["min_peers"] < 0:
             raise AgentError("min_peers must be 0 or more, got %s" % params["min_peers"])
-        if params.get("require_all", True):
+        if params["require_all"]:
             raise AgentError("min_peers needs require_all=false (require_all=true waits for "
                              "every trusted peer)")
 
 
-def run(params, api, check_mode=False, diff=False):
-    """Publish through ``api`` (an AgentAPI); returns the task result or raises AgentError /
-    PublishFailed. Kept free of AnsibleModule so it is tested without Ansible."""
-    _validate(params)
-    body = {}
-    if params.get("config") is not None:
-        body["config"] = params["config"]
+def _with_defaults(params):
+    full = dict((name, spec.get("default")) for name, spec in ARGUMENT_SPEC.items())
+    full.update((name, value) for name, value in params.items() if value is not None)
+    return full
 
-    if check_mode:
-        body["dry_run"] = True
-        body["diff"] = bool(diff)
-        answer = api.publish(body, timeout=REQUEST_MARGIN + 15)
-        result = {
-            "changed": bool(answer.get("changed")),
-            "revision": answer.get("revision"),
-            "digest": answer.get("digest"),
-            "peers": _peers(answer),
-        }
-        if answer.get("size") is not None:
-            result["size"] = answer["size"]
-        if result["changed"]:
-            result["msg"] = ("a publish would create a new revision (config %s differs from the "
-                             "mesh head); check mode published nothing" % result["digest"])
-        else:
-            result["msg"] = "nothing to publish: the config already equals the mesh head"
-        if diff and result["changed"]:
-            result["diff"] = _diff(answer)
-        return result
 
-    wait = bool(params.get("wait"))
-    timeout = params.get("timeout") or 30
-    body["wait"] = wait
-    body["timeout"] = timeout
-    body["require_all"] = bool(params.get("require_all", True))
-    if params.get("min_peers") is not None:
-        body["min_peers"] = params["min_peers"]
-    if diff:
-        body["diff"] = True
-    answer = api.publish(body, timeout=(timeout if wait else 0) + REQUEST_MARGIN)
-
+def _result(answer, diff):
+    """The task result for one agent answer, in normal and in check mode alike."""
     result = {
         "changed": bool(answer.get("changed")),
         "revision": answer.get("revision"),
@@ -385,43 +361,59 @@ def run(params, api, check_mode=False, diff=False):
     if answer.get("size") is not None:
         result["size"] = answer["size"]
     if diff and result["changed"] and "before" in answer:
-        result["diff"] = _diff(answer)
+        result["diff"] = {
+            "before": answer.get("before") or {},
+            "after": answer.get("after") or {},
+            "before_header": "mesh head",
+            "after_header": "published config",
+        }
+    return result
+
+
+def run(params, api, check_mode=False, diff=False):
+    """Publish through ``api`` (an AgentAPI); returns the task result or raises AgentError /
+    PublishFailed. Kept free of AnsibleModule so it is tested without Ansible."""
+    params = _with_defaults(params)
+    _validate(params)
+    body = {}
+    if diff:
+        body["diff"] = True
+    if params["config"] is not None:
+        body["config"] = params["config"]
+
+    if check_mode:
+        body["dry_run"] = True
+        result = _result(api.publish(body, timeout=REQUEST_MARGIN), diff)
+        if result["changed"]:
+            result["msg"] = ("a publish would create a new revision (config %s differs from the "
+                             "mesh head); check mode published nothing" % result["digest"])
+        else:
+            result["msg"] = "nothing to publish: the config already equals the mesh head"
+        return result
+
+    wait, timeout = params["wait"], params["timeout"]
+    body.update(wait=wait, timeout=timeout, require_all=params["require_all"])
+    if params["min_peers"] is not None:
+        body["min_peers"] = params["min_peers"]
+    answer = api.publish(body, timeout=(timeout if wait else 0) + REQUEST_MARGIN)
+    result = _result(answer, diff)
     if result["changed"]:
         msg = "published revision %s (%s)" % (result["revision"], result["digest"])
     else:
         msg = "nothing changed: the config already is the mesh head %s" % result["revision"]
     if wait:
         result["converged"] = bool(answer.get("converged"))
-        msg += "; " + _convergence_text(result["peers"])
+        convergence = _convergence_text(result["peers"])
         if not result["converged"]:
-            raise PublishFailed(
-                "revision %s did not converge within %s s: %s"
-                % (result["revision"], timeout, _convergence_text(result["peers"])), result)
+            raise PublishFailed("revision %s did not converge within %s s: %s"
+                                % (result["revision"], timeout, convergence), result)
+        msg += "; " + convergence
     result["msg"] = msg
     return result
 
 
-def _diff(answer):
-    return {
-        "before": answer.get("before") or {},
-        "after": answer.get("after") or {},
-        "before_header": "mesh head",
-        "after_header": "published config",
-    }
-
-
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            socket=dict(type="path", default=DEFAULT_SOCKET),
-            config=dict(type="dict"),
-            wait=dict(type="bool", default=False),
-            timeout=dict(type="int", default=30),
-            min_peers=dict(type="int"),
-            require_all=dict(type="bool", default=True),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     api = AgentAPI(module.params["socket"])
     try:
         result = run(module.params, api, check_mode=module.check_mode, diff=module._diff)
