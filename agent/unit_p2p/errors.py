@@ -16,11 +16,11 @@ of named errors instead of every library's own.
     │       ├── UnitMethodNotAllowed   405
     │       └── UnitApplyFailed        500 "Failed to apply new configuration."
     ├── WireError              a malformed, oversized or unsupported wire message
-    ├── MeshError              the libp2p host could not start (listen failed, ...)
+    ├── MeshError              the mesh could not do what was asked: start or listen, dial,
+    │                          open or use a stream, publish, or take a bad address or peer ID
     ├── SyncError              a revision could not be fetched, verified or applied
     ├── ApiError               the agent's local API answered with an error (docs/api.md)
     ├── AgentUnreachable       the agent's API socket is missing, refused or timed out
-    │                          (defined in unit_p2p.api.client)
     └── EmulatorError          the Unit emulator cannot start as asked
 """
 
@@ -114,7 +114,10 @@ class WireError(UnitP2PError):
 
 
 class MeshError(UnitP2PError):
-    """The libp2p host could not be started as configured."""
+    """A mesh operation failed: the libp2p host could not start or listen, a dial, stream send,
+    half-close or receive failed or timed out, a publish failed or was too large, or an address
+    or peer ID given to the mesh is unusable. py-libp2p's own exceptions are translated into
+    this once, where the mesh calls it, with the original as ``__cause__``."""
 
 
 class SyncError(UnitP2PError):
@@ -134,6 +137,15 @@ class ApiError(UnitP2PError):
         self.error = error
         self.detail = detail
         super().__init__(f"agent API {status} {error}" + (f": {detail}" if detail else ""))
+
+
+class AgentUnreachable(UnitP2PError):
+    """The agent's API socket is missing, refused the connection or did not answer in time."""
+
+    def __init__(self, message: str, *, kind: str = "failed"):
+        #: "missing", "denied", "refused", "timeout", "closed" or "failed" (see httpunix)
+        self.kind = kind
+        super().__init__(message)
 
 
 class EmulatorError(UnitP2PError):

@@ -2,7 +2,7 @@
 
 Every method returns the documented JSON document as parsed (``metrics()`` returns text). An
 error status becomes :class:`~unit_p2p.errors.ApiError` with the API's ``error`` code and
-``detail``; no answer at all becomes :class:`AgentUnreachable`.
+``detail``; no answer at all becomes :class:`~unit_p2p.errors.AgentUnreachable`.
 """
 
 from __future__ import annotations
@@ -10,19 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from unit_p2p.errors import ApiError, UnitP2PError
+from unit_p2p.errors import AgentUnreachable, ApiError
 from unit_p2p.httpunix import Endpoint
 
 __all__ = ["AgentUnreachable", "ApiClient"]
-
-
-class AgentUnreachable(UnitP2PError):
-    """The agent's API socket is missing, refused the connection or did not answer in time."""
-
-    def __init__(self, message: str, *, kind: str = "failed"):
-        #: "missing", "denied", "refused", "timeout", "closed" or "failed" (see httpunix)
-        self.kind = kind
-        super().__init__(message)
 
 
 _HINTS = {
