@@ -24,7 +24,7 @@ import trio
 
 from bench import common
 from bench.common import md_table
-from tests.agent.harness import BASE_CONFIG
+from unit_p2p.fleet import BASE_CONFIG
 from unit_p2p.sync.revision import canonical_json
 from unit_p2p.unit.client import UnitClient
 from unit_p2p.unit.emulator import UnitEmulator

@@ -1,9 +1,10 @@
 """Shared pieces of the benchmarks: the agent fleet, process stats, statistics, output.
 
-The fleet is the test harness's (``tests/agent/harness.py``): real ``python -m unit_p2p agent``
-processes, each with its own emulated Unit; the emulators all live in the benchmark's own trio
-loop (one process, which matters on a 2-core machine at N=50). Run the benchmarks from the
-repository root (``python -m bench.<name>``) so ``tests`` and ``bench`` are importable.
+The fleet is the package's launcher (``unit_p2p.fleet``, also behind the demo and the tests):
+real ``python -m unit_p2p agent`` processes, each with its own emulated Unit; the emulators all
+live in the benchmark's own trio loop (one process, which matters on a 2-core machine at N=50).
+Run the benchmarks from the repository root (``python -m bench.<name>``) so ``bench`` is
+importable.
 """
 
 from __future__ import annotations
@@ -15,23 +16,25 @@ import os
 import platform
 import random
 import signal
-import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from tests.agent.harness import AgentProc, Fleet
+from unit_p2p.fleet import AgentProc, Fleet, stop_processes
 from unit_p2p.settings import Settings
+
+__all__ = ["stop_processes"]  # re-exported: the serf benchmark stops its processes the same way
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# The agent's own defaults, so the benchmark measures what a user runs (the test harness tunes
-# the announce interval down and logs at debug).
+# The agent's own defaults, so the benchmark measures what a user runs (the tests tune the
+# announce interval down and log at debug).
 DEFAULT_ANNOUNCE = {f.name: f.default for f in dataclasses.fields(Settings)}["announce_interval"]
 
 
@@ -87,20 +90,6 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def stop_processes(procs: Iterable[subprocess.Popen], grace: float = 15.0) -> None:
-    """SIGTERM all at once, then reap; SIGKILL whatever did not stop within ``grace``."""
-    running = [p for p in procs if p.poll() is None]
-    for p in running:
-        p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in running:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-
-
 async def cancel_on_signals(scope: trio.CancelScope) -> None:
     """SIGTERM/SIGHUP end the run like Ctrl-C does: cancelled, so every ``finally`` cleans up."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
@@ -129,37 +118,16 @@ def run_main(main, *args) -> int:
 
 # --- the agent fleet ----------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class VariantAgent(AgentProc):
-    """An agent run through ``bench.agent_variant`` (same CLI, liveness timing changed)."""
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        assert cmd[1:3] == ["-m", "unit_p2p"]
-        return [cmd[0], "-m", "bench.agent_variant", *cmd[3:]]
-
-
 def use_variant(fleet: Fleet, liveness: str) -> None:
-    """Run ``fleet``'s agents with liveness ``interval,timeout,misses`` instead of the default."""
-    os.environ["BENCH_LIVENESS"] = liveness  # inherited by the agents the harness spawns
-    fleet.agents = [VariantAgent(**{f.name: getattr(a, f.name)
-                                    for f in dataclasses.fields(AgentProc)})
-                    for a in fleet.agents]
-
-
-def bootstrap_topology(fleet: Fleet, kind: str, rng: random.Random) -> None:
-    """mesh: each agent bootstraps from 2-3 random earlier agents; star: all from agent 0."""
+    """Run ``fleet``'s agents through ``bench.agent_variant`` (same CLI) with liveness
+    ``interval,timeout,misses`` instead of the default."""
+    os.environ["BENCH_LIVENESS"] = liveness  # inherited by the agents the fleet spawns
     for a in fleet:
-        if kind == "star":
-            a.bootstrap = [] if a.index == 0 else [fleet[0].multiaddr]
-        else:
-            earlier = list(range(a.index))
-            picks = rng.sample(earlier, min(len(earlier), rng.choice((2, 3))))
-            a.bootstrap = [fleet[j].multiaddr for j in sorted(picks)]
+        a.launcher = (sys.executable, "-m", "bench.agent_variant", "agent")
 
 
 def agent_args(kind: str, announce_interval: float, mdns: bool) -> list[str]:
-    """Extra flags (they override the harness's test settings: argparse keeps the last)."""
+    """The flags every agent of a benchmark fleet gets."""
     args = ["--log-level", "info", "--announce-interval", str(announce_interval)]
     args += ["--mdns"] if mdns else ["--no-mdns"]
     if kind == "star":
@@ -187,12 +155,11 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
     """
     with tempfile.TemporaryDirectory(prefix=f"unit-p2p-bench-{kind}-") as tmp:
         async with trio.open_nursery() as nursery:
-            fleet = Fleet(Path(tmp), nursery, n, mesh=f"bench-{kind}")
+            fleet = Fleet(Path(tmp), nursery, n, mesh=f"bench-{kind}",
+                          agent_args=[*agent_args(kind, announce_interval, mdns), *extra_args])
             if liveness:
                 use_variant(fleet, liveness)
-            bootstrap_topology(fleet, kind, random.Random(seed))
-            for a in fleet:
-                a.extra_args = [*agent_args(kind, announce_interval, mdns), *extra_args]
+            fleet.topology(kind, random.Random(seed))
             try:
                 with trio.fail_after(start_timeout):
                     for a in fleet:

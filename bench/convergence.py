@@ -29,7 +29,7 @@ import trio
 from bench import common
 from bench.common import fmt_mib, fmt_ms, md_table, summary
 from bench.serf import ensure_serf, running_serf, serf_version
-from tests.agent.harness import BASE_CONFIG, Fleet
+from unit_p2p.fleet import BASE_CONFIG, Fleet
 
 LOGS_KEPT = Path("/tmp/unit-p2p-bench-logs")
 

@@ -27,8 +27,7 @@ import trio
 
 from bench import common
 from bench.common import md_table
-from tests.agent.harness import BASE_CONFIG, AgentProc
-from unit_p2p.demo import spawn
+from unit_p2p.fleet import BASE_CONFIG, AgentProc, spawn
 from unit_p2p.lean_libp2p import ABSENT, is_absent
 
 TARGETS = {"rss_mib": 64, "ready_s": 1.0, "idle_cpu_pct": 0.2}

@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from bench.common import stop_processes
-from unit_p2p.demo import free_ports
+from unit_p2p.fleet import free_ports
 
 HANDLER = """#!/bin/bash
 t=$EPOCHREALTIME

@@ -17,8 +17,8 @@ import trio
 from tests.agent.harness import NEW, TOKEN, running_agent
 from unit_p2p.agent import Agent
 from unit_p2p.api.client import ApiClient
-from unit_p2p.demo import free_ports
 from unit_p2p.errors import ApiError, SettingsError
+from unit_p2p.fleet import free_ports
 
 
 async def call(address: str, method: str, *args, token=None, **kwargs):
