@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from unit_p2p import __version__
-from unit_p2p.errors import SettingsError
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
 
@@ -60,18 +58,6 @@ class Agent:
 
     async def on_announcement(self, peer_id: str, data: bytes) -> None:
         await self.reconciler.on_announcement(peer_id, data)
-
-    def api_token(self) -> str:
-        path = self.settings.api_token_file
-        try:
-            token = Path(path).read_text().strip() if path else ""
-        except OSError as exc:
-            raise SettingsError(f"cannot read token: {exc.strerror}", source=str(path),
-                                key="api_token_file") from None
-        if len(token) < 16:
-            raise SettingsError("token must be at least 16 characters", source=str(path),
-                                key="api_token_file")
-        return token
 
     def status(self) -> dict:
         out = self.reconciler.status()

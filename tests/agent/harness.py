@@ -48,6 +48,7 @@ async def running_agent(tmp_path, **overrides):
     listen_port, api_port = free_ports(2)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)  # the agent refuses a token other users can read
     fields = dict(mesh="apitest", listen=(f"/ip4/127.0.0.1/tcp/{listen_port}",),
                   unit=f"unix:{tmp_path / 'unit.sock'}", api=f"unix:{tmp_path / 'api.sock'}",
                   api_tcp=f"127.0.0.1:{api_port}", api_token_file=token_file,

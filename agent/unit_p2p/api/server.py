@@ -1,19 +1,17 @@
-"""The agent's local HTTP API (see docs/api.md), an ASGI app served by hypercorn's trio worker.
+"""The agent's local HTTP API (see docs/api.md): routes and access, served by ``api.http``.
 
-Two listeners, one app:
+Two listeners, one set of routes:
 
-- a unix socket (always), created here with mode 0660 and the configured group before hypercorn
-  takes it over (``fd://``), so it is never briefly world-accessible;
+- a unix socket (always), created here with mode 0660 and the configured group before it
+  listens, so it is never briefly world-accessible;
 - a loopback TCP listener (only when configured) that demands ``Authorization: Bearer <token>``,
   compared in constant time.
 """
 
 from __future__ import annotations
 
-import functools
 import grp
 import hmac
-import json
 import logging
 import os
 import socket
@@ -23,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
+from unit_p2p import jsonstrict
+from unit_p2p.api.http import Limits, Request, Response, json_response, problem, serve_listener
+from unit_p2p.api.token import read_token
 from unit_p2p.errors import SettingsError, SyncError, UnitError, UnitRejected, UnitUnreachable
 from unit_p2p.metrics import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("unit_p2p.api")
 
-MAX_BODY = 64 * 1024 * 1024
 Handler = Callable[[dict], Awaitable[tuple[int, Any]]]
 
 
@@ -55,40 +53,33 @@ class AgentApi:
             ("POST", "/v1/wait"): self.wait,
         }
 
-    # --- ASGI ---------------------------------------------------------------------------------
+    # --- the server's side ----------------------------------------------------------------------
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+    def admit(self, request: Request) -> Response | None:
+        """404/405 before any body is read."""
+        path = _route_path(request)
+        if (request.method, path) in self.routes or (request.method, path) == ("GET", "/metrics"):
+            return None
+        if path == "/metrics" or any(p == path for _, p in self.routes):
+            return problem(405, "method_not_allowed",
+                           f"{jsonstrict.clip(request.method, 20)} is not allowed on {path}")
+        return problem(404, "not_found", f"no such endpoint: {jsonstrict.clip(path)}")
+
+    async def respond(self, request: Request) -> Response:
+        path = _route_path(request)
+        if path == "/metrics":
+            return Response(200, self.agent.metrics.render(), CONTENT_TYPE_LATEST)
         try:
-            if path == "/metrics" and method == "GET":
-                await _send(send, 200, self.agent.metrics.render(), CONTENT_TYPE_LATEST)
-                return
-            handler = self.routes.get((method, path))
-            if handler is None:
-                if any(p == path for _, p in self.routes):
-                    raise ApiProblem(405, "method_not_allowed",
-                                     f"{method} is not allowed on {path}")
-                raise ApiProblem(404, "not_found", f"no such endpoint: {path}")
-            body = await _read_body(receive)
-            request = {}
-            if body.strip():
+            body = {}
+            if request.body.strip():
                 try:
-                    request = json.loads(body)
-                except ValueError as exc:
-                    raise ApiProblem(400, "bad_request", f"body is not JSON: {exc}") from None
-                if not isinstance(request, dict):
+                    body = jsonstrict.loads(request.body)
+                except jsonstrict.StrictJSONError as exc:
+                    raise ApiProblem(400, "bad_request", f"body is not valid JSON: {exc}") \
+                        from None
+                if not isinstance(body, dict):
                     raise ApiProblem(400, "bad_request", "body must be a JSON object")
-            status, payload = await handler(request)
+            status, payload = await self.routes[(request.method, path)](body)
         except ApiProblem as exc:
             status, payload = exc.status, {"error": exc.error, "detail": exc.detail}
         except UnitUnreachable as exc:
@@ -99,8 +90,10 @@ class AgentApi:
             status, payload = 502, {"error": "unit_error", "detail": str(exc)}
         except SyncError as exc:
             code = 422 if exc.reason in ("unit_rejected", "not_an_object") else 500
-            status, payload = code, {"error": exc.reason, "detail": str(exc)}
-        await _send(send, status, json.dumps(payload).encode() + b"\n", "application/json")
+            # the code is the reason already; the detail need not repeat it
+            detail = str(exc).removeprefix(f"{exc.reason}: ")
+            status, payload = code, {"error": exc.reason, "detail": detail}
+        return json_response(status, payload)
 
     # --- handlers -----------------------------------------------------------------------------
 
@@ -129,7 +122,7 @@ class AgentApi:
         known = {"config", "wait", "timeout", "dry_run", "min_peers", "require_all", "diff"}
         unknown = set(req) - known
         if unknown:
-            raise ApiProblem(400, "bad_request", f"unknown fields: {sorted(unknown)}")
+            raise ApiProblem(400, "bad_request", _unknown_fields(unknown))
         config = req.get("config")
         if config is not None and not isinstance(config, dict):
             raise ApiProblem(422, "not_an_object", "config must be a JSON object")
@@ -148,11 +141,13 @@ class AgentApi:
 
         unknown = set(req) - {"revision", "timeout", "min_peers", "require_all"}
         if unknown:
-            raise ApiProblem(400, "bad_request", f"unknown fields: {sorted(unknown)}")
+            raise ApiProblem(400, "bad_request", _unknown_fields(unknown))
         try:
             revision = Revision.parse(req.get("revision"))
-        except ValueError as exc:
-            raise ApiProblem(400, "bad_request", str(exc)) from None
+        except ValueError:
+            raise ApiProblem(400, "bad_request",
+                             f"revision {jsonstrict.clip(req.get('revision'))} is not "
+                             "COUNTER@PEER_ID") from None
         require_all = req.get("require_all", True)
         if not isinstance(require_all, bool):
             raise ApiProblem(400, "bad_request", "require_all must be true or false")
@@ -174,47 +169,34 @@ def _wait_args(req: dict) -> tuple[float, int | None]:
     return float(timeout), min_peers
 
 
+def _unknown_fields(names: set[str]) -> str:
+    shown = ", ".join(jsonstrict.clip(n, 40) for n in sorted(names)[:5])
+    return f"unknown fields: {shown}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _route_path(request: Request) -> str:
+    return request.path.rstrip("/") or "/"
+
+
 class TokenGuard:
-    """Wraps the app for the TCP listener: no valid bearer token, no access."""
+    """Wraps the routes for the TCP listener: no valid bearer token, no access (and no body is
+    read from a client without one)."""
 
     def __init__(self, app: AgentApi, token: str):
         self.app = app
         self.expected = f"Bearer {token}".encode()
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"error": "unauthorized",
-                                   "detail": "a valid bearer token is required"}).encode()
-                await _send(send, 401, body, "application/json",
-                            extra=[(b"www-authenticate", b"Bearer")])
-                return
-        await self.app(scope, receive, send)
+    def admit(self, request: Request) -> Response | None:
+        given = request.headers.get(b"authorization", b"")
+        if not hmac.compare_digest(given, self.expected):
+            answer = problem(401, "unauthorized",
+                             "a valid bearer token is required (unit-p2p --token-file FILE)")
+            answer.headers.append((b"www-authenticate", b"Bearer"))
+            return answer
+        return self.app.admit(request)
 
-
-async def _read_body(receive: Any) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiProblem(413, "too_large", f"request body over {MAX_BODY} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
-
-
-async def _send(send: Any, status: int, body: bytes, content_type: str,
-                extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode())] + (extra or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    async def respond(self, request: Request) -> Response:
+        return await self.app.respond(request)
 
 
 # --- sockets ----------------------------------------------------------------------------------
@@ -271,39 +253,32 @@ def bind_tcp_socket(address: str) -> socket.socket:
     return sock
 
 
-def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
-    config = HypercornConfig()
-    # hypercorn owns (and closes) a duplicate; we close ours once it is serving
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("unit_p2p.api.http")
-    config.graceful_timeout = 2.0
-    config.include_server_header = False
-    config.keep_alive_timeout = 5.0
-    return config
+def api_limits(settings: Any) -> Limits:
+    """A body holds one config (at most ``max_config_bytes`` in its compact form) plus the
+    request's few fields; JSON escapes and indentation can double it."""
+    return Limits(max_body=2 * settings.max_config_bytes + 64 * 1024)
 
 
 async def serve_api(agent: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API on the unix socket and, if configured, loopback TCP with a token."""
     settings = agent.settings
     app = AgentApi(agent)
-    sockets = []
+    limits = api_limits(settings)
     unix_path = Path(settings.api.removeprefix("unix:"))
-    sockets.append((bind_unix_socket(unix_path, settings.api_group), app))
-    if settings.api_tcp:
-        token = agent.api_token()
-        sockets.append((bind_tcp_socket(settings.api_tcp), TokenGuard(app, token)))
+    # outside the try: a socket another agent serves is not ours to remove
+    listeners = [(bind_unix_socket(unix_path, settings.api_group), app)]
     try:
+        if settings.api_tcp:
+            token = read_token(settings.api_token_file, private=True)
+            listeners.append((bind_tcp_socket(settings.api_tcp), TokenGuard(app, token)))
         async with trio.open_nursery() as nursery:
-            for sock, handler in sockets:
-                await nursery.start(
-                    functools.partial(hypercorn_serve, handler, _hypercorn_config(sock),
-                                      mode="asgi"))
-                sock.close()
+            for sock, service in listeners:
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                await nursery.start(serve_listener, listener, service, limits)
             log.info("API listening on %s%s", settings.api,
                      f" and {settings.api_tcp} (token)" if settings.api_tcp else "")
             task_status.started([settings.api] + ([settings.api_tcp] if settings.api_tcp else []))
     finally:
-        for sock, _ in sockets:
+        for sock, _ in listeners:
             sock.close()
         unix_path.unlink(missing_ok=True)  # noqa: ASYNC240 - one syscall at shutdown
