@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -23,14 +23,41 @@ from unit_p2p import __version__
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
 
+if TYPE_CHECKING:
+    from unit_p2p.sync.convergence import PublishResult
+    from unit_p2p.sync.revision import Revision
+
 log = logging.getLogger("unit_p2p.agent")
+
+
+class AgentView(Protocol):
+    """The narrow interface the local API talks to (docs/api.md describes the JSON).
+
+    ``health``/``status``/``peers``/``local_config`` are plain data; ``publish`` and ``wait``
+    return a ``PublishResult`` (its ``to_json`` is the API's answer); ``metrics.render()`` is the
+    Prometheus text. ``local_config`` raises UnitError when Unit does not answer; ``publish``
+    raises UnitError or SyncError.
+    """
+
+    peer_id: str
+    metrics: Metrics
+
+    def health(self) -> dict: ...
+    def status(self) -> dict: ...
+    def peers(self) -> list[dict]: ...
+    async def local_config(self) -> dict: ...
+    async def publish(self, config: Any = None, *, dry_run: bool = False, wait: bool = False,
+                      timeout: float = 30.0, min_peers: int | None = None,
+                      require_all: bool = True) -> PublishResult: ...
+    async def wait(self, revision: Revision, *, timeout: float, min_peers: int | None = None,
+                   require_all: bool = True) -> PublishResult: ...
 
 
 class Agent:
     def __init__(self, settings: Settings):
         # Heavy imports (py-libp2p) only here, so `unit-p2p status` and friends start fast.
         from unit_p2p.identity import load_or_create_identity, peer_id_of
-        from unit_p2p.mesh import Mesh, TrustPolicy
+        from unit_p2p.mesh import ChannelEvents, Mesh, TrustPolicy
         from unit_p2p.sync.reconciler import Reconciler
         from unit_p2p.sync.store import StateStore
         from unit_p2p.unit.client import AsyncUnitClient
@@ -40,33 +67,41 @@ class Agent:
         self.keypair = load_or_create_identity(settings.key_file, create=True)
         self.peer_id = peer_id_of(self.keypair)
         self.metrics = Metrics()
-        self.trust = TrustPolicy(settings.trust, settings.trusted_peers, self.peer_id)
+        # Every refusal, the mesh layer's included, is counted in the one /metrics counter.
+        self.trust = TrustPolicy(settings.trust, settings.trusted_peers, self.peer_id,
+                                 on_refused=self.metrics.refused)
         self.unit = AsyncUnitClient(settings.unit, timeout=settings.unit_timeout)
         self.store = StateStore(settings.state_dir, keep=settings.keep_configs)
         self.listen_addrs: list[str] = []
-        self.reconciler: Reconciler  # set below; the mesh needs it as its event sink
-        self.mesh = Mesh(settings, self.keypair, self.trust, self)
+        # The mesh's events go straight to the reconciler over a channel it consumes.
+        events = ChannelEvents()
+        self.mesh = Mesh(settings, self.keypair, self.trust, events)
         self.reconciler = Reconciler(settings, self.keypair.private_key, self.peer_id, self.mesh,
-                                     self.unit, self.store, self.trust, self.metrics)
+                                     self.unit, self.store, self.trust, self.metrics,
+                                     events=events.receive)
 
-    # MeshEvents: forwarded to the reconciler (the mesh is built before the reconciler exists)
-    async def on_peer_connected(self, peer_id: str) -> None:
-        await self.reconciler.on_peer_connected(peer_id)
+    # --- AgentView: what the local API may ask of the agent ---------------------------------
 
-    async def on_peer_disconnected(self, peer_id: str) -> None:
-        await self.reconciler.on_peer_disconnected(peer_id)
+    def health(self) -> dict:
+        return {"ok": True, "peer_id": self.peer_id,
+                "unit": "reachable" if self.reconciler.unit_reachable else "unreachable"}
 
-    async def on_announcement(self, peer_id: str, data: bytes) -> None:
-        await self.reconciler.on_announcement(peer_id, data)
+    def peers(self) -> list[dict]:
+        return self.reconciler.peer_views()
+
+    async def local_config(self) -> dict:
+        return await self.reconciler.local_config()
+
+    async def publish(self, config: Any = None, **options: Any) -> PublishResult:
+        return await self.reconciler.publish(config, **options)
+
+    async def wait(self, revision: Revision, **options: Any) -> PublishResult:
+        return await self.reconciler.wait_revision(revision, **options)
 
     def status(self) -> dict:
         out = self.reconciler.status()
         out.update(version=__version__, uptime_s=round(time.time() - self.started_at, 1),
                    listen_addrs=self.listen_addrs, trust=self.settings.trust)
-        # The mesh layer refuses untrusted connections before the reconciler sees them.
-        rejected = out["counters"]["rejected"]
-        for reason, count in self.trust.rejected.items():
-            rejected[reason] = rejected.get(reason, 0) + count
         out["counters"]["mesh"] = dict(self.mesh.stats)
         return out
 

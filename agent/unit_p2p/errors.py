@@ -19,6 +19,10 @@ of named errors instead of every library's own.
     ├── MeshError              the mesh could not do what was asked: start or listen, dial,
     │                          open or use a stream, publish, or take a bad address or peer ID
     ├── SyncError              a revision could not be fetched, verified or applied
+    │   ├── SyncRetryLater         nobody can serve it right now: kept and retried later
+    │   ├── BadDocument            a peer served bytes that are not the announced document
+    │   └── RevisionRejected       this host cannot apply it (Unit refused, read-back differs,
+    │                              disk): given up until a newer revision arrives
     ├── ApiError               the agent's local API answered with an error (docs/api.md)
     ├── AgentUnreachable       the agent's API socket is missing, refused or timed out
     └── EmulatorError          the Unit emulator cannot start as asked
@@ -126,6 +130,19 @@ class SyncError(UnitP2PError):
     def __init__(self, reason: str, message: str):
         self.reason = reason
         super().__init__(f"{reason}: {message}")
+
+
+class SyncRetryLater(SyncError):
+    """Transient: no holder could serve the revision now; the reconciler keeps it and retries."""
+
+
+class BadDocument(SyncError):
+    """A peer served bytes that are not the announced document (not JSON, not an object, or
+    another digest). The peer is refused and the next holder is tried."""
+
+
+class RevisionRejected(SyncError):
+    """This host cannot apply the revision; it reports it failed and waits for a newer one."""
 
 
 class ApiError(UnitP2PError):

@@ -35,6 +35,10 @@ class Metrics:
             "Seconds from a revision's announcement reaching this host to it being applied",
             registry=r)
 
+    def refused(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` refusals (messages, streams, connections or revisions) of ``reason``."""
+        self.rejected.labels(reason).inc(n)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -18,7 +18,7 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,6 +27,9 @@ from unit_p2p.api.http import Limits, Request, Response, json_response, problem,
 from unit_p2p.api.token import read_token
 from unit_p2p.errors import SettingsError, SyncError, UnitError, UnitRejected, UnitUnreachable
 from unit_p2p.metrics import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from unit_p2p.agent import AgentView
 
 log = logging.getLogger("unit_p2p.api")
 
@@ -42,7 +45,7 @@ class ApiProblem(Exception):
 class AgentApi:
     """Routes requests to the agent; knows nothing about sockets."""
 
-    def __init__(self, agent: Any):
+    def __init__(self, agent: AgentView):
         self.agent = agent
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/v1/healthz"): self.healthz,
@@ -98,25 +101,16 @@ class AgentApi:
     # --- handlers -----------------------------------------------------------------------------
 
     async def healthz(self, _: dict) -> tuple[int, Any]:
-        r = self.agent.reconciler
-        return 200, {"ok": True, "peer_id": self.agent.peer_id,
-                     "unit": "reachable" if r.unit_reachable else "unreachable"}
+        return 200, self.agent.health()
 
     async def status(self, _: dict) -> tuple[int, Any]:
         return 200, self.agent.status()
 
     async def peers(self, _: dict) -> tuple[int, Any]:
-        return 200, {"peers": self.agent.reconciler.peer_views()}
+        return 200, {"peers": self.agent.peers()}
 
     async def config(self, _: dict) -> tuple[int, Any]:
-        r = self.agent.reconciler
-        config = await r.unit.get("/config")
-        from unit_p2p.sync.revision import Document
-
-        digest = Document.from_config(config, r.exclusions).digest
-        head = r.status()["head"]
-        return 200, {"config": config, "digest": digest, "head": head,
-                     "in_sync": bool(head and head["digest"] == digest)}
+        return 200, await self.agent.local_config()
 
     async def publish(self, req: dict) -> tuple[int, Any]:
         known = {"config", "wait", "timeout", "dry_run", "min_peers", "require_all", "diff"}
@@ -131,7 +125,7 @@ class AgentApi:
                 raise ApiProblem(400, "bad_request", f"{name} must be true or false")
         timeout, min_peers = _wait_args(req)
         dry_run = req.get("dry_run", False)
-        result = await self.agent.reconciler.publish(
+        result = await self.agent.publish(
             config, dry_run=dry_run, wait=req.get("wait", False), timeout=timeout,
             min_peers=min_peers, require_all=req.get("require_all", True))
         return 200, result.to_json(with_diff=dry_run or req.get("diff", False))
@@ -152,7 +146,7 @@ class AgentApi:
         if not isinstance(require_all, bool):
             raise ApiProblem(400, "bad_request", "require_all must be true or false")
         timeout, min_peers = _wait_args(req)
-        result = await self.agent.reconciler.wait_revision(
+        result = await self.agent.wait(
             revision, timeout=timeout, min_peers=min_peers, require_all=require_all)
         return 200, result.to_json(with_diff=False)
 

@@ -78,6 +78,53 @@ class MeshEvents(Protocol):
     async def on_announcement(self, peer_id: str, data: bytes) -> None: ...
 
 
+#: mesh events waiting for their consumer; beyond this the mesh's event tasks wait (pushing back
+#: on libp2p's own bounded queues) instead of buffering without bound
+EVENT_BUFFER = 1024
+
+MeshEvent = tuple[str, str, bytes]
+
+
+class ChannelEvents:
+    """MeshEvents that put each event on a channel, as ``(kind, peer_id, data)`` with kind
+    ``connected``, ``disconnected`` or ``announcement`` (memberlist's ChannelEventDelegate).
+
+    The mesh can then be built before its consumer exists, and events that arrive before the
+    consumer runs wait in the channel instead of being lost.
+    """
+
+    def __init__(self, buffer: int = EVENT_BUFFER):
+        self._send, self.receive = trio.open_memory_channel[MeshEvent](buffer)
+
+    async def on_peer_connected(self, peer_id: str) -> None:
+        await self._send.send(("connected", peer_id, b""))
+
+    async def on_peer_disconnected(self, peer_id: str) -> None:
+        await self._send.send(("disconnected", peer_id, b""))
+
+    async def on_announcement(self, peer_id: str, data: bytes) -> None:
+        await self._send.send(("announcement", peer_id, data))
+
+
+#: ``Mesh.stats`` events that are refusals of what a peer sent; they are counted with the
+#: trust refusals too, so every refusal shows in one counter (``TrustPolicy.count``)
+REFUSALS = frozenset({"handler_error", "gossip_malformed", "announcement_too_large"})
+
+
+class _Stats(collections.Counter):
+    """The mesh's event counters; increments of ``REFUSALS`` are also reported as refusals."""
+
+    def __init__(self, on_refused: Callable[[str, int], None]):
+        self._on_refused = on_refused
+        super().__init__()
+
+    def __setitem__(self, key: str, value: int) -> None:
+        grew = value - self.get(key, 0)
+        super().__setitem__(key, value)
+        if grew > 0 and key in REFUSALS:
+            self._on_refused(key, grew)
+
+
 @dataclass(frozen=True)
 class MeshTuning:
     """Timing knobs; the defaults are the production values (docs/mesh.md)."""
@@ -151,7 +198,7 @@ class Mesh:
             raise MeshError("TrustPolicy was built for another peer ID than this key's")
         self.topic = announcement_topic(settings.mesh)
         #: counters by event: handler_error, gossip_malformed, dead_peer_dropped, ...
-        self.stats: collections.Counter[str] = collections.Counter()
+        self.stats: collections.Counter[str] = _Stats(trust.count)
         self.listen_addrs: list[str] = []
         self._peers: dict[str, _PeerState] = {}
         self._handlers: dict[str, StreamHandler] = {}

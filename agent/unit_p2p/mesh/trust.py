@@ -43,7 +43,10 @@ def parse_peer_id(text: str) -> str:
 class TrustPolicy:
     """The allowlist (or "any") and the counters of what it refused."""
 
-    def __init__(self, mode: str, trusted: Iterable[str], own_peer_id: str):
+    def __init__(self, mode: str, trusted: Iterable[str], own_peer_id: str,
+                 on_refused: Callable[[str, int], None] | None = None):
+        """``on_refused(reason, n)`` is told of every refusal counted here (the agent's
+        /metrics counter of refusals)."""
         if mode not in TRUST_MODES:
             raise SettingsError(f"must be one of {', '.join(TRUST_MODES)}", key="trust")
         trusted_ids: set[str] = set()
@@ -57,6 +60,7 @@ class TrustPolicy:
         self._trusted = frozenset(trusted_ids)
         #: refusals by reason: untrusted_connection, untrusted_stream, untrusted_announcement, ...
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.on_refused = on_refused
 
     @property
     def trusted(self) -> frozenset[str]:
@@ -71,9 +75,16 @@ class TrustPolicy:
 
     def reject(self, reason: str, peer_id: str, what: str = "") -> None:
         """Count (and log once per event) one refusal."""
-        self.rejected[reason] += 1
+        self.count(reason)
         log.warning("refused %s from untrusted peer %s%s", reason, peer_id,
                     f" ({what})" if what else "")
+
+
+    def count(self, reason: str, n: int = 1) -> None:
+        """Count a refusal of the mesh layer without logging it."""
+        self.rejected[reason] += n
+        if self.on_refused is not None:
+            self.on_refused(reason, n)
 
 
 class TrustedNoise(NoiseTransport):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import total_ordering
 from typing import Any
 
-from unit_p2p.errors import SyncError
+from unit_p2p.errors import BadDocument, SyncError
 
 _REVISION_RE = re.compile(r"^(\d{1,18})@([1-9A-HJ-NP-Za-km-z]{30,100})$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -164,13 +164,13 @@ class Document:
         try:
             tree = json.loads(data, object_pairs_hook=_unique_keys)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise SyncError("bad_document", f"served document is not JSON: {exc}") from None
+            raise BadDocument("bad_document", f"served document is not JSON: {exc}") from None
         if not isinstance(tree, dict):
-            raise SyncError("not_an_object", "served document is not a JSON object")
+            raise BadDocument("not_an_object", "served document is not a JSON object")
         digest = digest_of_bytes(canonical_json(tree))
         if digest != expected_digest:
-            raise SyncError("digest_mismatch",
-                            f"served document has {digest}, announced {expected_digest}")
+            raise BadDocument("digest_mismatch",
+                              f"served document has {digest}, announced {expected_digest}")
         return cls(tree, bytes(data), digest)
 
 

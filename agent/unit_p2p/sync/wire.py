@@ -20,7 +20,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from unit_p2p.errors import WireError
 from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
@@ -32,6 +32,9 @@ _MESH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MAX_REASON = 512
 _MAX_SIZE = 1 << 40
 
+#: bound on one request/answer exchange over a stream (pulls have their own, larger bound)
+STREAM_TIMEOUT = 10.0
+
 # protocol ids of the stream protocols
 PROTO_PULL = "/unit-p2p/config/1.0.0"
 PROTO_HEADS = "/unit-p2p/heads/1.0.0"
@@ -42,81 +45,152 @@ def valid_mesh_name(name: str) -> bool:
     return bool(_MESH_RE.match(name))
 
 
+class _Message:
+    """One wire message: its ``TYPE`` tag, its fields and both directions of its codec live
+    here together, so a new message type is one class (and one entry in ``Message``)."""
+
+    TYPE: ClassVar[str] = ""
+    FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def to_obj(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> _Message:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Announce:
+class Announce(_Message):
     mesh: str
     head: Head
 
+    TYPE = "announce"
+    FIELDS = frozenset({"mesh", "revision", "digest", "size", "signature"})
+
+    def to_obj(self) -> dict:
+        h = self.head
+        return {"mesh": self.mesh, "revision": str(h.revision), "digest": h.digest,
+                "size": h.size, "signature": base64.b64encode(h.signature).decode()}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Announce:
+        try:
+            signature = base64.b64decode(_str(obj, "signature", 128), validate=True)
+        except (binascii.Error, ValueError):
+            raise WireError("schema", "signature is not base64") from None
+        if len(signature) != 64:
+            raise WireError("schema", "signature must be 64 bytes (Ed25519)")
+        head = Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE), signature)
+        return cls(_mesh(obj), head)
+
 
 @dataclass(frozen=True)
-class NoHead:
+class NoHead(_Message):
     mesh: str
 
+    TYPE = "nohead"
+    FIELDS = frozenset({"mesh"})
+
+    def to_obj(self) -> dict:
+        return {"mesh": self.mesh}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> NoHead:
+        return cls(_mesh(obj))
+
 
 @dataclass(frozen=True)
-class Report:
+class Report(_Message):
     mesh: str
     revision: Revision
     digest: str
     status: str  # "applied" | "failed"
     reason: str | None
 
+    TYPE = "report"
+    FIELDS = frozenset({"mesh", "revision", "digest", "status", "reason"})
+
+    def to_obj(self) -> dict:
+        return {"mesh": self.mesh, "revision": str(self.revision), "digest": self.digest,
+                "status": self.status, "reason": self.reason}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Report:
+        status = obj["status"]
+        if status not in ("applied", "failed"):
+            raise WireError("schema", "status must be applied or failed")
+        reason = obj["reason"]
+        if reason is not None:
+            reason = _str(obj, "reason", _MAX_REASON)
+        if (status == "failed") != (reason is not None):
+            raise WireError("schema", "a failed report needs a reason, an applied one has none")
+        return cls(_mesh(obj), _revision(obj), _digest(obj), status, reason)
+
 
 @dataclass(frozen=True)
-class Pull:
+class Pull(_Message):
     mesh: str
     digest: str
 
+    TYPE = "pull"
+    FIELDS = frozenset({"mesh", "digest"})
+
+    def to_obj(self) -> dict:
+        return {"mesh": self.mesh, "digest": self.digest}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Pull:
+        return cls(_mesh(obj), _digest(obj))
+
 
 @dataclass(frozen=True)
-class Served:
+class Served(_Message):
     digest: str
     size: int
 
+    TYPE = "served"
+    FIELDS = frozenset({"digest", "size"})
+
+    def to_obj(self) -> dict:
+        return {"digest": self.digest, "size": self.size}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Served:
+        return cls(_digest(obj), _int(obj, "size", 0, _MAX_SIZE))
+
 
 @dataclass(frozen=True)
-class ServeError:
+class ServeError(_Message):
     reason: str
+
+    TYPE = "error"
+    FIELDS = frozenset({"reason"})
+
+    def to_obj(self) -> dict:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> ServeError:
+        reason = _str(obj, "reason", 64)
+        if not re.fullmatch(r"[a-z_]{1,64}", reason):
+            raise WireError("schema", "error reason must be a short code")
+        return cls(reason)
 
 
 Message = Announce | NoHead | Report | Pull | Served | ServeError
-
-_FIELDS: dict[str, frozenset[str]] = {
-    "announce": frozenset({"v", "type", "mesh", "revision", "digest", "size", "signature"}),
-    "nohead": frozenset({"v", "type", "mesh"}),
-    "report": frozenset({"v", "type", "mesh", "revision", "digest", "status", "reason"}),
-    "pull": frozenset({"v", "type", "mesh", "digest"}),
-    "served": frozenset({"v", "type", "digest", "size"}),
-    "error": frozenset({"v", "type", "reason"}),
-}
+_TYPES: dict[str, type[_Message]] = {cls.TYPE: cls for cls in Message.__args__}
+_ENVELOPE = frozenset({"v", "type"})
 
 
 # --- encoding ---------------------------------------------------------------------------------
 
 
-def _dump(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
-
-
 def encode(msg: Message) -> bytes:
-    if isinstance(msg, Announce):
-        h = msg.head
-        return _dump({"v": VERSION, "type": "announce", "mesh": msg.mesh,
-                      "revision": str(h.revision), "digest": h.digest, "size": h.size,
-                      "signature": base64.b64encode(h.signature).decode()})
-    if isinstance(msg, NoHead):
-        return _dump({"v": VERSION, "type": "nohead", "mesh": msg.mesh})
-    if isinstance(msg, Report):
-        return _dump({"v": VERSION, "type": "report", "mesh": msg.mesh,
-                      "revision": str(msg.revision), "digest": msg.digest,
-                      "status": msg.status, "reason": msg.reason})
-    if isinstance(msg, Pull):
-        return _dump({"v": VERSION, "type": "pull", "mesh": msg.mesh, "digest": msg.digest})
-    if isinstance(msg, Served):
-        return _dump({"v": VERSION, "type": "served", "digest": msg.digest, "size": msg.size})
-    if isinstance(msg, ServeError):
-        return _dump({"v": VERSION, "type": "error", "reason": msg.reason})
-    raise TypeError(f"not a wire message: {msg!r}")
+    if not isinstance(msg, _Message) or _TYPES.get(msg.TYPE) is not type(msg):
+        raise TypeError(f"not a wire message: {msg!r}")
+    obj = {"v": VERSION, "type": msg.TYPE, **msg.to_obj()}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def encode_served(digest: str, document: bytes) -> bytes:
@@ -197,42 +271,14 @@ def decode(data: bytes) -> Message:
         raise WireError("unsupported_version",
                         f"wire version {version}, this agent speaks {VERSION}")
     kind = obj.get("type")
-    fields = _FIELDS.get(kind) if isinstance(kind, str) else None
-    if fields is None:
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
         raise WireError("schema", f"unknown message type {str(kind)[:32]!r}")
+    fields = cls.FIELDS | _ENVELOPE
     if set(obj) != fields:
         extra, missing = sorted(set(obj) - fields), sorted(fields - set(obj))
         raise WireError("schema", f"{kind}: unexpected {extra} missing {missing}")
-
-    if kind == "announce":
-        try:
-            signature = base64.b64decode(_str(obj, "signature", 128), validate=True)
-        except (binascii.Error, ValueError):
-            raise WireError("schema", "signature is not base64") from None
-        if len(signature) != 64:
-            raise WireError("schema", "signature must be 64 bytes (Ed25519)")
-        head = Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE), signature)
-        return Announce(_mesh(obj), head)
-    if kind == "nohead":
-        return NoHead(_mesh(obj))
-    if kind == "report":
-        status = obj["status"]
-        if status not in ("applied", "failed"):
-            raise WireError("schema", "status must be applied or failed")
-        reason = obj["reason"]
-        if reason is not None:
-            reason = _str(obj, "reason", _MAX_REASON)
-        if (status == "failed") != (reason is not None):
-            raise WireError("schema", "a failed report needs a reason, an applied one has none")
-        return Report(_mesh(obj), _revision(obj), _digest(obj), status, reason)
-    if kind == "pull":
-        return Pull(_mesh(obj), _digest(obj))
-    if kind == "served":
-        return Served(_digest(obj), _int(obj, "size", 0, _MAX_SIZE))
-    reason = _str(obj, "reason", 64)
-    if not re.fullmatch(r"[a-z_]{1,64}", reason):
-        raise WireError("schema", "error reason must be a short code")
-    return ServeError(reason)
+    return cls.from_obj(obj)
 
 
 def decode_served(data: bytes, expected_digest: str, max_bytes: int) -> bytes:

@@ -1,0 +1,130 @@
+"""May this be believed? The checks every inbound message and head passes before anything acts.
+
+A message is believed only from a trusted peer, within that peer's rate, decoded strictly and
+for this mesh; a head only when its origin is trusted, its size under the cap and its origin
+signature verifies. Every refusal of the sync layer is counted and logged here, in one place
+(``refuse``), under a short reason that is also the ``/metrics`` label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+from unit_p2p.errors import WireError
+from unit_p2p.metrics import Metrics
+from unit_p2p.sync import wire
+from unit_p2p.sync.revision import Head, Revision, verify_revision
+
+log = logging.getLogger("unit_p2p.sync.admission")
+
+#: verified signed heads remembered, so re-announcements of one head are checked once
+VERIFIED_KEPT = 64
+# per-peer token bucket for inbound announcements/heads/notifications/reports
+RATE_PER_S = 20.0
+RATE_BURST = 60.0
+#: a refusal of one (peer, reason) is logged at most once per this many seconds
+LOG_EVERY = 10.0
+#: bound on the per-peer tables (buckets, log stamps): a flood of fresh peer IDs cannot grow them
+_TABLE_MAX = 4096
+
+
+class TrustLike(Protocol):
+    def is_trusted(self, peer_id: str) -> bool: ...
+
+
+class _TokenBucket:
+    def __init__(self) -> None:
+        self.tokens = RATE_BURST
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(RATE_BURST, self.tokens + (now - self.stamp) * RATE_PER_S)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class Admission:
+    def __init__(self, mesh_name: str, trust: TrustLike, metrics: Metrics,
+                 max_config_bytes: int):
+        self.mesh_name = mesh_name
+        self.trust = trust
+        self.metrics = metrics
+        self.max_config_bytes = max_config_bytes
+        self._buckets: dict[str, _TokenBucket] = {}
+        self._last_log: dict[tuple[str, str], float] = {}
+        #: heads whose origin signature verified (revision, digest, signature), oldest first
+        self._verified: OrderedDict[tuple[Revision, str, bytes], None] = OrderedDict()
+
+    def refuse(self, peer: str, reason: str, detail: str, *, quiet: bool = False) -> None:
+        """Count a refused message, stream or revision; log it (rate-limited per peer and
+        reason) unless ``quiet`` (refusals that are normal traffic, such as a stale replay)."""
+        self.metrics.refused(reason)
+        if quiet:
+            return
+        now = time.monotonic()
+        key = (peer, reason)
+        if now - self._last_log.get(key, -math.inf) >= LOG_EVERY:
+            self._last_log[key] = now
+            if len(self._last_log) > _TABLE_MAX:
+                self._last_log.clear()
+            log.warning("rejected from peer=%s reason=%s: %s", peer, reason, detail)
+
+    def within_rate(self, peer: str) -> bool:
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            if len(self._buckets) > _TABLE_MAX:
+                self._buckets.clear()
+            bucket = self._buckets[peer] = _TokenBucket()
+        if bucket.take():
+            return True
+        self.refuse(peer, "rate_limited", "too many messages")
+        return False
+
+    def message(self, peer: str, data: bytes) -> wire.Message | None:
+        """The decoded message if ``peer`` may say it here, else None (refusal counted)."""
+        if not self.trust.is_trusted(peer):
+            self.refuse(peer, "untrusted_peer", "message from a peer not on the trusted list")
+            return None
+        if not self.within_rate(peer):
+            return None
+        try:
+            msg = wire.decode(data)
+        except WireError as exc:
+            self.refuse(peer, exc.reason, str(exc))
+            return None
+        mesh = getattr(msg, "mesh", self.mesh_name)
+        if mesh != self.mesh_name:
+            self.refuse(peer, "wrong_mesh", f"message for mesh {mesh!r}")
+            return None
+        return msg
+
+    def head(self, peer: str, head: Head) -> bool:
+        """True when ``head`` may be considered: trusted origin, size cap, origin signature."""
+        rev = head.revision
+        if not self.trust.is_trusted(rev.origin):
+            self.refuse(peer, "untrusted_origin", f"revision {rev} from an untrusted origin")
+            return False
+        if head.size > self.max_config_bytes:
+            self.refuse(peer, "too_large", f"revision {rev} is {head.size} bytes")
+            return False
+        key = (rev, head.digest, head.signature)
+        if key in self._verified:
+            # One signed head arrives many times (gossip copies, pushes, heads exchanges):
+            # verify it once.
+            self._verified.move_to_end(key)
+            return True
+        if not verify_revision(self.mesh_name, rev, head.digest, head.signature):
+            self.refuse(peer, "bad_signature", f"revision {rev}: origin signature does not verify")
+            return False
+        self._verified[key] = None
+        while len(self._verified) > VERIFIED_KEPT:
+            self._verified.popitem(last=False)
+        return True
