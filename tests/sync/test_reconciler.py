@@ -32,14 +32,15 @@ def config(n: int, listener: str = "127.0.0.1:8080") -> dict:
 
 
 class Node:
-    def __init__(self, net, tmp_path, name, keys, trusted, exclusions=(), unit=None):
+    def __init__(self, net, tmp_path, name, keys, trusted, exclusions=(), unit=None,
+                 interval=0.3):
         self.keys = keys
         self.peer_id = ID.from_pubkey(keys.public_key).to_base58()
         self.unit = unit or FakeUnit(config(0))
         self.mesh = FakeMesh(net, self.peer_id)
         self.settings = Settings(mesh=MESH, state_dir=tmp_path / name, trust="allowlist",
                                  trusted_peers=tuple(trusted), exclusions=tuple(exclusions),
-                                 announce_interval=0.3)
+                                 announce_interval=interval)
         self.trust = TrustPolicy("allowlist", trusted, self.peer_id)
         self.metrics = Metrics()
         self.rec = Reconciler(self.settings, keys.private_key, self.peer_id, self.mesh, self.unit,
@@ -320,3 +321,37 @@ async def test_disk_failure_during_apply_fails_that_revision_only(tmp_path):
         assert "No space left" in result.failed[c.peer_id]
         assert c.unit.config == config(0) and c.rec.head is None
         assert b.unit.config == config(1)
+
+
+async def test_work_that_arrives_before_serve_is_kept(tmp_path):
+    # Anti-entropy is too slow to matter here: only the connect event's heads exchange, which
+    # arrives before b serves, can bring b to a's head.
+    keys = [create_new_key_pair() for _ in range(2)]
+    ids = [ID.from_pubkey(k.public_key).to_base58() for k in keys]
+    async with trio.open_nursery() as nursery:
+        net = FakeNetwork(nursery)
+        net.gossip_enabled = False
+        a, b = (Node(net, tmp_path, f"w{i}", k, ids, interval=3600) for i, k in enumerate(keys))
+        with trio.fail_after(10):
+            await a.rec.load()
+            a.rec.register_handlers()
+            await nursery.start(a.rec.serve)
+            await a.rec.publish(config(1))
+            await b.rec.load()
+            b.rec.register_handlers()
+            await b.rec.on_peer_connected(a.peer_id)
+            await nursery.start(b.rec.serve)
+            await until(lambda: b.unit.config == config(1))
+        nursery.cancel_scope.cancel()
+
+
+def test_mesh_refusals_reach_the_one_refusal_counter():
+    from tests.mesh.helpers import make_mesh
+
+    metrics = Metrics()
+    mesh, _, _ = make_mesh()
+    mesh.trust.on_refused = metrics.refused
+    mesh.stats["handler_error"] += 1
+    mesh.stats["dead_peer_dropped"] += 1  # an event, not a refusal
+    mesh.trust.reject("untrusted_connection", "someone")
+    assert metrics.rejected_counts() == {"handler_error": 1, "untrusted_connection": 1}
