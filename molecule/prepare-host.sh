@@ -28,7 +28,7 @@ APT_PACKAGES=(podman conmon runc netavark aardvark-dns iptables debootstrap gcc 
 # Programs podman execs while it starts a container, and where Debian 12 puts them (podman looks
 # for its network helpers in helper_binaries_dir, not on PATH).
 HELPER_DIRS=(/usr/local/libexec/podman /usr/local/lib/podman /usr/libexec/podman /usr/lib/podman)
-NEEDED_PROGRAMS=(podman conmon runc netavark aardvark-dns iptables debootstrap)
+NEEDED_PROGRAMS=(podman conmon runc netavark aardvark-dns iptables ip6tables debootstrap)
 
 step_start=0
 step() { step_start=$(date +%s%N); printf '==> %s\n' "$*"; }
