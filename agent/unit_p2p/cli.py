@@ -8,7 +8,8 @@
     unit-p2p unit-emulator run the NGINX Unit 1.35 control-API emulator (tests and demos)
     unit-p2p demo          a local demo mesh on loopback, with emulated Units
 
-Exit codes: 0 ok, 1 failed (e.g. not converged), 2 bad usage or settings, 3 agent unreachable.
+Exit codes: 0 ok; 1 failed (the agent refused, a peer failed, not converged in time, or a publish
+got no answer in time: its outcome is then unknown); 2 bad usage or settings; 3 agent unreachable.
 """
 
 from __future__ import annotations
@@ -22,10 +23,37 @@ from pathlib import Path
 
 from unit_p2p import __version__
 from unit_p2p.api.client import AgentUnreachable
-from unit_p2p.errors import ApiError, UnitP2PError
+from unit_p2p.errors import ApiError, SettingsError, UnitP2PError
 from unit_p2p.settings import DEFAULT_API
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_CODES = ("exit codes: 0 ok; 1 failed (refused, a peer failed, not converged, or no answer in "
+              "time to a publish); 2 bad usage or settings; 3 agent unreachable")
+# seconds to connect and for an answer that involves no wait (status, peers); a publish adds its
+# --timeout
+CLIENT_TIMEOUT = 10.0
+# the agent's own bound on a wait (docs/api.md)
+MAX_WAIT_S = 3600.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text[:40]!r}") from None
+    if not 0 < value <= MAX_WAIT_S:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_WAIT_S:g}] seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +61,8 @@ def _api_args(p: argparse.ArgumentParser) -> None:
                    help="the agent's API: unix:/path or http://127.0.0.1:PORT "
                         "(default: $UNIT_P2P_API or %(default)s)")
     p.add_argument("--token-file", type=Path, default=os.environ.get("UNIT_P2P_API_TOKEN_FILE"),
-                   help="bearer token file, for an http:// API address")
+                   help="bearer token file, for an http:// API address "
+                        "(default: $UNIT_P2P_API_TOKEN_FILE)")
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
 
@@ -45,34 +74,47 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unit-p2p",
         description="A peer-to-peer control plane for NGINX Unit: every host's Unit converges "
                     "on one config, with no central server.",
-        epilog="Run 'unit-p2p COMMAND --help' for a command's options.")
+        epilog=f"Run 'unit-p2p COMMAND --help' for a command's options. {EXIT_CODES}.")
     parser.add_argument("--version", action="version", version=f"unit-p2p {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("agent", help="run the agent daemon",
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kwargs)
+        p.set_defaults(command_parser=p)
+        return p
+
+    p = add("agent", help="run the agent daemon",
                        description="Run the agent: join the mesh, keep the local Unit on the "
                                    "mesh's config, serve the local API. Settings come from "
                                    "--config FILE, then UNIT_P2P_* variables, then flags.")
     add_agent_arguments(p)
 
-    p = sub.add_parser("publish", help="publish this host's Unit config to the mesh",
+    p = add("publish", help="publish this host's Unit config to the mesh",
                        description="Publish the local Unit's config (or --config-file, applied "
-                                   "locally first) as a new mesh revision.")
+                                   "locally first) as a new mesh revision.",
+                       epilog=EXIT_CODES + ".")
     _api_args(p)
-    p.add_argument("--config-file", type=Path, help="JSON config to apply locally, then publish")
+    p.add_argument("--config-file", type=Path,
+                   help="config to apply locally, then publish: one JSON object, strict JSON "
+                        "(no comments, trailing commas or duplicate keys, which Unit itself "
+                        "would accept or refuse differently)")
     p.add_argument("--wait", action="store_true", help="wait until every peer applied it")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
-    p.add_argument("--min-peers", type=int, help="with --wait: enough when N peers applied")
+    p.add_argument("--timeout", type=_seconds, default=30.0,
+                   help="seconds to wait for the agent's answer, which includes applying the "
+                        "config to the local Unit and, with --wait, the peers (default 30, "
+                        f"at most {MAX_WAIT_S:g})")
+    p.add_argument("--min-peers", type=_count, help="with --wait: enough when N peers applied")
     p.add_argument("--dry-run", action="store_true", help="say whether it would change anything")
 
-    p = sub.add_parser("status", help="show this agent's state",
-                       description="Head revision, local Unit, last error, peers and counters.")
+    p = add("status", help="show this agent's state",
+                       description="Head revision, local Unit, last error, peers and counters.",
+                       epilog=EXIT_CODES + ".")
     _api_args(p)
 
-    p = sub.add_parser("peers", help="list the peers this agent knows")
+    p = add("peers", help="list the peers this agent knows", epilog=EXIT_CODES + ".")
     _api_args(p)
 
-    p = sub.add_parser("id", help="print the peer ID of an identity key",
+    p = add("id", help="print the peer ID of an identity key",
                        description="Print the libp2p peer ID of an Ed25519 identity key file.")
     p.add_argument("--key", type=Path, required=True, help="identity key file")
     p.add_argument("--create", action="store_true", help="create the key (mode 0600) if missing")
@@ -81,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/settings.md: rotating without downtime)")
     p.add_argument("--new-key", type=Path, help="with --rotate: swap in this prepared key")
 
-    p = sub.add_parser("unit-emulator", help="run the NGINX Unit control-API emulator",
+    p = add("unit-emulator", help="run the NGINX Unit control-API emulator",
                        description="An emulator of NGINX Unit 1.35's control API for tests and "
                                    "demos. It is not a web server: listeners are not served.")
     emulator_cli.configure_parser(p)
 
-    p = sub.add_parser("demo", help="run a local demo mesh on loopback",
+    p = add("demo", help="run a local demo mesh on loopback",
                        description="Start N agents with N emulated Units on loopback, change the "
                                    "config on one node, publish, and show every node converge. "
                                    "The last line printed is a JSON summary.")
@@ -100,16 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's usage, not the top level's, names the flags it does take
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)[:200]}")
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
         return 130
     except AgentUnreachable as exc:
+        if exc.kind == "timeout" and args.command == "publish":
+            # the agent took the request: the publish may well complete after we stop waiting
+            print(f"unit-p2p: {exc}; the publish may still complete: `unit-p2p status` shows "
+                  "its outcome (a slow Unit can take several times unit_timeout)",
+                  file=sys.stderr)
+            return EXIT_FAILED
         print(f"unit-p2p: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ApiError as exc:
-        print(f"unit-p2p: agent answered {exc.status} {exc.error}: {exc.detail}", file=sys.stderr)
+        detail = f": {exc.detail}" if exc.detail else ""
+        hint = " (give the API's token with --token-file)" if exc.status == 401 else ""
+        print(f"unit-p2p: agent answered {exc.status} {exc.error}{detail}{hint}", file=sys.stderr)
         return EXIT_FAILED
     except UnitP2PError as exc:
         print(f"unit-p2p: {exc}", file=sys.stderr)
@@ -122,6 +174,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "id":
         from unit_p2p.identity import id_command, rotate_command
 
+        if args.new_key is not None and not args.rotate:
+            raise SettingsError("--new-key only means something with --rotate",
+                                source="command line")
         if args.rotate:
             return rotate_command(args.key, args.new_key)
         return id_command(args.key, args.create)
@@ -131,6 +186,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return emulator_cli.run(args)
     if args.command == "demo":
         from unit_p2p.demo import run_demo
+
+        if args.keep_dir is not None and args.keep_dir.exists() and not args.keep_dir.is_dir():
+            raise SettingsError(f"{args.keep_dir} exists and is not a directory",
+                                source="command line", key="--keep-dir")
 
         return run_demo(args.nodes, timeout=args.timeout, topology=args.topology,
                         keep_dir=args.keep_dir)
@@ -144,7 +203,6 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     import trio
 
     from unit_p2p.agent import run_agent
-    from unit_p2p.errors import SettingsError
     from unit_p2p.logsetup import configure_logging
     from unit_p2p.settings import settings_from_args, settings_to_yaml
 
@@ -183,37 +241,72 @@ def named_error(exc: BaseException) -> UnitP2PError | None:
 
 
 def _client(args: argparse.Namespace):
-    from unit_p2p.api.client import ApiClient
+    import ipaddress
 
-    token = args.token_file.read_text().strip() if args.token_file else None
-    return ApiClient(args.api, token=token)
+    from unit_p2p.api.client import ApiClient
+    from unit_p2p.api.token import read_token
+    from unit_p2p.httpunix import parse_address
+
+    try:
+        address = parse_address(args.api)
+    except ValueError as exc:
+        raise SettingsError(str(exc)[:300], source="command line", key="--api") from None
+    if address.host is not None and address.host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(address.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:  # the agent listens on loopback only; never send the token elsewhere
+            raise SettingsError("the agent's API is on loopback: unix:/path, 127.0.0.1:PORT or "
+                                "[::1]:PORT", source="command line", key="--api")
+    token = read_token(args.token_file, private=False, key="--token-file") \
+        if args.token_file else None
+    return ApiClient(args.api, token=token, timeout=CLIENT_TIMEOUT)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    config = _read_config_file(args.config_file) if getattr(args, "config_file", None) else None
     with _client(args) as api:
-        if args.command == "status":
-            answer = api.status()
-            print(json.dumps(answer, indent=2) if args.json else _format_status(answer))
-            return 0
-        if args.command == "peers":
-            answer = api.peers()
-            print(json.dumps(answer, indent=2) if args.json else _format_peers(answer))
-            return 0
-        return _cmd_publish(api, args)
-
-
-def _cmd_publish(api, args: argparse.Namespace) -> int:
-    config = None
-    if args.config_file:
         try:
-            config = json.loads(args.config_file.read_text())
-        except (OSError, ValueError) as exc:
-            print(f"unit-p2p publish: {args.config_file}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            if args.command == "status":
+                answer = api.status()
+                print(json.dumps(answer, indent=2) if args.json else _format_status(answer))
+                return 0
+            if args.command == "peers":
+                answer = api.peers()
+                print(json.dumps(answer, indent=2) if args.json else _format_peers(answer))
+                return 0
+            return _cmd_publish(api, args, config)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            # an agent of another version, or not an agent at all
+            shape = f"{type(exc).__name__}: {str(exc)[:80]}"
+            raise ApiError(200, "bad_response",
+                           f"the answer does not have the documented shape ({shape})") from None
+
+
+def _read_config_file(path: Path) -> dict:
+    from unit_p2p import jsonstrict
+
+    try:
+        with open(path, "rb") as f:
+            config = jsonstrict.loads(f.read())
+    except OSError as exc:
+        raise SettingsError(f"cannot read it: {exc.strerror or exc}", source=str(path),
+                            key="--config-file") from None
+    except jsonstrict.StrictJSONError as exc:
+        raise SettingsError(f"not strict JSON: {exc}", source=str(path),
+                            key="--config-file") from None
+    if not isinstance(config, dict):
+        raise SettingsError("a Unit config is one JSON object ({...})", source=str(path),
+                            key="--config-file")
+    return config
+
+
+def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
     require_all = args.min_peers is None
     if args.wait and not args.json and not args.dry_run:
         # Publish, then follow the revision in one-second waits so the user sees progress.
-        result = api.publish(config=config, wait=False)
+        result = api.publish(config=config, wait=False, timeout=args.timeout)
         print(f"published {result['revision']} (changed={str(result['changed']).lower()})",
               file=sys.stderr)
         deadline = time.monotonic() + args.timeout

@@ -7,6 +7,7 @@ the publish contract (dry run, diff, idempotence, errors) and /metrics.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import stat
 
@@ -176,3 +177,57 @@ def test_no_key_material_in_status_or_logs(tmp_path, caplog):
     assert stat.S_IMODE(os.stat(tmp_path / "identity.key").st_mode) == 0o600
     for text in [caplog.text]:
         assert secret.hex() not in text and blob.hex() not in text
+
+
+async def test_bodies_that_are_not_strict_json_are_400_and_change_nothing(tmp_path):
+    """Duplicate keys (last-wins would have turned a dry run into a publish), NaN, a lone
+    surrogate, deep nesting: each a 400 with a short reason, never a 500 or a change in Unit."""
+    async with running_agent(tmp_path) as (agent, emulator):
+        path = str(tmp_path / "api.sock")
+        before = emulator.config
+        config = json.dumps(NEW)
+
+        def raw(body):
+            from unit_p2p.httpunix import make_session, parse_address
+
+            session = make_session(f"unix:{path}")
+            base = parse_address(f"unix:{path}").base_url
+            return session.post(base + "/v1/publish", data=body, timeout=10)
+
+        bodies = [
+            f'{{"config": {config}, "dry_run": true, "dry_run": false}}',
+            f'{{"config": {config}, "timeout": NaN}}',
+            f'{{"config": {config}, "wait": false, "timeout": Infinity}}',
+            '{"config": {"settings": {"x": "\\ud800"}}}',
+            '{"config": ' + "[" * 1000 + "]" * 1000 + "}",
+            '{"config": {"a": ' + "1" * 5000 + "}}",
+            b'{"config": {"a": "\xff"}}',
+            '{"' + "k" * 100_000 + '": 1}',
+        ]
+        with trio.fail_after(30):
+            for body in bodies:
+                r = await trio.to_thread.run_sync(raw, body)
+                assert r.status_code == 400, (body[:80], r.text[:200])
+                assert r.json()["error"] == "bad_request"
+                assert len(r.text) < 500
+        assert emulator.config == before
+        assert agent.reconciler.head is None
+
+
+async def test_errors_name_their_code_once(tmp_path):
+    async with running_agent(tmp_path) as (agent, emulator):
+        with trio.fail_after(20), pytest.raises(ApiError) as err:
+            emulator.fail_next_puts(1, status=500)
+            await call(agent.settings.api, "publish", config=NEW)
+        assert not err.value.detail.startswith(err.value.error)
+
+
+async def test_a_token_file_open_to_others_is_refused(tmp_path):
+    loose = tmp_path / "loose-token"
+    loose.write_text(TOKEN)
+    loose.chmod(0o644)
+    with pytest.raises(BaseException) as err, trio.fail_after(30):
+        async with running_agent(tmp_path, api_token_file=loose):
+            pass
+    assert "chmod 600" in repr(err.value) and "0644" in repr(err.value)
+    assert not (tmp_path / "api.sock").exists()

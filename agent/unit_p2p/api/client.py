@@ -7,11 +7,14 @@ error status becomes :class:`~unit_p2p.errors.ApiError` with the API's ``error``
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import stat
 from typing import Any
 
 from unit_p2p.errors import AgentUnreachable, ApiError
-from unit_p2p.httpunix import Endpoint
+from unit_p2p.httpunix import Endpoint, parse_address
 
 __all__ = ["AgentUnreachable", "ApiClient"]
 
@@ -24,17 +27,33 @@ _HINTS = {
 }
 
 
-def _unreachable(kind: str, message: str, path: str) -> AgentUnreachable:
-    hint = _HINTS.get(kind)
+def _unreachable(kind: str, message: str, path: str, *,
+                 socket_path: str | None = None) -> AgentUnreachable:
+    if kind == "refused" and socket_path and _not_a_socket(socket_path):
+        return AgentUnreachable(f"unit-p2p agent API: {socket_path} is not a socket; is the "
+                                "api address right?", kind="missing")
+    if kind == "timeout" and path == "/v1/publish":
+        hint = "the agent (or the local Unit it is applying the config to) is slow"
+    else:
+        hint = _HINTS.get(kind)
     return AgentUnreachable(f"{message}; {hint}" if hint else message, kind=kind)
+
+
+def _not_a_socket(path: str) -> bool:
+    try:
+        return not stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 class ApiClient:
     """Blocking client for one agent API address (``unix:/path`` or ``127.0.0.1:PORT``)."""
 
     def __init__(self, address: str, token: str | None = None, timeout: float = 10.0):
+        socket_path = parse_address(address).socket_path
         self._endpoint = Endpoint(
-            address, timeout=timeout, name="unit-p2p agent API", unreachable=_unreachable
+            address, timeout=timeout, name="unit-p2p agent API",
+            unreachable=functools.partial(_unreachable, socket_path=socket_path),
         )
         self.address = str(self._endpoint.address)
         self.timeout = self._endpoint.timeout
@@ -76,8 +95,9 @@ class ApiClient:
         }
         if config is not None:
             request["config"] = config
-        # With wait the agent legitimately holds the answer for up to `timeout` seconds.
-        read_timeout = self.timeout + (timeout if wait else 0)
+        # `timeout` bounds the whole publish: applying to the local Unit (several calls, each
+        # up to the agent's unit_timeout) and, with wait, the peers.
+        read_timeout = self.timeout + timeout
         return self._json("POST", "/v1/publish", request, timeout=read_timeout)
 
     def wait(
@@ -114,7 +134,7 @@ class ApiClient:
         headers = dict(self._headers)
         body = None
         if value is not None:
-            body = json.dumps(value).encode()
+            body = json.dumps(value, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
         response = self._endpoint.request(method, path, body=body, headers=headers, timeout=timeout)
         if response.status_code >= 400:

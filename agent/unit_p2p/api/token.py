@@ -26,15 +26,17 @@ def read_token(path: Path, *, private: bool, key: str = "api_token_file") -> str
     except OSError as exc:
         raise SettingsError(f"cannot read the token file: {exc.strerror or exc}",
                             source=source, key=key) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SettingsError("the token file is not a regular file", source=source, key=key)
         if private and st.st_mode & 0o007:
             raise SettingsError(
                 f"has mode {stat.S_IMODE(st.st_mode):04o}, open to other users, who could use "
                 f"the API with it: chmod 600 {source}", source=source, key=key)
-        raw = f.read(MAX_TOKEN_FILE + 1)
+        raw = os.read(fd, MAX_TOKEN_FILE + 1)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_TOKEN_FILE:
         raise SettingsError(f"the token file is larger than {MAX_TOKEN_FILE} bytes",
                             source=source, key=key)
