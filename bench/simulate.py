@@ -1,0 +1,699 @@
+"""The fleet simulator: the agent's real sync code on N hosts in one process, in simulated time.
+
+    python -m bench.simulate --n 100 1000 5000 --label before
+
+Each host is the agent's own ``Reconciler`` with its own ``StateStore`` (on a tmpfs), Ed25519
+identity, trust policy and metrics; only the mesh and Unit under it are in-memory stand-ins
+(``bench/simulate_net.py``: links with latency and loss, gossipsub's mesh delivery, streams,
+churn and partitions). Time is trio's MockClock with autojump, so a simulated minute costs only
+the CPU the code needs.
+
+For each N, one fleet starts converged on revision 1, then runs its publishes one after another,
+each a new config from a random live host:
+
+- ``steady``: ``--publishes`` plain publishes (latency and loss only);
+- ``churn``: ``--churn`` of the hosts leave 50 ms after the publish, half of them restart
+  (their state kept) 300 ms after it, and as many fresh hosts (no state) join;
+- ``partition``: ``--partition`` of the hosts cut off from the rest before the publish, the
+  partition heals ``--heal`` s after it.
+
+Per publish: messages and bytes by kind counted at the network layer from the publish until
+``--settle`` s after the last live host applied (background anti-entropy in that window
+included), their max and mean per host, the simulated time until every live host applied and
+until the publisher's wait saw all of them, the hops over which the announcement reached the
+last host, and the hosts that missed ``--deadline``. Results are kept per ``--label`` in
+``bench/results/simulate.json`` (and ``.csv``, ``.md``, ``.png``), so a run of today's code and
+one of a changed protocol end up side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import logging
+import math
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from bench.simulate_net import (
+    Host,
+    Latency,
+    SimMesh,
+    SimNet,
+    SimUnit,
+    Topology,
+    derive_seed,
+    inline_threads,
+    state_root,
+)
+from unit_p2p.identity import peer_id_of
+from unit_p2p.mesh import TrustPolicy
+from unit_p2p.mesh.bus import GossipParams
+from unit_p2p.metrics import Metrics
+from unit_p2p.settings import Settings
+from unit_p2p.sync.revision import Document, Head, Revision, sign_revision
+from unit_p2p.sync.store import StateStore
+
+log = logging.getLogger("bench.simulate")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MESH = "sim"
+
+
+def make_reconciler(settings: Settings, keypair: Any, peer_id: str, mesh: SimMesh,
+                    unit: SimUnit, store: StateStore, trust: TrustPolicy) -> Any:
+    """The one place that knows how the agent builds its sync core (``agent.py`` does the same)."""
+    from unit_p2p.sync.reconciler import Reconciler
+
+    rec = Reconciler(settings, keypair.private_key, peer_id, mesh, unit, store, trust, Metrics())
+    mesh.events = rec
+    return rec
+
+
+def config_for(k: int, routes: int) -> dict:
+    """The config of publish ``k``; its first route's URI is the marker the Unit stand-in sees."""
+    return {
+        "listeners": {"*:8080": {"pass": "routes"}},
+        "routes": [{"match": {"uri": f"/sim/{k}"}, "action": {"return": 200}}]
+        + [{"match": {"uri": f"/app/{i}/*"}, "action": {"pass": f"applications/app{i % 4}"}}
+           for i in range(routes)],
+        "applications": {f"app{i}": {"type": "python", "path": f"/srv/app{i}", "module": "wsgi"}
+                         for i in range(4)},
+    }
+
+
+# --- the fleet ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SimParams:
+    n: int
+    seed: int = 1
+    latency: Latency = field(default_factory=lambda: Latency.parse("lognormal:10:0.5"))
+    loss: float = 0.01
+    topo: Topology = field(default_factory=Topology)
+    routes: int = 20
+    publishes: int = 2
+    churn: float = 0.05
+    partition: float = 0.2
+    heal: float = 10.0
+    warmup: float = 5.0
+    settle: float = 3.0
+    deadline: float = 60.0
+    budget: float | None = None  # wall seconds for the whole size
+    scenarios: tuple[str, ...] = ("steady", "churn", "partition")
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+class Fleet:
+    def __init__(self, p: SimParams, nursery: trio.Nursery, root: Path):
+        self.p, self.nursery, self.root = p, nursery, root
+        self.rng = random.Random(p.seed)
+        # room for fresh joiners: every identity exists (and is trusted) from the start
+        spare = max(1, math.ceil(p.n * p.churn)) if "churn" in p.scenarios else 0
+        total = p.n + spare
+        self.keys = [_keypair(p.seed, i) for i in range(total)]
+        self.ids = [peer_id_of(k) for k in self.keys]
+        self.fresh = list(range(p.n, total))
+        self.settings = Settings(mesh=MESH, state_dir=root / "settings", trust="allowlist",
+                                 trusted_peers=tuple(self.ids))
+        self.trust = TrustPolicy("allowlist", self.ids, self.ids[0])
+        self.net = SimNet(self.ids, latency=p.latency, loss=p.loss, topo=p.topo, rng=self.rng)
+        self.units: dict[int, SimUnit] = {}
+        self.stores: dict[int, StateStore] = {}
+        self.wall_started = time.monotonic()
+
+    def seed_state(self, config: dict) -> None:
+        """Every initial host holds revision 1 (published by host 0) as if it had applied it."""
+        doc = Document.from_config(config, self.settings.exclusions)
+        rev = Revision(1, self.ids[0])
+        head = Head(rev, doc.digest, doc.size,
+                    sign_revision(self.keys[0].private_key, MESH, rev, doc.digest))
+        for i in range(self.p.n):
+            store = self.store(i)
+            store.save_document(doc)
+            store.save_head(head, 1, 0.0)
+            self.units[i] = SimUnit(self.net, i, config)
+
+    def store(self, i: int) -> StateStore:
+        if i not in self.stores:
+            self.stores[i] = StateStore(self.root / f"h{i}", keep=self.settings.keep_configs)
+        return self.stores[i]
+
+    async def start(self, i: int) -> None:
+        net = self.net
+        unit = self.units.setdefault(i, SimUnit(net, i, {"listeners": {}, "routes": [],
+                                                         "applications": {}}))
+        mesh = SimMesh(net, i)
+        rec = make_reconciler(self.settings, self.keys[i], self.ids[i], mesh, unit,
+                              self.store(i), self.trust)
+        await rec.load()
+        rec.register_handlers()
+        host = Host(i, mesh, unit, rec, trio.CancelScope())
+        await self.nursery.start(self._run_host, host)
+        net.hosts[i] = host
+
+    async def _run_host(self, host: Host, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with host.scope:
+            async with trio.open_nursery() as nursery:
+                host.nursery = nursery
+                send, recv = trio.open_memory_channel(math.inf)
+                host.inbox = send
+                nursery.start_soon(_read_gossip, recv, host.rec)
+                await nursery.start(host.rec.serve)
+                task_status.started()
+
+    def stop(self, i: int) -> None:
+        net = self.net
+        host = net.hosts[i]
+        if host is None:
+            return
+        net.hosts[i] = None
+        neighbours = list(net.links[i])
+        for nb in neighbours:
+            net.disconnect(i, nb)
+        for s in list(net.open_streams[i]):
+            s._in.feed_reset()
+            s._out.feed_reset()
+        net.gmesh[i].clear()
+        host.scope.cancel()
+        # discovery refills the neighbours' connections a few seconds later
+        for nb in neighbours:
+            net.sched.at(trio.current_time() + 5.0, self.rediscover, nb)
+
+    def rediscover(self, i: int) -> None:
+        if self.net.live(i) and len(self.net.links[i]) < self.p.topo.peer_target:
+            self.net.dial_to_target(i, self.candidates())
+
+    def candidates(self) -> list[int]:
+        live = [i for i, h in enumerate(self.net.hosts) if h is not None]
+        return self.rng.sample(live, min(len(live), 4 * self.p.topo.peer_target))
+
+    def live(self) -> list[int]:
+        return [i for i, h in enumerate(self.net.hosts) if h is not None]
+
+    def check_budget(self) -> None:
+        if self.p.budget is not None and time.monotonic() - self.wall_started > self.p.budget:
+            raise BudgetExceeded(f"over the wall-clock budget of {self.p.budget:.0f} s")
+
+
+async def _read_gossip(recv: Any, rec: Any) -> None:
+    # the mesh's announcement reader: one message at a time, in arrival order
+    async for origin, data in recv:
+        await rec.on_announcement(origin, data)
+
+
+def _keypair(seed: int, i: int) -> Any:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    return create_new_key_pair(derive_seed(seed, i))
+
+
+# --- one publish --------------------------------------------------------------------------------
+
+
+async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
+    p, net = fleet.p, fleet.net
+    rng = fleet.rng
+    cfg = config_for(k, p.routes)
+    marker = f"/sim/{k}"
+    digest = Document.from_config(cfg, fleet.settings.exclusions).digest
+    wall0 = time.monotonic()
+
+    cut: list[int] = []
+    if scenario == "partition":
+        live = fleet.live()
+        cut = rng.sample(live, int(len(live) * p.partition))
+        net.cut = set(cut)
+        for a in cut:
+            for b in list(net.links[a]):
+                if b not in net.cut:
+                    net.disconnect(a, b)
+                    net.cut_links.add((a, b))
+        await trio.sleep(1.0)  # the partition is in place before the publish
+    candidates = [i for i in fleet.live() if i not in net.cut]
+    origin = rng.choice(candidates)
+
+    before = net.traffic.snapshot()
+    net.watch = digest.encode()
+    net.learn_hops = {origin: 0}
+    t0 = trio.current_time()
+    all_applied = trio.Event()
+
+    def check(*_: Any) -> None:
+        done = net.applied[marker]
+        if all(i in done for i in fleet.live()):
+            all_applied.set()
+
+    net.on_apply = check
+    left: list[int] = []
+    joined: list[int] = []
+
+    async def churn() -> None:
+        await trio.sleep(0.05)
+        live = [i for i in fleet.live() if i != origin]
+        count = max(1, round(len(fleet.live()) * p.churn))
+        left.extend(rng.sample(live, count))
+        for i in left:
+            fleet.stop(i)
+        check()
+        await trio.sleep(0.25)
+        restart = left[: len(left) // 2]
+        fresh = fleet.fresh[: count - len(restart)]
+        del fleet.fresh[: len(fresh)]
+        for i in restart + fresh:
+            await fleet.start(i)
+            net.dial_to_target(i, fleet.candidates())
+            joined.append(i)
+
+    async def heal() -> None:
+        await trio.sleep(p.heal)
+        net.cut = set()
+        for a, b in sorted(net.cut_links):
+            net.connect(a, b)
+        net.cut_links.clear()
+
+    reports_at: list[float] = []
+
+    async def publisher_wait(rec: Any, revision: Any) -> None:
+        # the publisher's own view (what `publish --wait` reports): every other live host
+        others = len(fleet.live()) - 1
+        res = await rec.wait_revision(revision, timeout=p.deadline, min_peers=others,
+                                      require_all=False)
+        if len(res.applied) - 1 >= others:
+            reports_at.append(trio.current_time() - t0)
+
+    async with trio.open_nursery() as nursery:
+        if scenario == "churn":
+            nursery.start_soon(churn)
+        if scenario == "partition":
+            nursery.start_soon(heal)
+        rec = net.hosts[origin].rec
+        result = await rec.publish(cfg)
+        nursery.start_soon(publisher_wait, rec, result.revision)
+        with trio.move_on_after(p.deadline):
+            await all_applied.wait()
+        t_all = trio.current_time() - t0 if all_applied.is_set() else None
+        await trio.sleep(p.settle)
+        nursery.cancel_scope.cancel()
+    net.on_apply = None
+    net.watch = None
+    after = net.traffic.snapshot()
+
+    live = fleet.live()
+    applied = net.applied[marker]
+    missing = [i for i in live if i not in applied]
+    hops = [net.learn_hops[i] for i in live if i in net.learn_hops and i != origin]
+    msgs = after["msgs"] - before["msgs"]
+    nbytes = after["bytes"] - before["bytes"]
+    lost = after["lost"] - before["lost"]
+    recv = [a - b for a, b in zip(after["recv"], before["recv"], strict=True)]
+    sent = [a - b for a, b in zip(after["sent"], before["sent"], strict=True)]
+    per_host = [recv[i] + sent[i] for i in live]
+    total = sum(msgs.values())
+    return {
+        "scenario": scenario,
+        "publish": k,
+        "revision": str(result.revision),
+        "origin": origin,
+        "live": len(live),
+        "applied": len(live) - len(missing),
+        "missed": len(missing),
+        "left": len(left),
+        "joined": len(joined),
+        "partitioned": len(cut),
+        "t_all_applied_s": t_all,
+        "t_reports_s": reports_at[0] if reports_at else None,
+        "window_s": trio.current_time() - t0,
+        "hops_max": max(hops) if hops else None,
+        "hops_mean": sum(hops) / len(hops) if hops else None,
+        "msgs": total,
+        "bytes": sum(nbytes.values()),
+        "msgs_per_host_mean": sum(per_host) / len(live),
+        "msgs_per_host_max": max(per_host),
+        "recv_per_host_max": max(recv[i] for i in live),
+        "sent_per_host_max": max(sent[i] for i in live),
+        "sent_by_origin": sent[origin],
+        "recv_by_origin": recv[origin],
+        "lost": sum(lost.values()),
+        "sent_total": sum(sent),
+        "recv_total": sum(recv),
+        "by_kind": {kind: {"msgs": msgs[kind], "bytes": nbytes[kind]} for kind in sorted(msgs)},
+        "streams": dict(after["streams"] - before["streams"]),
+        "dials": after["dials"] - before["dials"],
+        "gossip_duplicates": after["gossip_duplicates"] - before["gossip_duplicates"],
+        "wall_s": time.monotonic() - wall0,
+    }
+
+
+async def simulate(p: SimParams, progress: Any = None) -> dict:
+    """One fleet of ``p.n`` hosts, its publishes run one after another; ``progress(fleet, row)``
+    after each."""
+    root = Path(tempfile.mkdtemp(prefix="unit-p2p-sim-", dir=state_root()))
+    wall0 = time.monotonic()
+    random.seed(p.seed)  # the reconciler's jitter (announce rounds, relay delays)
+    out: dict[str, Any] = {"n": p.n, "publishes": [], "error": None}
+    try:
+        with inline_threads():
+            async with trio.open_nursery() as nursery:
+                fleet = Fleet(p, nursery, root)
+                net = fleet.net
+                fleet.seed_state(config_for(0, p.routes))
+                for i in range(p.n):
+                    await fleet.start(i)
+                nursery.start_soon(net.sched.run, fleet.check_budget)
+                for i in fleet.rng.sample(range(p.n), p.n):
+                    net.dial_to_target(i, fleet.candidates())
+                net.heartbeat()
+                degrees = [len(net.links[i]) for i in range(p.n)]
+                await trio.sleep(p.warmup)
+                gdeg = [len(net.gmesh[i]) for i in range(p.n)]
+                out["setup_wall_s"] = time.monotonic() - wall0
+                out["degree"] = {"mean": sum(degrees) / p.n, "max": max(degrees),
+                                 "min": min(degrees)}
+                out["gossip_degree"] = {"mean": sum(gdeg) / p.n, "max": max(gdeg),
+                                        "min": min(gdeg)}
+                plan = (["steady"] * p.publishes if "steady" in p.scenarios else []) + \
+                    [s for s in p.scenarios if s != "steady"]
+                for k, scenario in enumerate(plan, start=1):
+                    out["at"] = f"publish {k} ({scenario})"
+                    row = await publish_round(fleet, k, scenario)
+                    out["publishes"].append(row)
+                    if progress:
+                        progress(fleet, row)
+                nursery.cancel_scope.cancel()
+    except* BudgetExceeded as group:
+        out["error"] = f"{group.exceptions[0]}, during {out.get('at')}"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    out["wall_s"] = time.monotonic() - wall0
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run(p: SimParams, progress: Any = None) -> dict:
+    gc.collect()
+    return trio.run(simulate, p, progress, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# --- report -------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = ("msgs", "bytes", "msgs_per_host_mean", "msgs_per_host_max", "recv_per_host_max",
+                "sent_by_origin", "t_all_applied_s", "t_reports_s", "hops_max", "hops_mean")
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(size: dict, scenario: str) -> dict | None:
+    rows = [r for r in size["publishes"] if r["scenario"] == scenario]
+    if not rows:
+        return None
+    out: dict[str, Any] = {k: _mean([r[k] for r in rows]) for k in SUMMARY_KEYS}
+    if any(r["t_all_applied_s"] is None for r in rows):
+        out["t_all_applied_s"] = None
+    out["publishes"] = len(rows)
+    out["missed_publishes"] = sum(1 for r in rows if r["missed"])
+    out["missed_hosts"] = sum(r["missed"] for r in rows)
+    kinds: dict[str, float] = {}
+    for r in rows:
+        for kind, v in r["by_kind"].items():
+            kinds[kind] = kinds.get(kind, 0) + v["msgs"] / len(rows)
+    out["by_kind"] = kinds
+    return out
+
+
+def _fmt(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def _slope(points: list[tuple[int, float]]) -> str:
+    """Log-log growth exponent between the smallest and largest N (1 = linear, 2 = quadratic)."""
+    points = [(n, v) for n, v in points if v]
+    if len(points) < 2:
+        return "-"
+    (n1, v1), (n2, v2) = points[0], points[-1]
+    return f"N^{math.log(v2 / v1) / math.log(n2 / n1):.2f}"
+
+
+def render(results: dict) -> str:
+    lines = ["# Fleet simulator", ""]
+    runs = results["runs"]
+    header = ["N", "policy", "msgs / publish", "msgs / N", "KiB / publish", "per host mean",
+              "per host max", "publisher sent", "all applied s", "publisher saw all s",
+              "hops max (mean)", "misses", "wall s (size)"]
+    for scenario in ("steady", "churn", "partition"):
+        rows = []
+        growth = []
+        for label, run_ in runs.items():
+            pts_msgs, pts_host = [], []
+            for n_key in sorted(run_["sizes"], key=int):
+                size = run_["sizes"][n_key]
+                n = int(n_key)
+                s = summarize(size, scenario)
+                if s is None:
+                    note = size.get("error") or "not run"
+                    rows.append([f"{n:,}", label, f"infeasible: {note}"] + [""] * (len(header) - 3))
+                    continue
+                pts_msgs.append((n, s["msgs"]))
+                pts_host.append((n, s["msgs_per_host_max"]))
+                miss = f"{s['missed_publishes']}/{s['publishes']}"
+                if s["missed_hosts"]:
+                    miss += f" ({s['missed_hosts']} hosts)"
+                rows.append([f"{n:,}", label, _fmt(s["msgs"]), _fmt(s["msgs"] / n, 1),
+                             _fmt(s["bytes"] / 1024), _fmt(s["msgs_per_host_mean"], 1),
+                             _fmt(s["msgs_per_host_max"]), _fmt(s["sent_by_origin"]),
+                             _fmt(s["t_all_applied_s"], 2), _fmt(s["t_reports_s"], 2),
+                             f"{_fmt(s['hops_max'])} ({_fmt(s['hops_mean'], 1)})", miss,
+                             _fmt(size["wall_s"]) + ("" if not size.get("error")
+                                                     else " (stopped)")])
+                if size.get("error"):
+                    rows[-1][-1] += f": {size['error']}"
+            growth.append(f"{label}: messages per publish grow as {_slope(pts_msgs)}, "
+                          f"per-host max as {_slope(pts_host)}")
+        if not rows:
+            continue
+        lines += [f"## {scenario}", "", md_table(header, rows), ""]
+        lines += [f"- {g}" for g in growth] + [""]
+    lines += ["## Messages per publish by kind (steady)", ""]
+    for label, run_ in runs.items():
+        kinds = sorted({k for size in run_["sizes"].values()
+                        for k in (summarize(size, "steady") or {}).get("by_kind", {})})
+        rows = []
+        for n_key in sorted(run_["sizes"], key=int):
+            s = summarize(run_["sizes"][n_key], "steady")
+            if s is None:
+                continue
+            rows.append([f"{int(n_key):,}"] + [_fmt(s["by_kind"].get(k, 0)) for k in kinds])
+        if rows:
+            lines += [f"{label}:", "", md_table(["N", *kinds], rows), ""]
+    lines += ["## Runs", ""]
+    for label, run_ in runs.items():
+        params = run_["params"]
+        lines.append(f"- {label}: commit {run_['commit']}, {run_['machine_line']}; "
+                     f"latency {params['latency']}, loss {params['loss']}, "
+                     f"peer_target {params['peer_target']}, gossip D {params['d']} "
+                     f"(Dlo {params['d_lo']}, Dhi {params['d_hi']}), "
+                     f"{params['publishes']} steady publishes, churn {params['churn']}, "
+                     f"partition {params['partition']} healed after {params['heal']} s, "
+                     f"settle {params['settle']} s, seed {params['seed']}")
+        for n_key in sorted(run_["sizes"], key=int):
+            size = run_["sizes"][n_key]
+            extra = f", stopped: {size['error']}" if size.get("error") else ""
+            lines.append(f"  - N={int(n_key):,}: {size['wall_s']:.0f} s wall "
+                         f"(setup {size.get('setup_wall_s', 0):.0f} s), peak RSS "
+                         f"{size['peak_rss_mib']:.0f} MiB, degree mean "
+                         f"{size.get('degree', {}).get('mean', 0):.1f}, gossip mesh degree mean "
+                         f"{size.get('gossip_degree', {}).get('mean', 0):.1f}{extra}")
+    return "\n".join(lines) + "\n"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_csv(results: dict, path: Path) -> None:
+    kinds = sorted({k for run_ in results["runs"].values() for size in run_["sizes"].values()
+                    for row in size["publishes"] for k in row["by_kind"]})
+    cols = ["policy", "commit", "n", "scenario", "publish", "live", "applied", "missed",
+            "t_all_applied_s", "t_reports_s", "hops_max", "hops_mean", "msgs", "bytes",
+            "msgs_per_host_mean", "msgs_per_host_max", "recv_per_host_max", "sent_per_host_max",
+            "sent_by_origin", "lost", "dials", "wall_s"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols + [f"msgs:{k}" for k in kinds] + [f"bytes:{k}" for k in kinds])
+        for label, run_ in results["runs"].items():
+            for n_key, size in sorted(run_["sizes"].items(), key=lambda kv: int(kv[0])):
+                for row in size["publishes"]:
+                    base = {"policy": label, "commit": run_["commit"], "n": n_key, **row}
+                    w.writerow([base.get(c) for c in cols]
+                               + [row["by_kind"].get(k, {}).get("msgs", 0) for k in kinds]
+                               + [row["by_kind"].get(k, {}).get("bytes", 0) for k in kinds])
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("msgs", "messages per publish (all hosts)"),
+              ("msgs_per_host_max", "messages per publish, busiest host"),
+              ("t_all_applied_s", "simulated s until all applied")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    all_n: set[int] = set()
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for label, run_ in results["runs"].items():
+            for scenario, style in (("steady", "o-"), ("churn", "s--"), ("partition", "^:")):
+                pts = []
+                for n_key in sorted(run_["sizes"], key=int):
+                    s = summarize(run_["sizes"][n_key], scenario)
+                    if s and s.get(key):
+                        pts.append((int(n_key), s[key]))
+                if pts:
+                    all_n.update(n for n, _ in pts)
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], style,
+                            label=f"{label} {scenario}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("hosts N")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    if all_n:
+        ns = sorted(all_n)
+        for mult, ref in ((8, "8 N (target)"), (1, "N^2")):
+            ys = [mult * n for n in ns] if ref.startswith("8") else [n * n for n in ns]
+            axes[0].plot(ns, ys, color="grey", lw=0.8, ls="-." if mult == 8 else ":", label=ref)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(results: dict, name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (RESULTS / f"{name}.md").write_text(render(results))
+    write_csv(results, RESULTS / f"{name}.csv")
+    plot(results, RESULTS / f"{name}.png")
+    return RESULTS / f"{name}.md"
+
+
+def commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent"], cwd=root,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + (" (agent/ modified)" if dirty else "")
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    gossip = GossipParams()
+    ap = argparse.ArgumentParser(prog="python -m bench.simulate",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[100, 1000, 5000], help="fleet sizes")
+    ap.add_argument("--label", default=None,
+                    help="name of this run's column (default: the commit); results of other "
+                         "labels in the JSON are kept")
+    ap.add_argument("--publishes", type=int, default=2, help="steady publishes per size")
+    ap.add_argument("--scenarios", nargs="+", default=["steady", "churn", "partition"],
+                    choices=["steady", "churn", "partition"])
+    ap.add_argument("--latency", default="lognormal:10:0.5",
+                    help="one-way link latency: const:MS, uniform:LO:HI, lognormal:MEDIAN:SIGMA "
+                         "(add ,jitter=F for per-message jitter, default 0.1)")
+    ap.add_argument("--loss", type=float, default=0.01, help="per-transmission loss rate")
+    ap.add_argument("--peer-target", type=int, default=8)
+    ap.add_argument("--churn", type=float, default=0.05, help="fraction leaving (and joining)")
+    ap.add_argument("--partition", type=float, default=0.2, help="fraction cut off")
+    ap.add_argument("--heal", type=float, default=10.0, help="s after the publish")
+    ap.add_argument("--routes", type=int, default=20, help="routes in the published config")
+    ap.add_argument("--settle", type=float, default=3.0)
+    ap.add_argument("--deadline", type=float, default=60.0, help="simulated s per publish")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="wall-clock s per size; a size over it stops and is reported as such")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="simulate", help="results name under bench/results/")
+    ap.add_argument("--replot", action="store_true", help="rewrite md/csv/png from the JSON")
+    args = ap.parse_args(argv)
+
+    path = RESULTS / f"{args.out}.json"
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    if args.replot:
+        print(write_results(results, args.out).read_text())
+        return 0
+    from bench.common import machine, machine_line
+
+    label = args.label or commit()
+    topo = Topology(peer_target=args.peer_target, d=gossip.degree, d_lo=gossip.degree_low,
+                    d_hi=gossip.degree_high, heartbeat=float(gossip.heartbeat_interval),
+                    gossip_window=gossip.gossip_window)
+    latency = Latency.parse(args.latency)
+    run_ = {"commit": commit(), "machine": machine(), "machine_line": machine_line(machine()),
+            "params": {"latency": str(latency), "loss": args.loss, "peer_target": topo.peer_target,
+                       "d": topo.d, "d_lo": topo.d_lo, "d_hi": topo.d_hi,
+                       "publishes": args.publishes, "churn": args.churn,
+                       "partition": args.partition, "heal": args.heal, "settle": args.settle,
+                       "routes": args.routes, "deadline": args.deadline, "seed": args.seed,
+                       "scenarios": args.scenarios},
+            "sizes": {}}
+    results["runs"][label] = run_
+
+    def progress(fleet: Fleet, row: dict) -> None:
+        n = fleet.p.n
+        print(f"  N={n} {row['scenario']}: {row['applied']}/{row['live']} applied in "
+              f"{_fmt(row['t_all_applied_s'], 2)} s, {row['msgs']:,} msgs "
+              f"({row['msgs'] / n:.1f}/host), busiest host {row['msgs_per_host_max']:,}, "
+              f"{row['wall_s']:.0f} s wall", flush=True)
+
+    for n in args.n:
+        print(f"N={n} ({label})", flush=True)
+        p = SimParams(n=n, seed=args.seed, latency=latency, loss=args.loss, topo=topo,
+                      routes=args.routes, publishes=args.publishes, churn=args.churn,
+                      partition=args.partition, heal=args.heal, settle=args.settle,
+                      deadline=args.deadline, budget=args.budget,
+                      scenarios=tuple(args.scenarios))
+        size = run(p, progress)
+        size.pop("at", None)
+        run_["sizes"][str(n)] = size
+        run_["machine"]["loadavg_end"] = machine()["loadavg"]
+        write_results(results, args.out)
+        print(f"  {size['wall_s']:.0f} s wall, peak RSS {size['peak_rss_mib']:.0f} MiB"
+              + (f", STOPPED: {size['error']}" if size.get("error") else ""), flush=True)
+    print(write_results(results, args.out).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(main())

@@ -1,0 +1,658 @@
+"""The simulator's in-memory network: a fleet of real reconcilers in one trio loop.
+
+Everything above the ``MeshLike``/``UnitLike`` interfaces is the agent's own code (the
+reconciler, the state store on a tmpfs, revisions, the wire codec, Ed25519 signatures, the trust
+policy and metrics); everything below it is modelled here:
+
+- links: a bounded-degree random graph like the one discovery builds (each host dials until it
+  has ``peer_target`` connections; inbound connections are accepted up to ``max_degree``), each
+  link with its own one-way latency drawn once from a distribution, plus per-message jitter;
+- gossip: gossipsub's delivery along the mesh edges (degree D/Dlo/Dhi from the agent's own
+  ``GossipParams``), forwarded once per message id to every mesh peer but the forwarder and the
+  origin, duplicates dropped by a seen-set; every heartbeat IHAVE lazy gossip to non-mesh peers
+  and IWANT for what a peer missed (so a lost mesh transmission is recovered the way gossipsub
+  recovers it), and GRAFT to refill a mesh that fell below Dlo after churn;
+- streams: request/response pipes; opening one costs a round trip (a dial two more when the peer
+  is not connected), each payload one one-way latency;
+- loss: every transmission on a link (gossip, IHAVE/IWANT, each stream payload) is lost with
+  probability ``loss``; a lost stream payload resets the stream (py-libp2p rides TCP, so loss
+  there shows up as a reset connection or a timeout, never as a silently missing frame);
+- time: trio's MockClock with autojump, so simulated seconds cost only the CPU the code needs.
+  The model gives hosts infinite CPU: simulated times are network time, never CPU time.
+
+Every transmission is counted here, at the network layer, by kind (``gossip:announce``,
+``heads:announce``, ``pull:pull``, ``pull:served``, ``ihave``, ...: the stream protocol's short
+name and the wire message's type), with its payload bytes, per sending and receiving host.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import heapq
+import itertools
+import logging
+import math
+import random
+import re
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+from unit_p2p.errors import MeshError, WireError
+
+log = logging.getLogger("bench.simulate")
+
+#: stream protocol id -> short kind name (the last path element before the version)
+_PROTO_RE = re.compile(r"/([a-z-]+)/[0-9.]+$")
+_TYPE_RE = re.compile(rb'"type":"([a-z_]+)"')
+#: bytes of one message id in IHAVE/IWANT (py-libp2p: origin peer id bytes + 8-byte seqno)
+MSG_ID_BYTES = 46
+#: bytes of a GRAFT/PRUNE control frame (topic + framing)
+CONTROL_BYTES = 64
+
+
+def kind_of(prefix: str, data: bytes) -> str:
+    m = _TYPE_RE.search(data, 0, 200)
+    return f"{prefix}:{m.group(1).decode() if m else 'data'}"
+
+
+def proto_name(protocol: str) -> str:
+    m = _PROTO_RE.search(protocol)
+    return m.group(1) if m else protocol
+
+
+# --- latency ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One-way link latency in seconds, drawn once per link; ``jitter`` is a per-message
+    fraction on top. Spec: ``const:MS``, ``uniform:LO_MS:HI_MS`` or ``lognormal:MEDIAN_MS:SIGMA``
+    (optionally ``,jitter=F``)."""
+
+    kind: str
+    a: float
+    b: float = 0.0
+    jitter: float = 0.1
+
+    @classmethod
+    def parse(cls, spec: str) -> Latency:
+        main, _, extra = spec.partition(",")
+        parts = main.split(":")
+        jitter = 0.1
+        if extra:
+            key, _, value = extra.partition("=")
+            if key != "jitter":
+                raise ValueError(f"unknown latency option {key!r}")
+            jitter = float(value)
+        try:
+            if parts[0] == "const" and len(parts) == 2:
+                return cls("const", float(parts[1]) / 1000, 0.0, jitter)
+            if parts[0] == "uniform" and len(parts) == 3:
+                return cls("uniform", float(parts[1]) / 1000, float(parts[2]) / 1000, jitter)
+            if parts[0] == "lognormal" and len(parts) == 3:
+                return cls("lognormal", float(parts[1]) / 1000, float(parts[2]), jitter)
+        except ValueError:
+            pass
+        raise ValueError(
+            f"latency spec {spec!r}: const:MS, uniform:LO:HI or lognormal:MEDIAN:SIGMA")
+
+    def draw(self, rng: random.Random) -> float:
+        if self.kind == "const":
+            return self.a
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        return self.a * math.exp(rng.gauss(0.0, self.b))
+
+    def __str__(self) -> str:
+        ms = {"const": f"{self.a * 1000:g}", "uniform": f"{self.a * 1000:g}:{self.b * 1000:g}",
+              "lognormal": f"{self.a * 1000:g}:{self.b:g}"}[self.kind]
+        return f"{self.kind}:{ms},jitter={self.jitter:g}"
+
+
+# --- the event queue ----------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Timed callbacks run by one task: a message in flight costs a heap entry, not a task."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable, tuple]] = []
+        self._seq = itertools.count()
+        self._wakeup = trio.Event()
+
+    def at(self, when: float, fn: Callable, *args: Any) -> None:
+        if not self._heap or when < self._heap[0][0]:
+            self._wakeup.set()
+        heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+
+    async def run(self, check: Callable[[], None] | None = None) -> None:
+        """Run callbacks as they fall due; ``check()`` every 10,000 of them (it may raise)."""
+        heap = self._heap
+        done = 0
+        while True:
+            if not heap:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            now = trio.current_time()
+            if heap[0][0] > now:
+                with trio.move_on_at(heap[0][0]):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            while heap and heap[0][0] <= now:
+                _, _, fn, args = heapq.heappop(heap)
+                fn(*args)
+                done += 1
+                if check is not None and done % 10000 == 0:
+                    check()
+            await trio.lowlevel.checkpoint()
+
+
+# --- counters -----------------------------------------------------------------------------------
+
+
+class Traffic:
+    """Messages and bytes by kind, and per host sent/received (indexed by host number)."""
+
+    def __init__(self) -> None:
+        self.msgs: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()
+        self.sent: list[int] = []
+        self.recv: list[int] = []
+        self.streams: Counter[str] = Counter()
+        self.dials = 0
+        self.gossip_duplicates = 0
+
+    def grow(self, n: int) -> None:
+        self.sent.extend([0] * (n - len(self.sent)))
+        self.recv.extend([0] * (n - len(self.recv)))
+
+    def snapshot(self) -> dict:
+        return {"msgs": Counter(self.msgs), "bytes": Counter(self.bytes),
+                "lost": Counter(self.lost), "sent": list(self.sent), "recv": list(self.recv),
+                "streams": Counter(self.streams), "dials": self.dials,
+                "gossip_duplicates": self.gossip_duplicates}
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+class _Pipe:
+    """One direction of a stream: payloads and EOF arrive by the scheduler, in order."""
+
+    __slots__ = ("buf", "eof", "event", "reset")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.eof = False
+        self.reset = False
+        self.event = trio.Event()
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        self.event.set()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        self.event.set()
+
+    def feed_reset(self) -> None:
+        self.reset = True
+        self.event.set()
+
+
+class SimStream:
+    """The mesh Stream's interface (send_all, close_write, receive_all, close, reset)."""
+
+    def __init__(self, net: SimNet, me: int, peer: int, kind: str, inbox: _Pipe, outbox: _Pipe):
+        self.net, self.me, self.peer_idx, self.kind = net, me, peer, kind
+        self.peer_id = net.ids[peer]
+        self._in, self._out = inbox, outbox
+        self._closed = False
+        net.open_streams[me].add(self)
+
+    async def send_all(self, data: bytes) -> None:
+        if self._closed or self._in.reset:
+            raise MeshError("stream closed")
+        data = bytes(data)
+        kind = kind_of(self.kind, data)
+        when = self.net.transmit(self.me, self.peer_idx, kind, len(data), data)
+        if when is None:
+            self.net.sched.at(trio.current_time() + self.net.link_latency(self.me, self.peer_idx),
+                              self._out.feed_reset)
+            raise MeshError("stream reset (lost payload)")
+        self.net.sched.at(when, self._out.feed, data)
+
+    async def close_write(self) -> None:
+        if not self._closed:
+            self.net.sched.at(self.net.arrival(self.me, self.peer_idx), self._out.feed_eof)
+
+    async def receive_all(self, max_bytes: int, timeout: float) -> bytes:
+        with trio.fail_after(timeout):
+            while True:
+                pipe = self._in
+                if pipe.reset:
+                    raise MeshError("stream reset")
+                if len(pipe.buf) > max_bytes:
+                    raise WireError("too_large", f"over {max_bytes}")
+                if pipe.eof:
+                    return bytes(pipe.buf)
+                await pipe.event.wait()
+                pipe.event = trio.Event()
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.net.open_streams[self.me].discard(self)
+
+    async def reset(self) -> None:
+        if not self._closed:
+            self.net.sched.at(self.net.arrival(self.me, self.peer_idx), self._out.feed_reset)
+        await self.close()
+
+
+# --- Unit ---------------------------------------------------------------------------------------
+
+
+class SimUnit:
+    """A fast UnitLike: holds a config; every PUT of a config with a revision marker is recorded
+    (the marker is the first route's URI, set by the simulator per publish)."""
+
+    def __init__(self, net: SimNet, idx: int, config: dict):
+        self.net, self.idx, self.config = net, idx, copy.deepcopy(config)
+
+    async def get(self, path: str = "/config") -> Any:
+        return copy.deepcopy(self.config)
+
+    async def put(self, path: str, value: Any) -> Any:
+        self.config = copy.deepcopy(value)
+        self.net.on_unit_put(self.idx, marker_of(self.config))
+        return {"success": "Reconfiguration done."}
+
+
+def marker_of(config: Any) -> str | None:
+    try:
+        return config["routes"][0]["match"]["uri"]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+@dataclass
+class Info:
+    peer_id: str
+    addrs: tuple = ()
+    connected: bool = True
+    trusted: bool = True
+    connected_since: float | None = None
+    last_seen: float | None = None
+
+
+# --- one host's mesh ----------------------------------------------------------------------------
+
+
+class SimMesh:
+    """The MeshLike facade of one host over the simulated network."""
+
+    def __init__(self, net: SimNet, idx: int):
+        self.net, self.idx = net, idx
+        self.peer_id = net.ids[idx]
+        self.handlers: dict[str, Any] = {}
+        self.events: Any = None
+
+    def set_stream_handler(self, protocol: str, handler: Any) -> None:
+        self.handlers[protocol] = handler
+
+    async def open_stream(self, peer_id: str, protocol: str) -> SimStream:
+        net = self.net
+        peer = net.index.get(peer_id)
+        if peer is None or not net.reachable(self.idx, peer):
+            raise MeshError(f"cannot reach {peer_id}")
+        rtt = 2 * net.link_latency(self.idx, peer)
+        if peer not in net.links[self.idx]:
+            # a dial: TCP, Noise and yamux before the stream (the connection is not kept)
+            net.traffic.dials += 1
+            await trio.sleep(2 * rtt)
+            if not net.reachable(self.idx, peer):
+                raise MeshError(f"dial to {peer_id} failed")
+        handler = net.hosts[peer].mesh.handlers.get(protocol) if net.hosts[peer] else None
+        if handler is None:
+            raise MeshError(f"{peer_id} does not speak {protocol}")
+        kind = proto_name(protocol)
+        net.traffic.streams[kind] += 1
+        a_to_b, b_to_a = _Pipe(), _Pipe()
+        mine = SimStream(net, self.idx, peer, kind, b_to_a, a_to_b)
+        theirs = SimStream(net, peer, self.idx, kind, a_to_b, b_to_a)
+        net.sched.at(trio.current_time() + rtt / 2, net.start_handler, peer, protocol, self.idx,
+                     theirs)
+        # multistream-select answers after a round trip
+        await trio.sleep(rtt)
+        return mine
+
+    async def publish(self, data: bytes) -> None:
+        self.net.gossip_publish(self.idx, bytes(data))
+
+    def connected_peers(self) -> list[str]:
+        ids = self.net.ids
+        return sorted(ids[p] for p in self.net.links[self.idx])
+
+    def gossip_mesh_peers(self) -> set[str]:
+        ids = self.net.ids
+        return {ids[p] for p in self.net.gmesh[self.idx]}
+
+    def gossip_peers(self) -> list[str]:
+        return self.connected_peers()
+
+    def is_connected(self, peer_id: str) -> bool:
+        p = self.net.index.get(peer_id)
+        return p is not None and p in self.net.links[self.idx]
+
+    def peers(self) -> list[Info]:
+        ids, links = self.net.ids, self.net.links[self.idx]
+        return [Info(ids[p], connected=p in links) for p in sorted(self.net.known[self.idx])]
+
+
+# --- the network --------------------------------------------------------------------------------
+
+
+@dataclass
+class Topology:
+    peer_target: int = 8
+    max_degree: int = 16
+    #: gossipsub mesh degree, low and high watermarks (the agent's GossipParams by default)
+    d: int = 4
+    d_lo: int = 3
+    d_hi: int = 8
+    d_lazy: int = 6
+    heartbeat: float = 1.0
+    #: heartbeats a message id stays in IHAVE gossip (gossipsub's gossip_window)
+    gossip_window: int = 3
+
+
+@dataclass
+class Host:
+    idx: int
+    mesh: SimMesh
+    unit: SimUnit
+    rec: Any
+    scope: trio.CancelScope
+    nursery: trio.Nursery | None = None
+    inbox: Any = None
+
+
+@dataclass
+class GossipMsg:
+    mid: int
+    origin: int
+    data: bytes
+    kind: str
+    hops: int = 0
+
+
+@dataclass
+class _HostGossip:
+    seen: set = field(default_factory=set)
+    #: (heartbeat number, message id) of recent messages, for IHAVE
+    recent: deque = field(default_factory=deque)
+
+
+class SimNet:
+    def __init__(self, ids: list[str], *, latency: Latency, loss: float, topo: Topology,
+                 rng: random.Random):
+        self.ids = ids
+        self.index = {pid: i for i, pid in enumerate(ids)}
+        self.latency, self.loss, self.topo, self.rng = latency, loss, topo, rng
+        n = len(ids)
+        self.sched = Scheduler()
+        self.traffic = Traffic()
+        self.traffic.grow(n)
+        self.hosts: list[Host | None] = [None] * n
+        self.links: list[set[int]] = [set() for _ in range(n)]
+        self.known: list[set[int]] = [set() for _ in range(n)]
+        self.gmesh: list[set[int]] = [set() for _ in range(n)]
+        self.gossip = [_HostGossip() for _ in range(n)]
+        self.open_streams: list[set[SimStream]] = [set() for _ in range(n)]
+        self._link_lat: dict[tuple[int, int], float] = {}
+        self._last_arrival: dict[tuple[int, int], float] = {}
+        self.cut: set[int] = set()  # hosts on the far side of a partition
+        self.cut_links: set[tuple[int, int]] = set()
+        self.messages: dict[int, GossipMsg] = {}
+        self._mid = itertools.count(1)
+        self.heartbeats = 0
+        # what the simulator watches: revision marker per host applied, with the time
+        self.applied: dict[str, dict[int, float]] = defaultdict(dict)
+        self.on_apply: Callable[[int, str], None] | None = None
+        # first hop count at which each host learned of the watched revision
+        self.watch: bytes | None = None
+        self.learn_hops: dict[int, int] = {}
+        self.handler_errors: Counter[str] = Counter()
+
+    # -- links -----------------------------------------------------------------------------------
+
+    def live(self, i: int) -> bool:
+        return self.hosts[i] is not None
+
+    def reachable(self, a: int, b: int) -> bool:
+        return a != b and self.live(a) and self.live(b) and ((a in self.cut) == (b in self.cut))
+
+    def link_latency(self, a: int, b: int) -> float:
+        key = (a, b) if a < b else (b, a)
+        lat = self._link_lat.get(key)
+        if lat is None:
+            lat = self._link_lat[key] = self.latency.draw(self.rng)
+        return lat
+
+    def arrival(self, a: int, b: int) -> float:
+        """When a payload sent now from a reaches b: the link's latency plus jitter, FIFO."""
+        lat = self.link_latency(a, b)
+        when = trio.current_time() + lat * (1.0 + self.latency.jitter * self.rng.random())
+        last = self._last_arrival.get((a, b), 0.0)
+        if when < last:
+            when = last
+        self._last_arrival[(a, b)] = when
+        return when
+
+    def transmit(self, a: int, b: int, kind: str, nbytes: int, data: bytes | None = None,
+                 ) -> float | None:
+        """Count one transmission; its arrival time, or None when it is lost."""
+        t = self.traffic
+        t.msgs[kind] += 1
+        t.bytes[kind] += nbytes
+        t.sent[a] += 1
+        if self.loss and self.rng.random() < self.loss:
+            t.lost[kind] += 1
+            return None
+        t.recv[b] += 1
+        if self.watch is not None and data is not None and b not in self.learn_hops \
+                and self.watch in data:
+            self.learn_hops[b] = self.learn_hops.get(a, 0) + 1
+        return self.arrival(a, b)
+
+    def connect(self, a: int, b: int) -> None:
+        if b in self.links[a] or not self.reachable(a, b):
+            return
+        self.links[a].add(b)
+        self.links[b].add(a)
+        self.known[a].add(b)
+        self.known[b].add(a)
+        for x, y in ((a, b), (b, a)):
+            host = self.hosts[x]
+            if host is not None and host.nursery is not None:
+                host.nursery.start_soon(host.rec.on_peer_connected, self.ids[y])
+
+    def disconnect(self, a: int, b: int) -> None:
+        if b not in self.links[a]:
+            return
+        self.links[a].discard(b)
+        self.links[b].discard(a)
+        self.gmesh[a].discard(b)
+        self.gmesh[b].discard(a)
+        for x, y in ((a, b), (b, a)):
+            for s in list(self.open_streams[x]):
+                if s.peer_idx == y:
+                    s._in.feed_reset()
+            host = self.hosts[x]
+            if host is not None and host.nursery is not None:
+                host.nursery.start_soon(host.rec.on_peer_disconnected, self.ids[y])
+
+    def dial_to_target(self, a: int, candidates: list[int]) -> None:
+        """Discovery: dial random reachable hosts until ``peer_target`` connections."""
+        topo = self.topo
+        self.rng.shuffle(candidates)
+        for b in candidates:
+            if len(self.links[a]) >= topo.peer_target:
+                break
+            if b != a and self.reachable(a, b) and len(self.links[b]) < topo.max_degree:
+                self.connect(a, b)
+
+    # -- gossip ----------------------------------------------------------------------------------
+
+    def graft_to_degree(self, a: int) -> None:
+        """A mesh below Dlo grafts connected non-mesh peers up to D (the peer accepts below Dhi)."""
+        topo, mesh = self.topo, self.gmesh
+        if len(mesh[a]) >= topo.d_lo:
+            return
+        options = [p for p in self.links[a] if p not in mesh[a] and len(mesh[p]) < topo.d_hi]
+        self.rng.shuffle(options)
+        for p in options[: topo.d - len(mesh[a])]:
+            mesh[a].add(p)
+            mesh[p].add(a)
+            self.transmit(a, p, "graft", CONTROL_BYTES)
+
+    def gossip_publish(self, origin: int, data: bytes) -> None:
+        msg = GossipMsg(next(self._mid), origin, data, kind_of("gossip", data))
+        self.messages[msg.mid] = msg
+        g = self.gossip[origin]
+        g.seen.add(msg.mid)
+        g.recent.append((self.heartbeats, msg.mid))
+        for p in self.gmesh[origin]:
+            self._send_gossip(origin, p, msg, 0)
+
+    def _send_gossip(self, a: int, b: int, msg: GossipMsg, hops: int) -> None:
+        when = self.transmit(a, b, msg.kind, len(msg.data))
+        if when is not None:
+            self.sched.at(when, self._receive_gossip, a, b, msg, hops + 1)
+
+    def _receive_gossip(self, frm: int, me: int, msg: GossipMsg, hops: int) -> None:
+        host = self.hosts[me]
+        if host is None or frm not in self.links[me]:
+            return
+        g = self.gossip[me]
+        if msg.mid in g.seen:
+            self.traffic.gossip_duplicates += 1
+            return
+        g.seen.add(msg.mid)
+        g.recent.append((self.heartbeats, msg.mid))
+        if self.watch is not None and me not in self.learn_hops and self.watch in msg.data:
+            self.learn_hops[me] = hops
+        host.inbox.send_nowait((self.ids[msg.origin], msg.data))
+        for p in self.gmesh[me]:
+            if p != frm and p != msg.origin:
+                self._send_gossip(me, p, msg, hops)
+
+    def heartbeat(self) -> None:
+        """Every host's gossipsub heartbeat at once (phases do not matter at this resolution):
+        refill meshes below Dlo, then IHAVE the recent message ids to up to D_lazy non-mesh
+        peers."""
+        self.heartbeats += 1
+        topo = self.topo
+        horizon = self.heartbeats - topo.gossip_window
+        for a, host in enumerate(self.hosts):
+            if host is None:
+                continue
+            self.graft_to_degree(a)
+            recent = self.gossip[a].recent
+            while recent and recent[0][0] < horizon:
+                recent.popleft()
+            if not recent:
+                continue
+            ids = [mid for _, mid in recent]
+            others = [p for p in self.links[a] if p not in self.gmesh[a]]
+            count = max(topo.d_lazy, len(others) // 4)
+            if len(others) > count:
+                others = self.rng.sample(others, count)
+            for p in others:
+                when = self.transmit(a, p, "ihave", MSG_ID_BYTES * len(ids))
+                if when is not None:
+                    self.sched.at(when, self._receive_ihave, a, p, ids)
+        self.sched.at(trio.current_time() + topo.heartbeat, self.heartbeat)
+
+    def _receive_ihave(self, frm: int, me: int, ids: list[int]) -> None:
+        if self.hosts[me] is None or frm not in self.links[me]:
+            return
+        seen = self.gossip[me].seen
+        want = [mid for mid in ids if mid not in seen]
+        if not want:
+            return
+        when = self.transmit(me, frm, "iwant", MSG_ID_BYTES * len(want))
+        if when is not None:
+            self.sched.at(when, self._receive_iwant, me, frm, want)
+
+    def _receive_iwant(self, frm: int, me: int, ids: list[int]) -> None:
+        if self.hosts[me] is None or frm not in self.links[me]:
+            return
+        for mid in ids:
+            msg = self.messages.get(mid)
+            if msg is not None:
+                self._send_gossip(me, frm, msg, self.learn_hops.get(me, 0))
+
+    # -- streams and Unit ------------------------------------------------------------------------
+
+    def start_handler(self, peer: int, protocol: str, frm: int, stream: SimStream) -> None:
+        host = self.hosts[peer]
+        if host is None or host.nursery is None or not self.reachable(peer, frm):
+            stream._out.feed_reset()
+            return
+        handler = host.mesh.handlers[protocol]
+        host.nursery.start_soon(self._guarded, handler, self.ids[frm], stream)
+
+    async def _guarded(self, handler: Any, peer_id: str, stream: SimStream) -> None:
+        # like the mesh's guard: a handler's exception resets only its stream
+        try:
+            await handler(peer_id, stream)
+        except (MeshError, WireError, trio.TooSlowError) as exc:
+            self.handler_errors[type(exc).__name__] += 1
+            await stream.reset()
+
+    def on_unit_put(self, idx: int, marker: str | None) -> None:
+        if marker is None:
+            return
+        per = self.applied[marker]
+        if idx not in per:
+            per[idx] = trio.current_time()
+            if self.on_apply is not None:
+                self.on_apply(idx, marker)
+
+
+@contextmanager
+def inline_threads():
+    """Run ``trio.to_thread.run_sync`` work inline: a thread would let the mock clock jump
+    while it runs (trio sees every task blocked), and the state store is on a tmpfs anyway."""
+    real = trio.to_thread.run_sync
+
+    async def run_sync(fn, *args, **kwargs):
+        return fn(*args)
+
+    trio.to_thread.run_sync = run_sync
+    try:
+        yield
+    finally:
+        trio.to_thread.run_sync = real
+
+
+def derive_seed(seed: int, i: int) -> bytes:
+    return hashlib.sha256(f"unit-p2p-sim/{seed}/{i}".encode()).digest()
+
+
+def state_root() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() else Path("/tmp")
