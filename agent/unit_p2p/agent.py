@@ -14,6 +14,7 @@ answers" means the agent is fully up.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,7 @@ import trio
 from unit_p2p import __version__
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
+from unit_p2p.shutdown import SHUTDOWN_GRACE, StopDeadline
 
 if TYPE_CHECKING:
     from unit_p2p.sync.convergence import PublishResult
@@ -64,6 +66,9 @@ class Agent:
 
         self.settings = settings
         self.started_at = time.time()
+        self._stop_requested = trio.Event()
+        self._stop_deadline = StopDeadline()
+        self._scope: trio.CancelScope | None = None
         self.keypair = load_or_create_identity(settings.key_file, create=True)
         self.peer_id = peer_id_of(self.keypair)
         self.metrics = Metrics()
@@ -106,34 +111,68 @@ class Agent:
         return out
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled, or until ``stop()`` and the components have finished."""
         from unit_p2p.api.server import serve_api
 
         s = self.settings
         if s.trust == "any":
             log.warning("trust: any — every peer of mesh %r may change this host's Unit config; "
                         "use trusted_peers outside demos", s.mesh)
-        await self.reconciler.load()
-        # Handlers first: a bootstrap peer may open a heads stream the moment we listen.
-        self.reconciler.register_handlers()
-        async with trio.open_nursery() as nursery:
-            self.listen_addrs = await nursery.start(self.mesh.serve)
-            await nursery.start(self.reconciler.serve)
-            await nursery.start(serve_api, self)
-            log.info("agent %s ready: mesh=%s listen=%s api=%s unit=%s", self.peer_id, s.mesh,
-                     ",".join(self.listen_addrs), s.api, s.unit)
-            task_status.started(self)
+        self._stop_deadline.share()
+        with trio.CancelScope(deadline=self._stop_deadline.at) as self._scope:
+            await self.reconciler.load()
+            # Handlers first: a bootstrap peer may open a heads stream the moment we listen.
+            self.reconciler.register_handlers()
+            # One nursery per component, nested in start order, so a stop ends them in the
+            # reverse order: the API, then the reconciler, then the mesh, which closes the
+            # connections the others used.
+            async with trio.open_nursery() as mesh_tasks:
+                self.listen_addrs = await mesh_tasks.start(self.mesh.serve)
+                async with trio.open_nursery() as sync_tasks:
+                    await sync_tasks.start(self.reconciler.serve)
+                    async with trio.open_nursery() as api_tasks:
+                        await api_tasks.start(serve_api, self)
+                        log.info("agent %s ready: mesh=%s listen=%s api=%s unit=%s",
+                                 self.peer_id, s.mesh, ",".join(self.listen_addrs), s.api, s.unit)
+                        task_status.started(self)
+                        await self._stop_requested.wait()
+                        api_tasks.cancel_scope.cancel()
+                    sync_tasks.cancel_scope.cancel()
+                mesh_tasks.cancel_scope.cancel()
+        if self._scope.cancelled_caught:
+            log.warning("stop took longer than %.1f s: the rest was cancelled", SHUTDOWN_GRACE)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
+    def stop(self) -> None:
+        """Begin a graceful stop: the components finish in order, all within SHUTDOWN_GRACE
+        seconds (then whatever remains is cancelled). ``serve`` returns when they are done."""
+        deadline = self._stop_deadline.begin()
+        if self._scope is not None:
+            self._scope.deadline = deadline
+        self._stop_requested.set()
 
 
-async def run_agent(settings: Settings, *, grace: float = 5.0) -> None:
-    """Run until SIGINT/SIGTERM, then shut down within ``grace`` seconds."""
-    import signal
-
+async def run_agent(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully within SHUTDOWN_GRACE seconds."""
     agent = Agent(settings)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(agent.serve)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                break
-        nursery.cancel_scope.deadline = trio.current_time() + grace
-        nursery.cancel_scope.cancel()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, signals, agent)
+            await agent.serve()
+            nursery.cancel_scope.cancel()
+    log.info("agent %s stopped", agent.peer_id)
+
+
+async def _stop_on_signals(signals, agent: Agent) -> None:
+    # Keep receiving during the stop: a second signal must not fall back to the default
+    # handler (SIGINT would raise KeyboardInterrupt in the middle of the cleanup).
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if agent.stopping:
+            log.info("received %s again; already stopping", name)
+            continue
+        log.info("received %s, stopping (at most %.1f s)", name, SHUTDOWN_GRACE)
+        agent.stop()

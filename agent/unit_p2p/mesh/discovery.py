@@ -28,6 +28,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from ..errors import MeshError
+from ..shutdown import cleanup_scope
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class Mdns:
                 async for type_, name in receive:
                     nursery.start_soon(self._resolve, zc, type_, name)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
+            with cleanup_scope():
                 await trio.to_thread.run_sync(self._stop, zc, browser, info)
 
     async def _register(self, zc, info) -> None:

@@ -31,6 +31,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..errors import MeshError
 from ..identity import peer_id_of
 from ..settings import Settings
+from ..shutdown import cleanup_scope
 from .bounded import call_abandonable
 from .bus import MAX_ANNOUNCEMENT_BYTES, GossipParams, announcement_topic, build_pubsub
 from .discovery import Backoff, Bootstrap, Mdns, Rendezvous, split_p2p, strip_p2p
@@ -257,7 +258,7 @@ class Mesh:
                 finally:
                     self._running = False
                     self._stopping = True
-                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    with cleanup_scope():
                         await _close_quietly(network)
                     stack_scope.cancel()
         finally:
