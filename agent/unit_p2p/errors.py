@@ -9,6 +9,7 @@ of named errors instead of every library's own.
     ├── IdentityError          key file missing, unreadable, malformed or with loose permissions
     ├── UnitError              NGINX Unit's control API (see unit_p2p.unit.client)
     │   ├── UnitUnreachable        socket missing, connection refused, timeout
+    │   ├── UnitShortAnswer        Unit's answer was cut short and could not be read in pieces
     │   └── UnitRejected           Unit answered with an error status
     │       ├── UnitInvalidJSON        400 "Invalid JSON."
     │       ├── UnitInvalidConfig      400 "Invalid configuration."
@@ -56,6 +57,17 @@ class UnitError(UnitP2PError):
 
 class UnitUnreachable(UnitError):
     """Unit's control socket is missing, refused the connection, or did not answer in time."""
+
+
+class UnitShortAnswer(UnitError):
+    """Unit answered, but with fewer body bytes than its Content-Length, and reading the value
+    in smaller pieces did not work either. Unit is reachable: this is not an outage."""
+
+    def __init__(self, message: str, *, path: str = "", received: int = 0, expected: int = 0):
+        self.path = path
+        self.received = received
+        self.expected = expected
+        super().__init__(message)
 
 
 class UnitRejected(UnitError):

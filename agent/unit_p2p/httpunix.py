@@ -1,9 +1,16 @@
-"""HTTP to a local control socket: ``unix:/path`` or loopback TCP, with ``requests``.
+"""HTTP to a local control socket: ``unix:/path`` or loopback TCP.
 
 Both the NGINX Unit connector and the agent API client talk through :class:`Endpoint`, so the
 address syntax, the timeouts and the translation of lower-layer errors (``requests``, urllib3,
 ``OSError``) into one "unreachable" error live here once. What an answer *means* (Unit's error
 bodies, the agent's) is the caller's business.
+
+:meth:`Endpoint.request` goes through ``requests`` (the agent API client). Unit is spoken to with
+:meth:`Endpoint.exchange`, one plain HTTP/1.1 request per connection on a bare socket: Unit
+closes every connection after one answer anyway, its answers always carry ``Content-Length``,
+and an answer Unit cut short must be seen as exactly that (the bytes that arrived, and how many
+were announced), where ``requests`` would only raise. It also costs a fraction of a ``requests``
+call, which matters when a big value has to be read in thousands of small pieces.
 
 Addresses: ``unix:/run/x.sock`` (also ``unix:///run/x.sock`` or a bare absolute path),
 ``http://127.0.0.1:8080`` or ``127.0.0.1:8080`` (``[::1]:8080`` for IPv6).
@@ -23,7 +30,7 @@ import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
-__all__ = ["Address", "Endpoint", "Unreachable", "make_session", "parse_address"]
+__all__ = ["Address", "Answer", "Endpoint", "Unreachable", "make_session", "parse_address"]
 
 #: ``unreachable(kind, message, path)`` builds the caller's own exception for a request to
 #: ``path`` that got no answer. ``kind`` is one of "missing" (no socket file), "denied" (no
@@ -158,6 +165,27 @@ def make_session(address: str | Address) -> requests.Session:
     return session
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One answer read by :meth:`Endpoint.exchange`."""
+
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    #: the announced Content-Length (None: none announced, the body ran to EOF)
+    expected: int | None
+    #: bytes of the request line and headers that were sent
+    request_head: int
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is None or len(self.body) >= self.expected
+
+
+_HEAD_END = b"\r\n\r\n"
+_RECV_SIZE = 1 << 20
+
+
 class Endpoint:
     """One control address, a session for it, a default timeout and one error translation."""
 
@@ -199,6 +227,81 @@ class Endpoint:
             kind, message = self._translate(e, method, path, t)
             raise self._unreachable(kind, message, path) from e
 
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        """One request on its own connection; the answer as it arrived, complete or not.
+
+        Every failure to get a status line is translated like :meth:`request` does. An answer
+        whose body stops short of its Content-Length is returned (``complete`` is False): what
+        that means is the caller's decision.
+        """
+        t = self.timeout if timeout is None else timeout
+        lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        where = f"{self.name} at {self.address}"
+        try:
+            sock = self._connect(t)
+        except TimeoutError as e:
+            raise self._unreachable(
+                "timeout", f"{where} did not accept a connection within {t:g}s", path
+            ) from e
+        except OSError as e:
+            kind, message = self._connect_failure(e)
+            raise self._unreachable(kind, message, path) from e
+        data = bytearray()
+        try:
+            with sock:
+                sock.sendall(head + body if body else head)
+                answer = _read_answer(sock, data, len(head))
+        except TimeoutError as e:
+            raise self._unreachable(
+                "timeout", f"{where} did not answer {method} {path} within {t:g}s", path
+            ) from e
+        except OSError as e:
+            answer = _parse_answer(data, len(head))
+            if answer is None:
+                raise self._unreachable(
+                    "closed", f"{where} closed the connection without answering"
+                    f" {method} {path} ({e})", path) from e
+        if answer is None:
+            raise self._unreachable(
+                "closed", f"{where} closed the connection without answering {method} {path}",
+                path)
+        return answer
+
+    def _connect(self, t: float) -> socket.socket:
+        if self.address.socket_path is None:
+            return socket.create_connection((self.address.host, self.address.port), timeout=t)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(t)
+            _connect_unix(sock, self.address.socket_path, t)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _connect_failure(self, os_error: BaseException | None) -> tuple[str, str]:
+        sock = self.address.socket_path
+        if isinstance(os_error, FileNotFoundError):
+            return "missing", f"{self.name}: socket {sock} does not exist"
+        if isinstance(os_error, PermissionError):
+            return "denied", f"{self.name}: permission denied on socket {sock}"
+        if isinstance(os_error, ConnectionRefusedError):
+            where = f"{self.name} at {self.address}"
+            return "refused", f"{where} refused the connection (nothing listens there)"
+        return "failed", f"{self.name} at {self.address}: cannot connect: {os_error}"
+
     def _translate(self, e: BaseException, method: str, path: str, t: float) -> tuple[str, str]:
         where = f"{self.name} at {self.address}"
         if isinstance(e, requests.ConnectTimeout):
@@ -211,14 +314,7 @@ class Endpoint:
             (c for c in chain if isinstance(c, OSError) and not isinstance(c, _WRAPPERS)), None
         )
         if any(isinstance(c, NewConnectionError) for c in chain):
-            sock = self.address.socket_path
-            if isinstance(os_error, FileNotFoundError):
-                return "missing", f"{self.name}: socket {sock} does not exist"
-            if isinstance(os_error, PermissionError):
-                return "denied", f"{self.name}: permission denied on socket {sock}"
-            if isinstance(os_error, ConnectionRefusedError):
-                return "refused", f"{where} refused the connection (nothing listens there)"
-            return "failed", f"{where}: cannot connect: {os_error or e}"
+            return self._connect_failure(os_error or e)
         return "closed", (
             f"{where} closed the connection without a complete answer to {method} {path}"
             f" ({os_error or e})"
@@ -226,6 +322,47 @@ class Endpoint:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _read_answer(sock: socket.socket, data: bytearray, head_size: int) -> Answer | None:
+    """Read until the announced body is complete or the peer closes (into ``data``, so a
+    caller that catches an error still has what arrived)."""
+    buf = memoryview(bytearray(_RECV_SIZE))
+    want: int | None = None
+    while True:
+        n = sock.recv_into(buf)
+        if not n:
+            break
+        data += buf[:n]
+        if want is None and (end := data.find(_HEAD_END)) >= 0:
+            answer = _parse_answer(data, head_size)
+            if answer is None:
+                return None
+            want = end + 4 + answer.expected if answer.expected is not None else -1
+        if want is not None and want >= 0 and len(data) >= want:
+            break
+    return _parse_answer(data, head_size)
+
+
+def _parse_answer(data: bytearray, head_size: int) -> Answer | None:
+    """The answer in ``data`` so far; None without a complete, well-formed status + headers."""
+    end = data.find(_HEAD_END)
+    if end < 0:
+        return None
+    lines = bytes(data[:end]).decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = headers.get("content-length", "")
+    expected = int(length) if length.isdigit() else None
+    body = bytes(data[end + 4 :])
+    if expected is not None:
+        body = body[:expected]
+    return Answer(int(parts[1]), headers, body, expected, head_size)
 
 
 _WRAPPERS = (requests.RequestException, HTTPError)

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from connector_servers import ReplayServer, load_transcript
+from connector_servers import CuttingServer, ReplayServer, load_transcript
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +37,25 @@ def serve(sock_dir):
             address = f"unix:{path}"
         listener.listen(64)
         server = ReplayServer(listener, address, list(records), **opts).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def cutting(sock_dir):
+    """``cutting(tree, limit=..., ...)`` starts a CuttingServer on a unix socket."""
+    servers: list[CuttingServer] = []
+
+    def start(tree, **opts) -> CuttingServer:
+        path = sock_dir / f"c{len(servers)}.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(64)
+        server = CuttingServer(listener, f"unix:{path}", tree, **opts).start()
         servers.append(server)
         return server
 

@@ -135,3 +135,68 @@ class ReplayServer:
             with contextlib.suppress(OSError):
                 c.close()
         self._thread.join(5)
+
+
+@dataclass
+class CuttingServer:
+    """A deterministic stand-in for Unit's cut answers: it serves GETs from ``tree`` with Unit's
+    exact bytes and cuts every answer body after ``limit`` bytes, then closes (as Unit does on a
+    unix socket when the client is slow). Other methods get ``put_answer``. ``on_request(n)``
+    runs before the n-th request (from 1) is answered, so a test can change ``tree`` mid-read.
+    """
+
+    listener: socket.socket
+    address: str
+    tree: object = None
+    limit: int = 1 << 30
+    put_answer: bytes = b'{\r\n\t"success": "Reconfiguration done."\r\n}\r\n'
+    on_request: object = None
+    targets: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> CuttingServer:
+        self.listener.settimeout(0.05)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        from unit_p2p.unit.emulator import tree as unit_tree
+        from unit_p2p.unit.emulator.jsonparse import dumps_pretty
+
+        req = read_request(conn)
+        if req is None:
+            return
+        self.targets.append(f"{req.method} {req.target}")
+        if callable(self.on_request):
+            self.on_request(len(self.targets))
+        status, body = "200 OK", self.put_answer
+        if req.method == "GET":
+            try:
+                body = dumps_pretty(unit_tree.get(self.tree, unit_tree.split_path(req.target[7:])))
+            except unit_tree.NotFound:
+                status = "404 Not Found"
+                body = b'{\r\n\t"error": "Value doesn\'t exist."\r\n}\r\n'
+        head = (
+            f"HTTP/1.1 {status}\r\nServer: Unit/1.35.0\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        conn.sendall(head + body[: self.limit])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)

@@ -14,9 +14,11 @@ closing the connection must be closed without a response.
 
 Listener ports of the recording (42101-42199) are remapped to currently free loopback ports of
 the same width, so the bodies keep their lengths and the test does not depend on those ports
-being free. Bodies the recording omitted (PEM bundles, the 8 MiB and the 20000-route configs)
-and raw requests it only describes are rebuilt from their description; ``SYNTHESIZED`` lists
-them.
+being free. The unix listener h3 configured lived in a directory that existed on the recording
+host (``/opt/unit-demo/hosts/h3``); Unit refuses a unix listener whose directory is missing, so
+that directory is remapped to one the test creates (no recorded answer contains the path).
+Bodies the recording omitted (PEM bundles, the 8 MiB and the 20000-route configs) and raw
+requests it only describes are rebuilt from their description; ``SYNTHESIZED`` lists them.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ SYNTHESIZED = {
 }
 
 _PORT = re.compile(r"127\.0\.0\.1(:|%3A)(421\d\d)")
+#: the recording host's directory of h3's unix listener, raw and percent-encoded
+UNIX_LISTENER_DIR = "/opt/unit-demo/hosts/h3"
 
 
 def _load() -> list[dict]:
@@ -86,9 +90,11 @@ def _port_map(records: list[dict]) -> dict[str, str]:
     return mapping
 
 
-def _remap(text, mapping: dict[str, str]):
+def _remap(text, mapping: dict[str, str], unix_dir: str = UNIX_LISTENER_DIR):
     if text is None:
         return None
+    text = text.replace(UNIX_LISTENER_DIR, unix_dir)
+    text = text.replace(UNIX_LISTENER_DIR.replace("/", "%2F"), unix_dir.replace("/", "%2F"))
     return _PORT.sub(lambda m: "127.0.0.1" + m.group(1) + mapping[m.group(2)], text)
 
 
@@ -120,16 +126,21 @@ class Replay:
         self.records = records
         self.ports = _port_map(records)
         self.tmp_path = tmp_path
+        self.unix_dir = tmp_path / "hosts" / "h3"
+        self.unix_dir.mkdir(parents=True)
         self.bundle = make_bundle()
         by_name = {r["name"]: r for r in records}
-        self.app_conf = _remap(by_name["put_config_restore_app_conf"]["request_body"], self.ports)
+        self.app_conf = self.remap(by_name["put_config_restore_app_conf"]["request_body"])
+
+    def remap(self, text):
+        return _remap(text, self.ports, str(self.unix_dir))
 
     def request_bytes(self, rec: dict) -> tuple[bytes, bool]:
         """The raw request for a record, and whether to half-close after sending it."""
         name, method = rec["name"], rec["method"]
-        path = _remap(rec["path"], self.ports)
+        path = self.remap(rec["path"])
         headers = [tuple(h) for h in rec["request_headers"]]
-        body = _remap(rec["request_body"], self.ports)
+        body = self.remap(rec["request_body"])
         if name == "put_no_content_length":
             return build_request(method, path), False
         if name == "put_chunked_body":
@@ -138,10 +149,9 @@ class Replay:
             te = [("Transfer-Encoding", "chunked")]
             return build_request(method, path, raw, te, content_length=False), False
         if name == "h3_put_body_without_content_length_same_packet":
-            conf = _remap(
+            conf = self.remap(
                 '{"listeners": {"127.0.0.1:42167": {"pass": "routes"}}, '
                 '"routes": [{"action": {"return": 200}}]}',
-                self.ports,
             )
             return build_request(method, path, conf.encode(), content_length=False), False
         if name == "content_length_invalid":
@@ -200,7 +210,7 @@ class Replay:
             problems.append("Content-Length does not match the body")
         path = rec["path"]
         want_json = _mask_counters(
-            path, json.loads(_remap(json.dumps(rec["response_json"]), self.ports))
+            path, json.loads(self.remap(json.dumps(rec["response_json"])))
         )
         try:
             got_json = _mask_counters(path, json.loads(got.body))
@@ -214,7 +224,7 @@ class Replay:
             problems.append("body bytes differ after masking")
         unmasked_path = not path.startswith("/status") and path.split("?")[0] != "/"
         if not problems and unmasked_path:
-            recorded = _remap(rec["response_body"], self.ports).encode("utf-8")
+            recorded = self.remap(rec["response_body"]).encode("utf-8")
             if got.body != recorded:
                 problems.append(f"body bytes {got.body[:200]!r} != {recorded[:200]!r}")
         return [f"{rec['seq']} {name}: {p}" for p in problems]

@@ -9,13 +9,19 @@ Unit's answers map to ``unit_p2p.errors``:
     500 "Failed to apply new configuration." UnitApplyFailed      (Unit keeps the old config)
     any other error status                   UnitRejected
     no answer at all                         UnitUnreachable
+    an answer cut short, even in pieces      UnitShortAnswer
 
 "No answer" includes Unit closing the connection without a response, which real Unit 1.35
 does when the request line plus headers exceed 1024 bytes or Content-Length is malformed (the
-recorded transcripts show ``status: null``). We map that to UnitUnreachable rather than
-UnitRejected because there is no status or error body to carry, and from the caller's side
-it is indistinguishable from Unit dying mid-request; the message names the likely cause and
-the path length so an over-long key is easy to spot.
+recorded transcripts show ``status: null``); the message names the header limit only when the
+request was over it.
+
+**Answers cut short.** On a unix control socket Unit 1.35 writes what fits in the socket's send
+buffer (``net.core.wmem_default``, 212992 bytes on common Linux hosts) and closes the connection
+without the rest, unless the client read fast enough to make room: answers above about 200 KiB
+arrive short some of the time, above a megabyte nearly always. A short answer is recognised by
+its Content-Length. A GET whose answer is cut is then read in pieces small enough to arrive
+whole (see :class:`_PieceReader`); over loopback TCP answers were never cut.
 
 Every call has a connect and read timeout. ``AsyncUnitClient`` runs the same calls in a worker
 thread so the trio loop never waits on Unit.
@@ -23,9 +29,12 @@ thread so the trio loop never waits on Unit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -39,9 +48,14 @@ from unit_p2p.errors import (
     UnitMethodNotAllowed,
     UnitPathNotFound,
     UnitRejected,
+    UnitShortAnswer,
     UnitUnreachable,
 )
-from unit_p2p.httpunix import Endpoint
+from unit_p2p.httpunix import Answer, Endpoint
+
+# Unit's own printer, as reproduced for the emulator (and checked byte for byte against recorded
+# answers): an object read in pieces is checked against the length Unit announced for it.
+from unit_p2p.unit.emulator.jsonparse import dumps_pretty
 
 __all__ = ["AsyncUnitClient", "UnitClient", "UnitPath", "unit_path"]
 
@@ -50,6 +64,17 @@ UnitPath = str | Sequence[str | int]
 
 # Unit drops requests whose request line + headers exceed this many bytes (no answer at all).
 _UNIT_HEADER_BUFFER = 1024
+
+#: How often a read in pieces starts over because Unit's configuration changed while it ran,
+#: and how often one piece that cannot be split (a string longer than the send buffer) is
+#: asked for again before the read fails with UnitShortAnswer.
+PIECE_ATTEMPTS = 3
+
+# The members Unit allows at the top of /config. Members of an object that come after the cut
+# cannot be listed (Unit has no such request), so for /config itself they are asked for by name.
+_CONFIG_MEMBERS = ("settings", "listeners", "routes", "applications", "upstreams", "access_log")
+
+_SAFE = ":*[]@!$'()"
 
 
 def unit_path(*segments: str | int) -> str:
@@ -60,7 +85,11 @@ def unit_path(*segments: str | int) -> str:
     """
     if not segments:
         raise ValueError("a Unit path needs at least one segment")
-    return "/" + "/".join(quote(str(s), safe=":*[]@!$'()") for s in segments)
+    return "/" + "/".join(quote(str(s), safe=_SAFE) for s in segments)
+
+
+def _child(path: str, segment: str | int) -> str:
+    return f"{path.rstrip('/')}/{quote(str(segment), safe=_SAFE)}"
 
 
 def _as_path(path: UnitPath) -> str:
@@ -96,6 +125,126 @@ def _rejection(status: int, body: bytes, method: str, path: str) -> UnitRejected
     return cls(status, error, doc.get("detail"), location, method=method, path=path)
 
 
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\r\n]*")
+
+
+@dataclass
+class _Partial:
+    """What arrived of a container whose answer was cut short."""
+
+    array: bool
+    #: the complete elements, or (name, value) pairs of the complete members
+    items: list = field(default_factory=list)
+    #: (objects) the name of the member that was cut, if the name itself arrived
+    key: str | None = None
+    #: that member's value (or the array's element being cut), if it is a container
+    inner: _Partial | None = None
+
+
+def _scan(text: str, pos: int) -> _Partial | None:
+    """The complete parts of the cut-short container at ``text[pos]`` (None: not a container).
+
+    A value counts as complete only once the ``,`` after it has arrived: a number cut short
+    (``12`` of ``1234``) would otherwise parse.
+    """
+    if text[pos : pos + 1] not in ("[", "{"):
+        return None
+    part = _Partial(array=text[pos] == "[")
+    pos = _WS.match(text, pos + 1).end()
+    while pos < len(text):
+        name = None
+        if not part.array:
+            try:
+                name, after = _DECODER.raw_decode(text, pos)
+            except ValueError:
+                return part
+            after = _WS.match(text, after).end()
+            if not isinstance(name, str) or text[after : after + 1] != ":":
+                return part
+            part.key = name
+            pos = _WS.match(text, after + 1).end()
+        try:
+            value, end = _DECODER.raw_decode(text, pos)
+        except ValueError:
+            part.inner = _scan(text, pos)
+            return part
+        sep = _WS.match(text, end).end()
+        if text[sep : sep + 1] != ",":
+            return part
+        part.items.append(value if part.array else (name, value))
+        part.key = None
+        pos = _WS.match(text, sep + 1).end()
+    return part
+
+
+class _Retry(Exception):
+    """Unit's configuration changed under a read in pieces: start it over."""
+
+
+class _PieceReader:
+    """Reads a value whose answer was cut, in pieces that arrive whole.
+
+    A cut array keeps its complete elements and reads the rest one index at a time until Unit
+    answers 404; a cut object keeps its complete members and reads the member that was cut by
+    its own path. Pieces that are themselves cut are split the same way.
+    """
+
+    def __init__(self, client: UnitClient):
+        self.client = client
+        self.requests = 0
+
+    def get(self, path: str) -> Any:
+        """GET ``path``, whole if it arrives whole, else in pieces."""
+        for _ in range(PIECE_ATTEMPTS):
+            answer = self.client._exchange("GET", path)
+            self.requests += 1
+            if answer.complete:
+                return self.client._result("GET", path, answer)
+            value = self.complete(path, answer)
+            if value is not _CUT_SCALAR:
+                return value
+        raise self.client._short("GET", path, answer, "a value that cannot be split")
+
+    def complete(self, path: str, answer: Answer) -> Any:
+        text = answer.body.decode("utf-8", "surrogateescape")
+        part = _scan(text, _WS.match(text).end())
+        if part is None:
+            return _CUT_SCALAR
+        return self._fill(path, part, answer.expected)
+
+    def _fill(self, path: str, part: _Partial, length: int | None) -> Any:
+        if part.array:
+            out = list(part.items)
+            while True:
+                try:
+                    out.append(self.get(_child(path, len(out))))
+                except UnitPathNotFound:
+                    return out
+        out = dict(part.items)
+        if part.key is not None:
+            sub = _child(path, part.key)
+            if part.inner is not None and part.inner.array:
+                out[part.key] = self._fill(sub, part.inner, None)
+            else:
+                out[part.key] = self.get(sub)
+        if path.rstrip("/") == "/config":
+            for name in _CONFIG_MEMBERS:
+                if name not in out:
+                    with contextlib.suppress(UnitPathNotFound):
+                        out[name] = self.get(_child(path, name))
+            return out
+        if length is None or len(dumps_pretty(out)) != length:
+            # Members after the cut exist (Unit cannot list them), or the object changed
+            # meanwhile. (A float Unit prints unlike Python, 1.50, also ends here: it only
+            # costs the retries, then UnitShortAnswer.)
+            raise _Retry(path)
+        return out
+
+
+_CUT_SCALAR = object()
+
+
 class UnitClient:
     """Blocking client for one Unit control address (``unix:/path`` or ``127.0.0.1:PORT``)."""
 
@@ -105,9 +254,39 @@ class UnitClient:
         )
         self.address = str(self._endpoint.address)
         self.timeout = self._endpoint.timeout
+        #: GETs whose answer was cut short and then read in pieces (with how many requests)
+        self.piecewise_reads = 0
+        self.piece_requests = 0
 
     def get(self, path: UnitPath = "/config") -> Any:
-        return self._call("GET", path)
+        """GET ``path``. An answer Unit cuts short is read again in pieces, reassembled and
+        checked: the answer read once more afterwards must announce the same length and start
+        with the same bytes, else Unit's configuration changed meanwhile and the read starts
+        over (at most ``PIECE_ATTEMPTS`` times, then UnitShortAnswer)."""
+        p = _as_path(path)
+        answer = self._exchange("GET", p)
+        for _ in range(PIECE_ATTEMPTS):
+            if answer.complete:
+                return self._result("GET", p, answer)
+            reader = _PieceReader(self)
+            try:
+                value = reader.complete(p, answer)
+            except _Retry:
+                value = _CUT_SCALAR
+            finally:
+                self.piecewise_reads += 1
+                self.piece_requests += reader.requests
+            check = self._exchange("GET", p)
+            if check.complete or value is _CUT_SCALAR:
+                answer = check
+                continue
+            n = min(len(answer.body), len(check.body))
+            if check.expected == answer.expected and check.body[:n] == answer.body[:n]:
+                return value
+            answer = check
+        if answer.complete:
+            return self._result("GET", p, answer)
+        raise self._short("GET", p, answer, f"{PIECE_ATTEMPTS} attempts to read it in pieces")
 
     def put(self, path: UnitPath, value: Any) -> Any:
         return self._call("PUT", path, value)
@@ -130,24 +309,43 @@ class UnitClient:
                 value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             ).encode()
             headers["Content-Type"] = "application/json"
-        response = self._endpoint.request(method, p, body=body, headers=headers)
-        if response.status_code >= 400:
-            raise _rejection(response.status_code, response.content, method, p)
+        return self._result(method, p, self._exchange(method, p, body, headers))
+
+    def _exchange(self, method: str, path: str, body=None, headers=None) -> Answer:
+        return self._endpoint.exchange(method, path, body=body, headers=headers)
+
+    def _result(self, method: str, path: str, answer: Answer) -> Any:
+        if not answer.complete:
+            raise self._short(method, path, answer, "no second try for this method")
+        if answer.status >= 400:
+            raise _rejection(answer.status, answer.body, method, path)
         try:
-            return json.loads(response.content)
+            return _DECODER.decode(answer.body.decode("utf-8", "surrogateescape"))
         except ValueError:
             raise UnitError(
-                f"NGINX Unit at {self.address} answered {method} {p} with"
-                f" {response.status_code} but no JSON: {response.content[:200]!r}"
+                f"NGINX Unit at {self.address} answered {method} {path} with"
+                f" {answer.status} but no JSON: {answer.body[:200]!r}"
             ) from None
+
+    def _short(self, method: str, path: str, answer: Answer, tried: str) -> UnitShortAnswer:
+        hint = ""
+        if self._endpoint.address.socket_path is not None:
+            hint = (
+                "; Unit 1.35 drops what does not fit in a unix control socket's send buffer"
+                " (a loopback TCP control socket does not have this problem)"
+            )
+        return UnitShortAnswer(
+            f"NGINX Unit at {self.address} cut its answer to {method} {path} short:"
+            f" {len(answer.body)} of {answer.expected} body bytes arrived ({tried}){hint}",
+            path=path, received=len(answer.body), expected=answer.expected or 0,
+        )
 
     @staticmethod
     def _unreachable(kind: str, message: str, path: str) -> UnitUnreachable:
-        if kind == "closed":
+        if kind == "closed" and len(path) > _UNIT_HEADER_BUFFER - 100:
             message += (
-                f"; Unit does this when the request line and headers exceed"
-                f" {_UNIT_HEADER_BUFFER} bytes (this path is {len(path)} bytes)"
-                " or when it stops mid-request"
+                f"; Unit closes the connection unanswered when the request line and headers"
+                f" exceed {_UNIT_HEADER_BUFFER} bytes, and this path alone is {len(path)} bytes"
             )
         return UnitUnreachable(message)
 

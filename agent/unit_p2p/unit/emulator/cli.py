@@ -53,6 +53,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "a configuration; a taken port then no longer fails with 500)",
     )
     parser.add_argument(
+        "--whole-answers",
+        action="store_true",
+        help="always send whole answers on a unix control socket; by default an answer larger "
+        "than the socket's send buffer is cut short and the connection closed, as Unit 1.35 does",
+    )
+    parser.add_argument(
         "--self-check",
         action="store_true",
         help="start on a temporary socket, run a few requests against it, print OK or FAIL",
@@ -67,6 +73,7 @@ async def _serve(args: argparse.Namespace) -> None:
         state_dir=args.state_dir,
         admin=args.admin,
         bind_listeners=not args.no_bind_listeners,
+        cut_unix_answers=not args.whole_answers,
     )
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -9,13 +9,15 @@ for as long as it is configured. So a second emulator (or any other program) con
 same port fails exactly like a second Unit would, and nothing is ever served: a client connecting
 to such a port gets "connection refused".
 
-For safety the emulator binds nothing else: wildcard (``*:PORT``), non-loopback and unix-socket
-listeners are accepted as if they had been bound.
+For safety the emulator binds nothing else: wildcard (``*:PORT``) and non-loopback listeners are
+accepted as if they had been bound. A unix-socket listener is not bound either (no file is
+created), but its directory must exist: Unit cannot create the socket otherwise and answers 500.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 
@@ -92,6 +94,16 @@ def parse_listener(name: str) -> ListenerAddress | None:
     return ListenerAddress("inet", host, port)
 
 
+def _check_unix_dir(path: str) -> None:
+    if path.startswith("@"):  # Linux abstract namespace: no file, nothing to check
+        return
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ListenerBindError(
+            2, f"cannot bind unix:{path}: directory {directory} does not exist"
+        )
+
+
 def _bind(addr: ListenerAddress) -> socket.socket:
     family = socket.AF_INET6 if addr.family == "inet6" else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -124,8 +136,14 @@ class ListenerSockets:
         """Bind every loopback listener of ``listener_names`` not held yet.
 
         Returns the newly bound sockets (to pass to :meth:`commit`); raises
-        :class:`ListenerBindError` after closing whatever it bound on the way.
+        :class:`ListenerBindError` after closing whatever it bound on the way. A unix listener
+        whose directory does not exist fails whether or not binding is enabled: it would fail
+        on every Unit, so it is not a conflict between emulators sharing a configuration.
         """
+        for name in listener_names:
+            addr = parse_listener(name)
+            if addr is not None and addr.family == "unix":
+                _check_unix_dir(addr.host)
         fresh: dict[ListenerAddress, socket.socket] = {}
         if not self.enabled:
             return fresh

@@ -10,7 +10,9 @@ every response closes the connection, and the framing quirks clients can observe
 * an invalid or oversized ``Content-Length``, a malformed request line, or a client that closes
   before sending the whole body also end in a closed connection without a response;
 * responses carry ``Server: Unit/1.35.0``, ``Date``, ``Content-Type: application/json``,
-  ``Content-Length`` and ``Connection: close``, with Unit's pretty-printed JSON body.
+  ``Content-Length`` and ``Connection: close``, with Unit's pretty-printed JSON body;
+* on a unix control socket an answer is written only as far as the socket's send buffer takes
+  it, then the connection is closed (see :meth:`UnitEmulator._send_cut`), as Unit 1.35 does.
 
 Bad input never takes the server down: each connection is handled in its own task and any
 failure closes only that connection.
@@ -283,7 +285,9 @@ class UnitEmulator:
         bind_listeners: bool = True,
         modules: dict[str, dict[str, str]] | None = None,
         read_timeout: float = READ_TIMEOUT,
+        cut_unix_answers: bool = True,
     ):
+        self._cut_unix_answers = cut_unix_answers
         self._control = _Endpoint(parse_address(control), self._serve_control)
         self._admin = _Endpoint(parse_address(admin), self._serve_admin) if admin else None
         self._controller = Controller(
@@ -294,6 +298,8 @@ class UnitEmulator:
         self._read_timeout = read_timeout
         self._nursery: trio.Nursery | None = None
         self._listening = False
+        #: answers on the unix control socket that were cut short (see ``_send_cut``)
+        self.cut_answers = 0
 
     # ------------------------------------------------------------- inspection
 
@@ -374,7 +380,7 @@ class UnitEmulator:
                 self._admin.close()
             self._controller.close()
 
-    async def _serve_connection(self, sock, header_limit: int, respond) -> None:
+    async def _serve_connection(self, sock, header_limit: int, respond, cut: bool) -> None:
         """One request, one response, close; any failure ends only this connection."""
         stream = trio.SocketStream(sock)
         try:
@@ -386,7 +392,11 @@ class UnitEmulator:
                     request = await read_request(stream, header_limit)
                 if request is None:
                     return
-                await stream.send_all(await respond(request))
+                answer = await respond(request)
+                if cut:
+                    self._send_cut(sock, answer)
+                    return
+                await stream.send_all(answer)
                 await stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection dropped by the client: %s", exc)
@@ -399,13 +409,34 @@ class UnitEmulator:
             reply = await self._controller.handle(request.method, request.target, request.body)
             return render(reply)
 
-        await self._serve_connection(sock, HEADER_LIMIT, respond)
+        cut = self._cut_unix_answers and self._control.address.kind == "unix"
+        await self._serve_connection(sock, HEADER_LIMIT, respond, cut)
+
+    def _send_cut(self, sock: trio.socket.SocketType, answer: bytes) -> None:
+        """Write ``answer`` as far as the send buffer takes it without waiting, then stop.
+
+        Unit 1.35 answers this way on a unix control socket: what does not fit in the socket's
+        send buffer (``net.core.wmem_default``, about 210 KiB of answer) is dropped and the
+        connection closed, unless the client happened to read fast enough to make room.
+        Data already queued stays readable for the client after the close (unix sockets queue
+        it on the receiving side), so the client sees a short body and then EOF.
+        """
+        view = memoryview(answer)
+        sent = 0
+        try:
+            while sent < len(view):
+                sent += os.write(sock.fileno(), view[sent:])
+        except BlockingIOError:
+            self.cut_answers += 1
+            log.debug("answer cut at %d of %d bytes (send buffer full)", sent, len(view))
+        except OSError as exc:  # the client went away
+            log.debug("connection dropped by the client: %s", exc)
 
     async def _serve_admin(self, sock: trio.socket.SocketType) -> None:
         async def respond(request: Request) -> bytes:
             return _plain_json(*await self._admin_reply(request))
 
-        await self._serve_connection(sock, 64 * 1024, respond)
+        await self._serve_connection(sock, 64 * 1024, respond, False)
 
     def _admin_state(self) -> dict:
         return {
