@@ -49,6 +49,26 @@ ABSENT: tuple[str, ...] = (
     "libp2p.discovery.upnp",
 )
 
+#: Modules that do run, but rarely or never in a healthy fleet: loaded on first use instead of
+#: at import. Each maps to the names whose *construction* is deferred as well (see
+#: :class:`_DeferredModule`). Their exception classes must not be caught by modules loaded
+#: before them (an ``except`` clause cannot match a placeholder's real class).
+DEFERRED: dict[str, frozenset[str]] = {
+    # Key types other than Ed25519 (pycryptodome, coincurve): only a peer with such a key
+    # needs them, and the trust check refuses it right after the handshake anyway.
+    "libp2p.crypto.rsa": frozenset(),
+    "libp2p.crypto.secp256k1": frozenset(),
+    # Private networks (pycryptodome's Salsa20): the host runs without a pre-shared key.
+    "libp2p.security.pnet.psk_conn": frozenset(),
+    # dnspython (with asyncio): the swarm builds a resolver it uses only for /dns addresses.
+    "multiaddr.resolvers.dns": frozenset({"DNSResolver"}),
+    # psutil: the resource manager builds a process handle for memory limits that py-libp2p
+    # 0.8.1 never checks; multiaddr lists network interfaces with it for wildcard addresses.
+    "psutil": frozenset({"Process"}),
+    # IPNS records, which the DHT validates only when someone stores one.
+    "cbor2": frozenset(),
+}
+
 FULL_ENV = "UNIT_P2P_FULL_LIBP2P"
 
 
@@ -118,6 +138,105 @@ class _OnDemandPackage(types.ModuleType):
             ) from None
 
 
+class _DeferredModule(types.ModuleType):
+    """A module loaded the first time something from it is used, not when it is imported.
+
+    Names read from it before then are stand-ins: calling one, or reading an attribute from it
+    and calling that, loads the real module into this same module object and forwards; an
+    ``isinstance`` check is False until the module is loaded (none of its objects exist yet).
+    Calling a name listed in :data:`DEFERRED` returns an object that builds the real one on
+    first use, for a class that is constructed eagerly but used rarely (the swarm's resolver).
+    """
+
+    def __getattr__(self, name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        namespace = self.__dict__
+        if namespace.get("_unit_p2p_loaded"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        stand_in = _DeferredName(
+            name, (Exception,), {"__module__": self.__name__, "__qualname__": name}
+        )
+        setattr(self, name, stand_in)
+        return stand_in
+
+    def _unit_p2p_load(self) -> None:
+        namespace = self.__dict__
+        if namespace.get("_unit_p2p_loaded"):
+            return
+        namespace["_unit_p2p_loaded"] = True
+        spec = namespace["_unit_p2p_real_spec"]
+        self.__spec__ = spec
+        self.__loader__ = spec.loader
+        self.__file__ = spec.origin
+        self.__package__ = spec.parent if spec.submodule_search_locations is None else spec.name
+        if spec.submodule_search_locations is not None:
+            self.__path__ = list(spec.submodule_search_locations)
+        spec.loader.exec_module(self)
+
+
+class _DeferredName(type):
+    """Metaclass of the stand-ins a :class:`_DeferredModule` serves before it is loaded."""
+
+    def _unit_p2p_real(cls) -> object:
+        module = sys.modules[cls.__module__]
+        module._unit_p2p_load()
+        real = module.__dict__[cls.__name__]
+        if isinstance(real, _DeferredName):
+            raise AttributeError(f"module {cls.__module__!r} has no attribute {cls.__name__!r}")
+        return real
+
+    def __call__(cls, *args: object, **kwargs: object) -> object:
+        if cls.__name__ in DEFERRED.get(cls.__module__, ()):
+            return _BuiltOnFirstUse(cls, args, kwargs)
+        return cls._unit_p2p_real()(*args, **kwargs)
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        if not sys.modules[cls.__module__].__dict__.get("_unit_p2p_loaded"):
+            return False
+        real = cls._unit_p2p_real()
+        return isinstance(real, type) and isinstance(instance, real)
+
+    def __getattr__(cls, name: str) -> object:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def forward(*args: object, **kwargs: object) -> object:
+            return getattr(cls._unit_p2p_real(), name)(*args, **kwargs)
+
+        forward.__qualname__ = f"{cls.__qualname__}.{name}"
+        return forward
+
+
+class _BuiltOnFirstUse:
+    """An instance of a deferred class, built when one of its attributes is first read."""
+
+    def __init__(self, cls: _DeferredName, args: tuple, kwargs: dict) -> None:
+        object.__setattr__(self, "_unit_p2p_pending", (cls, args, kwargs))
+        object.__setattr__(self, "_unit_p2p_real", None)
+
+    def __getattr__(self, name: str) -> object:
+        real = object.__getattribute__(self, "_unit_p2p_real")
+        if real is None:
+            cls, args, kwargs = object.__getattribute__(self, "_unit_p2p_pending")
+            real = cls._unit_p2p_real()(*args, **kwargs)
+            object.__setattr__(self, "_unit_p2p_real", real)
+        return getattr(real, name)
+
+
+class _DeferredLoader(importlib.abc.Loader):
+    def __init__(self, real: importlib.machinery.ModuleSpec) -> None:
+        self.real = real
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = _DeferredModule(spec.name)
+        module.__dict__["_unit_p2p_real_spec"] = self.real
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
 class _AbsentLoader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return _AbsentModule(spec.name)
@@ -142,8 +261,11 @@ class _OnDemandLoader(importlib.abc.Loader):
 class LeanFinder(importlib.abc.MetaPathFinder):
     """Serves libp2p packages on demand and :data:`ABSENT` modules as placeholders."""
 
-    def __init__(self, absent: Sequence[str] = ABSENT) -> None:
+    def __init__(
+        self, absent: Sequence[str] = ABSENT, deferred: Sequence[str] = tuple(DEFERRED)
+    ) -> None:
         self.absent = tuple(absent)
+        self.deferred = frozenset(deferred)
 
     def find_spec(
         self,
@@ -153,6 +275,17 @@ class LeanFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if is_absent(fullname, self.absent):
             return importlib.machinery.ModuleSpec(fullname, _AbsentLoader(), is_package=True)
+        if fullname in self.deferred:
+            real = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if real is None or not isinstance(real.loader, importlib.machinery.SourceFileLoader):
+                return real
+            package = real.submodule_search_locations is not None
+            deferred = importlib.machinery.ModuleSpec(
+                fullname, _DeferredLoader(real), is_package=package
+            )
+            # A submodule imported directly (``import psutil._common``) loads on its own.
+            deferred.submodule_search_locations = real.submodule_search_locations
+            return deferred
         if fullname != "libp2p" and not fullname.startswith("libp2p."):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)

@@ -89,3 +89,46 @@ def test_full_env_turns_the_hook_off():
          "import libp2p; from libp2p import new_host; print('ok')"],
         capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_deferred_modules_load_on_first_use_and_then_behave_as_published():
+    run_python("""
+        from libp2p.crypto.ed25519 import create_new_key_pair
+        from unit_p2p.mesh.host import build_host
+        from unit_p2p.mesh.trust import TrustPolicy
+        import unit_p2p.mesh, unit_p2p.sync.reconciler, unit_p2p.api.server
+        from libp2p.peer.id import ID
+        kp = create_new_key_pair()
+        host = build_host(kp, TrustPolicy("any", [], ID.from_pubkey(kp.public_key).to_base58()))
+        heavy = ("dns", "Crypto", "coincurve", "psutil", "cbor2")
+        loaded = [m for m, mod in sys.modules.items() if m.split(".")[0] in heavy
+                  and not isinstance(mod, lean_libp2p._DeferredModule)]
+        assert not loaded, loaded
+
+        # A peer with a secp256k1 or RSA key: its key deserializes as with the full library.
+        from libp2p.crypto.serialization import deserialize_public_key
+        from libp2p.crypto import secp256k1, rsa
+        assert not isinstance(object(), secp256k1.Secp256k1PublicKey)  # nothing loaded yet
+        for module in (secp256k1, rsa):
+            pub = module.create_new_key_pair().public_key
+            back = deserialize_public_key(pub.serialize())
+            assert back == pub and type(back).__name__ == type(pub).__name__, back
+            assert isinstance(back, getattr(module, type(pub).__name__))
+        from libp2p.peer.id import ID
+        assert ID.from_pubkey(pub).to_base58()
+
+        # The swarm's resolver is built on first use, by the real dnspython.
+        resolver = host.get_network().dns_resolver
+        assert "dns.asyncresolver" not in sys.modules
+        assert type(resolver._resolver).__module__ == "dns.asyncresolver"
+        assert callable(resolver.resolve)
+
+        import psutil, cbor2
+        assert psutil.net_if_addrs() and cbor2.loads(cbor2.dumps({"a": 1})) == {"a": 1}
+        try:
+            psutil.no_such_name()
+        except AttributeError:
+            pass
+        else:
+            raise SystemExit("a name the real module lacks did not raise AttributeError")
+    """)
