@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import shutil
 import sys
 import time
@@ -69,6 +70,34 @@ async def describe_pending(fleet: Fleet, pending: list[int]) -> str:
     return "; ".join(parts)
 
 
+async def fleet_messages(fleet: Fleet) -> dict[str, float]:
+    """``unit_p2p_messages_total`` summed over the fleet, by "protocol/kind/direction"."""
+    totals: dict[str, float] = {}
+    limiter = trio.CapacityLimiter(8)
+
+    async def scrape(agent) -> None:
+        async with limiter:
+            text = await agent.call("metrics", http_timeout=20)
+        for line in text.splitlines():
+            if line.startswith("unit_p2p_messages_total{"):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                key = f"{labels['protocol']}/{labels['kind']}/{labels['direction']}"
+                totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+
+    async with trio.open_nursery() as nursery:
+        for agent in fleet:
+            nursery.start_soon(scrape, agent)
+    return totals
+
+
+def per_publish(before: dict[str, float], after: dict[str, float], publishes: int,
+                ) -> dict[str, float]:
+    keys = sorted(set(before) | set(after))
+    out = {k: round((after.get(k, 0.0) - before.get(k, 0.0)) / max(publishes, 1), 1)
+           for k in keys}
+    return {k: v for k, v in out.items() if v}
+
+
 async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed + n)
     run: dict[str, Any] = {"system": ours_label(args), "n": n, "topology": kind,
@@ -85,7 +114,10 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
         per_agent: list[float] = []
         reached: list[int] = []
         misses: list[dict] = []
+        counted_from: dict[str, float] = {}
         for i in range(args.publishes + 1):
+            if i == 1:
+                counted_from = await fleet_messages(fleet)
             publisher = fleet[0] if i == 0 else fleet[rng.randrange(n)]
             t0 = time.time()
             result = await publisher.call("publish", config=publish_config(tag, i),
@@ -116,6 +148,14 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
                     misses.append({"publish": i, "applied": len(applied), "pending": pending,
                                    "logs": str(logs)})
             await trio.sleep(rng.uniform(1.0, 2.0))
+        # Everything the fleet sent and received from the first counted publish to the end of
+        # the last one's pause, per publish: background traffic (pings, gossipsub heartbeats,
+        # anti-entropy) over that time is included, as it is in what a publish costs.
+        run["messages_per_publish"] = per_publish(counted_from, await fleet_messages(fleet),
+                                                  args.publishes)
+        sent = {k: v for k, v in run["messages_per_publish"].items() if k.endswith("/sent")}
+        print(f"  ours {kind:4} N={n:2} messages sent per publish (whole fleet): "
+              + ", ".join(f"{k[:-5]} {v:g}" for k, v in sent.items()), flush=True)
         if args.keep_logs:
             run["logs"] = str(keep_logs(fleet, list(range(n)), tag))
         run.update(latency_ms=summary(latencies), per_agent_ms=summary(per_agent),
@@ -226,6 +266,12 @@ def report(runs: list[dict], meta: dict) -> str:
                       f"{r['mesh_formed_s']} s{warm}; per-agent delivery p50 "
                       f"{fmt_ms(pa['p50'])} ms, p95 {fmt_ms(pa['p95'])} ms; load average "
                       f"{r['loadavg_start'][0]:.1f} -> {r['loadavg_end'][0]:.1f}")
+    for r in runs:
+        mpp = r.get("messages_per_publish")
+        if mpp:
+            sent = ", ".join(f"{k[:-5]} {v:g}" for k, v in mpp.items() if k.endswith("/sent"))
+            detail.append(f"- {r['system']} {r['topology']} N={r['n']}: messages sent per "
+                          f"publish, whole fleet (protocol/kind): {sent}")
     return "\n".join([
         "# Convergence: publish -> every agent applied (unit-p2p) vs user event -> every "
         "handler ran (Serf)", "",

@@ -81,6 +81,7 @@ class Agent:
         # The mesh's events go straight to the reconciler over a channel it consumes.
         events = ChannelEvents()
         self.mesh = Mesh(settings, self.keypair, self.trust, events)
+        self.mesh.on_message = self.metrics.message
         self.reconciler = Reconciler(settings, self.keypair.private_key, self.peer_id, self.mesh,
                                      self.unit, self.store, self.trust, self.metrics,
                                      events=events.receive)

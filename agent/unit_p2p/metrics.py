@@ -28,6 +28,12 @@ class Metrics:
         self.rejected = Counter("unit_p2p_messages_rejected",
                                 "Messages, streams or revisions refused, by reason",
                                 ["reason"], registry=r)
+        self.messages = Counter(
+            "unit_p2p_messages",
+            "Messages sent and received, by protocol (gossip, notify, heads, pull, gossipsub, "
+            "ping) and kind (announce, nohead, report, pull, served, error; gossipsub: message, "
+            "ihave, iwant, graft, prune, idontwant, subscribe; ping: ping)",
+            ["protocol", "kind", "direction"], registry=r)
         self.unit_up = Gauge("unit_p2p_unit_reachable", "1 when the local Unit answers",
                              registry=r)
         self.last_convergence = Gauge(
@@ -38,6 +44,19 @@ class Metrics:
     def refused(self, reason: str, n: int = 1) -> None:
         """Count ``n`` refusals (messages, streams, connections or revisions) of ``reason``."""
         self.rejected.labels(reason).inc(n)
+
+    def message(self, protocol: str, kind: str, direction: str, n: int = 1) -> None:
+        """Count ``n`` messages; ``direction`` is ``sent`` or ``received``."""
+        self.messages.labels(protocol, kind, direction).inc(n)
+
+    def message_counts(self) -> dict[tuple[str, str, str], int]:
+        out: dict[tuple[str, str, str], int] = {}
+        for metric in self.messages.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    lab = sample.labels
+                    out[(lab["protocol"], lab["kind"], lab["direction"])] = int(sample.value)
+        return out
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

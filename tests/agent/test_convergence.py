@@ -5,6 +5,7 @@ Every wait is bounded; convergence is awaited by polling the agents' own status,
 
 from __future__ import annotations
 
+import collections
 import signal
 from contextlib import asynccontextmanager
 
@@ -55,6 +56,29 @@ async def test_publish_from_one_reaches_five_agents(tmp_path):
                 assert await a.unit.get("/config") == config(1)
             again = await f[4].call("publish", wait=True, timeout=20, http_timeout=30)
         assert again["changed"] is False and again["revision"] == result["revision"]
+        # The message counters see the publish at every layer, on both ends.
+        with trio.fail_after(30):
+            sender = messages(await f[2].call("metrics", http_timeout=20))
+            receiver = messages(await f[0].call("metrics", http_timeout=20))
+        assert sender[("gossip", "announce", "sent")] >= 1
+        assert sender[("gossipsub", "message", "sent")] >= 1
+        assert receiver[("gossipsub", "message", "received")] >= 1
+        assert receiver[("pull", "pull", "sent")] >= 1
+        assert receiver[("pull", "served", "received")] >= 1
+        assert sum(v for (proto, _, _), v in sender.items() if proto == "ping") >= 1
+
+
+def messages(metrics_text: str) -> dict[tuple[str, str, str], float]:
+    """unit_p2p_messages_total samples by (protocol, kind, direction)."""
+    import re
+
+    out: dict[tuple[str, str, str], float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("unit_p2p_messages_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            out[(labels["protocol"], labels["kind"], labels["direction"])] = float(
+                line.rsplit(" ", 1)[1])
+    return collections.defaultdict(float, out)
 
 
 async def test_star_topology_converges(tmp_path):

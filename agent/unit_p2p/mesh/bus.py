@@ -155,6 +155,53 @@ def _send_without_sender_records(pubsub: Pubsub) -> None:
     pubsub.write_msg = write_msg
 
 
+_CONTROL_KINDS = ("ihave", "iwant", "graft", "prune", "idontwant")
+
+
+def count_gossipsub(pubsub: Pubsub, router: GossipSub, count) -> None:
+    """Count gossipsub's wire traffic with ``count("gossipsub", kind, direction, n)``.
+
+    Kinds: ``message`` (each copy of a published message, duplicates included: what a publish
+    costs the network), ``subscribe``, and the control entries ihave/iwant/graft/prune/idontwant.
+    Received messages are counted where pubsub hands them to ``push_msg`` (one call per copy),
+    received control where the router handles it; what is sent, in ``write_msg``.
+    """
+
+    def tally(rpc: rpc_pb2.RPC, direction: str, messages: bool) -> None:
+        if messages and rpc.publish:
+            count("gossipsub", "message", direction, len(rpc.publish))
+        if messages and rpc.subscriptions:
+            count("gossipsub", "subscribe", direction, len(rpc.subscriptions))
+        if rpc.HasField("control"):
+            for kind in _CONTROL_KINDS:
+                n = len(getattr(rpc.control, kind))
+                if n:
+                    count("gossipsub", kind, direction, n)
+
+    write = pubsub.write_msg
+
+    async def write_msg(stream, rpc_msg: rpc_pb2.RPC) -> bool:
+        tally(rpc_msg, "sent", True)
+        return await write(stream, rpc_msg)
+
+    pubsub.write_msg = write_msg
+    push_msg = pubsub.push_msg
+
+    async def counted_push_msg(msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        if msg_forwarder != pubsub.my_id:
+            count("gossipsub", "message", "received", 1)
+        await push_msg(msg_forwarder, msg)
+
+    pubsub.push_msg = counted_push_msg
+    handle_rpc = router.handle_rpc
+
+    async def counted_handle_rpc(rpc: rpc_pb2.RPC, sender_peer_id: ID) -> None:
+        tally(rpc, "received", False)
+        await handle_rpc(rpc, sender_peer_id)
+
+    router.handle_rpc = counted_handle_rpc
+
+
 def _validator(trust: TrustPolicy, stats):
     """Runs after pubsub verified the signature, before delivery AND before relaying."""
 

@@ -60,12 +60,16 @@ class Liveness:
         on_alive: Callable[[str, float], None],
         stats,
         params: LivenessParams = LivenessParams(),
+        *,
+        count: Callable[[str, str], None] = lambda kind, direction: None,
     ):
+        """``count(kind, direction)`` counts each ping and pong sent or received."""
         self._host = host
         self._connected = connected
         self._drop = drop
         self._on_alive = on_alive
         self._stats = stats
+        self._count = count
         self.params = params
         self._streams: dict[str, object] = {}
         self._misses: dict[str, int] = {}
@@ -100,7 +104,9 @@ class Liveness:
         try:
             while True:
                 payload = await read_exactly(stream, PING_LENGTH)
+                self._count("ping", "received")
                 await stream.write(payload)
+                self._count("pong", "sent")
                 if peer:
                     self.heard(peer)
         except Exception:  # EOF, reset, connection closed: the pinger's side notices
@@ -128,7 +134,10 @@ class Liveness:
             self._streams[peer] = stream
         payload = secrets.token_bytes(PING_LENGTH)
         await stream.write(payload)
-        if await read_exactly(stream, PING_LENGTH) != payload:
+        self._count("ping", "sent")
+        answer = await read_exactly(stream, PING_LENGTH)
+        self._count("pong", "received")
+        if answer != payload:
             raise ValueError("ping payload mismatch")
 
     def _forget(self, peer: str) -> None:

@@ -33,7 +33,13 @@ from ..identity import peer_id_of
 from ..settings import Settings
 from ..shutdown import cleanup_scope
 from .bounded import call_abandonable
-from .bus import MAX_ANNOUNCEMENT_BYTES, GossipParams, announcement_topic, build_pubsub
+from .bus import (
+    MAX_ANNOUNCEMENT_BYTES,
+    GossipParams,
+    announcement_topic,
+    build_pubsub,
+    count_gossipsub,
+)
 from .discovery import Backoff, Bootstrap, Mdns, Rendezvous, split_p2p, strip_p2p
 from .guard import (
     guard_pubsub,
@@ -200,6 +206,8 @@ class Mesh:
         self.topic = announcement_topic(settings.mesh)
         #: counters by event: handler_error, gossip_malformed, dead_peer_dropped, ...
         self.stats: collections.Counter[str] = _Stats(trust.count)
+        #: told of every message counted at the mesh layer: (protocol, kind, direction, n)
+        self.on_message: Callable[[str, str, str, int], None] | None = None
         self.listen_addrs: list[str] = []
         self._peers: dict[str, _PeerState] = {}
         self._handlers: dict[str, StreamHandler] = {}
@@ -237,6 +245,7 @@ class Mesh:
         pubsub, router = build_pubsub(host, self.topic, self.trust, self.stats,
                                       self.tuning.gossip)
         guard_pubsub(pubsub, self.stats)
+        count_gossipsub(pubsub, router, self.count_message)
         dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False) if self.settings.dht else None
         self._host = host
         for protocol, handler in self._handlers.items():
@@ -318,7 +327,8 @@ class Mesh:
         nursery.start_soon(self._dispatch_events)
         nursery.start_soon(self._read_announcements, subscription)
         self.liveness = Liveness(host, self.connected_peers, self.disconnect, self._alive,
-                                 self.stats, self.tuning.liveness)
+                                 self.stats, self.tuning.liveness,
+                                 count=lambda kind, way: self.count_message("ping", kind, way))
         # Our responder replaces py-libp2p's: it also tells the pinger the peer was heard.
         host.set_stream_handler(TProtocol(PING_PROTOCOL), self.liveness.handle_ping)
         await nursery.start(self.liveness.serve)
@@ -336,6 +346,10 @@ class Mesh:
     def _require_running(self) -> None:
         if not self._running or self._host is None:
             raise MeshError("the mesh is not running")
+
+    def count_message(self, protocol: str, kind: str, direction: str, n: int = 1) -> None:
+        if self.on_message is not None:
+            self.on_message(protocol, kind, direction, n)
 
     # -- streams -----------------------------------------------------------------------------
 

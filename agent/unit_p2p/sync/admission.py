@@ -88,8 +88,15 @@ class Admission:
         self.refuse(peer, "rate_limited", "too many messages")
         return False
 
-    def message(self, peer: str, data: bytes) -> wire.Message | None:
-        """The decoded message if ``peer`` may say it here, else None (refusal counted)."""
+    def message(self, peer: str, data: bytes, protocol: str) -> wire.Message | None:
+        """The decoded message if ``peer`` may say it here, else None (refusal counted).
+        Counts the message as received by ``protocol``, by kind (``invalid``: refused before
+        its kind was known)."""
+        msg = self._admit(peer, data)
+        self.metrics.message(protocol, msg.TYPE if msg is not None else "invalid", "received")
+        return msg
+
+    def _admit(self, peer: str, data: bytes) -> wire.Message | None:
         if not self.trust.is_trusted(peer):
             self.refuse(peer, "untrusted_peer", "message from a peer not on the trusted list")
             return None

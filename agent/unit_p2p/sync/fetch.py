@@ -23,6 +23,8 @@ from unit_p2p.sync.store import StateStore
 log = logging.getLogger("unit_p2p.sync.fetch")
 
 PULL_TIMEOUT = 30.0
+#: ``protocol`` label of the message counters
+PULL = "pull"
 #: seconds to wait for a connected holder before dialling a revision's origin to pull it
 HOLDER_WAIT = 1.0
 
@@ -91,10 +93,12 @@ class Fetcher:
                 with trio.fail_after(PULL_TIMEOUT):
                     await stream.send_all(wire.encode(wire.Pull(self.admission.mesh_name,
                                                                 head.digest)))
+                    self.metrics.message(PULL, wire.Pull.TYPE, "sent")
                     await stream.close_write()
                     raw = await stream.receive_all(cap + wire.MAX_MESSAGE_BYTES, PULL_TIMEOUT)
             finally:
                 await stream.close()
+            self.metrics.message(PULL, wire.served_kind(raw), "received")
             data = wire.decode_served(raw, head.digest, cap)
         except WireError as exc:
             if exc.reason in ("digest_mismatch", "too_large"):
@@ -113,6 +117,7 @@ class Fetcher:
             with trio.fail_after(wire.STREAM_TIMEOUT):
                 request = wire.decode(await stream.receive_all(wire.MAX_MESSAGE_BYTES,
                                                                wire.STREAM_TIMEOUT))
+            self.metrics.message(PULL, request.TYPE, "received")
             if not isinstance(request, wire.Pull) or request.mesh != self.admission.mesh_name:
                 raise WireError("unexpected", "pull stream without a pull request of this mesh")
         except WireError as exc:
@@ -122,8 +127,10 @@ class Fetcher:
         data = await trio.to_thread.run_sync(self.store.load_document_bytes, request.digest)
         if data is None:
             await stream.send_all(wire.encode(wire.ServeError("not_found")) + b"\n")
+            self.metrics.message(PULL, wire.ServeError.TYPE, "sent")
         else:
             await stream.send_all(wire.encode_served(request.digest, data))
+            self.metrics.message(PULL, wire.Served.TYPE, "sent")
             self.metrics.pulls_served.inc()
         await stream.close_write()
         await stream.close()

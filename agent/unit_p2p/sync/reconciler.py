@@ -49,7 +49,7 @@ from unit_p2p.sync.revision import (
     canonical_json,
     sign_revision,
 )
-from unit_p2p.sync.spread import Spread
+from unit_p2p.sync.spread import GOSSIP, NOTIFY, Spread
 from unit_p2p.sync.store import StateStore
 
 __all__ = ["MeshLike", "PublishResult", "Reconciler", "TrustLike", "UnitLike"]
@@ -108,7 +108,8 @@ class Reconciler:
                                settings.max_config_bytes)
         self.convergence = Convergence(peer_id, self._wait_targets)
         self._work_send, self._work_receive = trio.open_memory_channel[tuple](math.inf)
-        self.spread = Spread(self.mesh_name, mesh, trust, self.candidates, lambda: self.head,
+        self.spread = Spread(self.mesh_name, mesh, trust, self.candidates, metrics,
+                             lambda: self.head,
                              self._merge_remote_state, self._spawn)
 
         self._apply_lock = trio.Lock()
@@ -187,15 +188,15 @@ class Reconciler:
 
     async def on_announcement(self, peer_id: str, data: bytes) -> None:
         """A gossip message; ``peer_id`` is its verified origin (strict signing)."""
-        await self._merge_remote_state(peer_id, data)
+        await self._merge_remote_state(peer_id, data, GOSSIP)
 
     async def _serve_notify(self, peer: str, stream: Any) -> None:
         data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, wire.STREAM_TIMEOUT)
         await stream.close()
-        await self._merge_remote_state(peer, data)
+        await self._merge_remote_state(peer, data, NOTIFY)
 
-    async def _merge_remote_state(self, peer: str, data: bytes) -> None:
-        msg = self.admission.message(peer, data)
+    async def _merge_remote_state(self, peer: str, data: bytes, protocol: str) -> None:
+        msg = self.admission.message(peer, data, protocol)
         if isinstance(msg, wire.Announce):
             self._consider(peer, msg.head)
         elif isinstance(msg, wire.NoHead):

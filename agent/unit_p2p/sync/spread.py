@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from unit_p2p.errors import MeshError, WireError
+from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
 from unit_p2p.sync.admission import TrustLike
 from unit_p2p.sync.candidates import Candidates
@@ -28,31 +29,40 @@ ANTI_ENTROPY_FANOUT = 3
 # seconds an agent waits before relaying a revision it applied to peers not known to hold it
 RELAY_DELAY = (0.2, 0.6)
 
-Merge = Callable[[str, bytes], Awaitable[Any]]
+#: ``protocol`` labels of the message counters
+GOSSIP, NOTIFY, HEADS = "gossip", "notify", "heads"
+
+Merge = Callable[[str, bytes, str], Awaitable[Any]]
 
 
 class Spread:
     def __init__(self, mesh_name: str, mesh: Any, trust: TrustLike, candidates: Candidates,
-                 head: Callable[[], Head | None], merge: Merge,
+                 metrics: Metrics, head: Callable[[], Head | None], merge: Merge,
                  spawn: Callable[..., None]):
-        """``head()`` is this host's head; ``merge(peer, data)`` takes a peer's answer to a
-        heads exchange in; ``spawn(fn, *args)`` runs a task in the owner's nursery."""
+        """``head()`` is this host's head; ``merge(peer, data, protocol)`` takes a message of a
+        peer in (a heads exchange's answer); ``spawn(fn, *args)`` runs a task in the owner's
+        nursery."""
         self.mesh_name = mesh_name
         self.mesh = mesh
         self.trust = trust
         self.candidates = candidates
+        self.metrics = metrics
         self._head = head
         self._merge = merge
         self._spawn = spawn
 
     # --- what we say --------------------------------------------------------------------------
 
-    def local_state(self) -> bytes:
+    def local_state(self) -> wire.Announce | wire.NoHead:
         """Our head as a message: the announcement, and our side of a heads exchange."""
         head = self._head()
         if head is None:
-            return wire.encode(wire.NoHead(self.mesh_name))
-        return wire.encode(wire.Announce(self.mesh_name, head))
+            return wire.NoHead(self.mesh_name)
+        return wire.Announce(self.mesh_name, head)
+
+    def _encode(self, protocol: str, msg: wire.Message) -> bytes:
+        self.metrics.message(protocol, msg.TYPE, "sent")
+        return wire.encode(msg)
 
     # --- how we say it ------------------------------------------------------------------------
 
@@ -61,7 +71,7 @@ class Spread:
             stream = await self.mesh.open_stream(peer, wire.PROTO_HEADS)
             try:
                 with trio.fail_after(wire.STREAM_TIMEOUT):
-                    await stream.send_all(self.local_state())
+                    await stream.send_all(self._encode(HEADS, self.local_state()))
                     await stream.close_write()
                     data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, wire.STREAM_TIMEOUT)
             finally:
@@ -69,41 +79,41 @@ class Spread:
         except (MeshError, WireError, trio.TooSlowError) as exc:
             log.debug("heads exchange with %s failed: %s", peer, exc)
             return
-        await self._merge(peer, data)
+        await self._merge(peer, data, HEADS)
 
     async def serve_heads(self, peer: str, stream: Any) -> None:
         """The ``/unit-p2p/heads`` handler: answer with our head, then merge theirs."""
         data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, wire.STREAM_TIMEOUT)
-        await stream.send_all(self.local_state())
+        await stream.send_all(self._encode(HEADS, self.local_state()))
         await stream.close_write()
         await stream.close()
-        await self._merge(peer, data)
+        await self._merge(peer, data, HEADS)
 
-    async def push(self, peer: str, data: bytes) -> None:
+    async def push(self, peer: str, msg: wire.Message) -> None:
         try:
             stream = await self.mesh.open_stream(peer, wire.PROTO_NOTIFY)
             try:
                 with trio.fail_after(wire.STREAM_TIMEOUT):
-                    await stream.send_all(data)
+                    await stream.send_all(self._encode(NOTIFY, msg))
                     await stream.close_write()
             finally:
                 await stream.close()
         except (MeshError, WireError, trio.TooSlowError) as exc:
             log.debug("push to %s failed: %s", peer, exc)
 
-    async def gossip(self, data: bytes) -> None:
+    async def gossip(self, msg: wire.Message) -> None:
         try:
-            await self.mesh.publish(data)
+            await self.mesh.publish(self._encode(GOSSIP, msg))
         except MeshError as exc:
             log.debug("gossip publish failed: %s", exc)
 
-    async def broadcast(self, data: bytes, skip_holders_of: Revision | None = None,
+    async def broadcast(self, msg: wire.Message, skip_holders_of: Revision | None = None,
                         gossip: bool = True, skip: set[str] | frozenset[str] = frozenset(),
                         ) -> None:
-        """Gossip ``data`` and push it directly to connected trusted peers, all in parallel."""
+        """Gossip ``msg`` and push it directly to connected trusted peers, all in parallel."""
         async with trio.open_nursery() as nursery:
             if gossip:
-                nursery.start_soon(self.gossip, data)
+                nursery.start_soon(self.gossip, msg)
             for peer in self.mesh.connected_peers():
                 if peer in skip:
                     continue
@@ -112,7 +122,7 @@ class Spread:
                         and known >= skip_holders_of:
                     continue
                 if self.trust.is_trusted(peer):
-                    nursery.start_soon(self.push, peer, data)
+                    nursery.start_soon(self.push, peer, msg)
 
     # --- when we say it -----------------------------------------------------------------------
 
@@ -142,8 +152,7 @@ class Spread:
 
     async def report(self, revision: Revision, digest: str, status: str,
                      reason: str | None) -> None:
-        await self.broadcast(wire.encode(wire.Report(self.mesh_name, revision, digest, status,
-                                                     reason)))
+        await self.broadcast(wire.Report(self.mesh_name, revision, digest, status, reason))
 
     def behind(self, peer: str) -> None:
         """``peer`` is behind us (or has no head): tell it where the mesh is."""
@@ -173,10 +182,7 @@ class Spread:
             quiet += 1
             if behind or quiet >= ANNOUNCE_HEARTBEAT:
                 quiet = 0
-                try:
-                    await self.mesh.publish(self.local_state())
-                except MeshError as exc:
-                    log.debug("re-announce failed: %s", exc)
+                await self.gossip(self.local_state())
             # A few stale peers per round: during a slow rollout every peer is stale to every
             # other, and exchanging with all of them (N * degree streams a round) competed with
             # the rollout it was meant to repair.

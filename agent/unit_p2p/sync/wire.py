@@ -281,6 +281,16 @@ def decode(data: bytes) -> Message:
     return cls.from_obj(obj)
 
 
+def served_kind(data: bytes) -> str:
+    """The kind of a pull answer for counting (``served``, ``error`` or ``invalid``), without
+    validating it."""
+    header = bytes(data[:MAX_MESSAGE_BYTES]).partition(b"\n")[0]
+    for cls in (Served, ServeError):
+        if b'"type":"%s"' % cls.TYPE.encode() in header:
+            return cls.TYPE
+    return "invalid"
+
+
 def decode_served(data: bytes, expected_digest: str, max_bytes: int) -> bytes:
     """Split a pull answer into header and document; checks the header, not the digest
     (the caller verifies the digest against the document, see revision.Document)."""
