@@ -667,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
                        "routes": args.routes, "deadline": args.deadline, "seed": args.seed,
                        "scenarios": args.scenarios},
             "sizes": {}}
+    previous = results["runs"].get(label)
+    if previous is not None and previous["params"] == run_["params"]:
+        # the same run's other sizes are kept (one size at a time is how N=5,000 fits a session)
+        run_["sizes"] = previous["sizes"]
     results["runs"][label] = run_
 
     def progress(fleet: Fleet, row: dict) -> None:
@@ -685,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
                       scenarios=tuple(args.scenarios))
         size = run(p, progress)
         size.pop("at", None)
+        size["commit"] = run_["commit"]
+        size["loadavg"] = machine()["loadavg"]
         run_["sizes"][str(n)] = size
         run_["machine"]["loadavg_end"] = machine()["loadavg"]
         write_results(results, args.out)

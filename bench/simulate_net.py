@@ -131,6 +131,8 @@ class Scheduler:
         self.tick = tick
         self._heap: list[tuple[float, int, Callable, tuple]] = []
         self._seq = itertools.count()
+        #: the time of the batch being run (callbacks read it instead of asking trio)
+        self.batch_time: float | None = None
         self._wakeup = trio.Event()
 
     def at(self, when: float, fn: Callable, *args: Any) -> None:
@@ -138,6 +140,9 @@ class Scheduler:
         if not self._heap or when < self._heap[0][0]:
             self._wakeup.set()
         heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+
+    def now(self) -> float:
+        return self.batch_time if self.batch_time is not None else trio.current_time()
 
     async def run(self, check: Callable[[], None] | None = None) -> None:
         """Run callbacks as they fall due; ``check()`` every 10,000 of them (it may raise)."""
@@ -154,12 +159,16 @@ class Scheduler:
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            while heap and heap[0][0] <= now:
-                _, _, fn, args = heapq.heappop(heap)
-                fn(*args)
-                done += 1
-                if check is not None and done % 10000 == 0:
-                    check()
+            self.batch_time = now
+            try:
+                while heap and heap[0][0] <= now:
+                    _, _, fn, args = heapq.heappop(heap)
+                    fn(*args)
+                    done += 1
+                    if check is not None and done % 10000 == 0:
+                        check()
+            finally:
+                self.batch_time = None
             await trio.lowlevel.checkpoint()
 
 
@@ -460,7 +469,7 @@ class SimNet:
     def arrival(self, a: int, b: int) -> float:
         """When a payload sent now from a reaches b: the link's latency plus jitter, FIFO."""
         lat = self.link_latency(a, b)
-        when = trio.current_time() + lat * (1.0 + self.latency.jitter * self.rng.random())
+        when = self.sched.now() + lat * (1.0 + self.latency.jitter * self.rng.random())
         last = self._last_arrival.get((a, b), 0.0)
         if when < last:
             when = last
