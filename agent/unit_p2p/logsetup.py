@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from unit_p2p.errors import SettingsError
+from unit_p2p.settings import LOG_FORMATS, LOG_LEVELS
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
-FORMATS = ("text", "json")
+LEVELS = {name: logging.getLevelName(name.upper()) for name in LOG_LEVELS}
 # chatty at info; their warnings still come through
 _QUIET_BELOW_DEBUG = ("libp2p", "multiaddr", "zeroconf", "async_service", "hypercorn.access")
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
@@ -102,8 +101,8 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None,
     """
     if level.lower() not in LEVELS:
         raise SettingsError(f"{level!r} is not one of {', '.join(LEVELS)}", key="log_level")
-    if fmt not in FORMATS:
-        raise SettingsError(f"{fmt!r} is not one of {', '.join(FORMATS)}", key="log_format")
+    if fmt not in LOG_FORMATS:
+        raise SettingsError(f"{fmt!r} is not one of {', '.join(LOG_FORMATS)}", key="log_format")
     stream = sys.stderr if stream is None else stream
     env = os.environ if env is None else env
     handler = logging.StreamHandler(stream)

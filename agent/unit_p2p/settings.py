@@ -161,7 +161,7 @@ def flag_name(name: str) -> str:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
     """A value is wrong; ``index`` names the list item when it is one item that is wrong."""
 
     def __init__(self, message: str, index: int | None = None):
@@ -268,7 +268,8 @@ def _coerce(kind: str, value: object) -> object:
 
 # --- what each field may hold -------------------------------------------------------------------
 
-_MESH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: a mesh name; every wire message carries one and is checked against it too (sync/wire.py)
+MESH_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GROUP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
 _HOST_PROTOCOLS = ("ip4", "ip6")
 _DIAL_HOST_PROTOCOLS = ("ip4", "ip6", "dns", "dns4", "dns6")
@@ -416,7 +417,7 @@ def _enum(choices: tuple[str, ...], *, fold: bool = False) -> Callable[[str], st
 
 
 def _check_mesh(text: str) -> str:
-    if not _MESH_RE.fullmatch(text):
+    if not MESH_NAME_RE.fullmatch(text):
         raise _Invalid(f"{text!r}: a mesh name is 1-64 of letters, digits, '.', '_', '-'")
     return text
 

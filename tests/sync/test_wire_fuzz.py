@@ -69,6 +69,7 @@ def test_valid_messages_round_trip(msg):
     (b'{"v":1,"type":"nohead","mesh":"m","extra":1}', "schema"),
     (b'{"v":true,"type":"nohead","mesh":"m"}', "schema"),
     (b'{"v":1,"type":"nohead","mesh":"bad mesh!"}', "schema"),
+    (b'{"v":1,"type":"nohead","mesh":"m\\n"}', "schema"),  # the settings' pattern, whole name
     (b'{"v":1,"type":"pull","mesh":"m","digest":"sha256:XYZ"}', "schema"),
     (b'{"v":1,"type":"report","mesh":"m","revision":"1@x","digest":"' + DIGEST.encode()
      + b'","status":"applied","reason":null}', "schema"),

@@ -40,6 +40,7 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
 
 from ..errors import MeshError
+from ..settings import check_listen_addr
 from .trust import TrustedNoise, TrustPolicy
 
 #: seconds for one outbound dial (TCP connect + Noise + yamux)
@@ -49,19 +50,16 @@ NEGOTIATE_TIMEOUT = 10
 
 
 def parse_listen(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
-    """Parse ``settings.listen``: /ip4|/ip6 + /tcp only, or MeshError naming the bad one."""
+    """``settings.listen`` as multiaddrs, or MeshError naming the bad one. Settings has checked
+    them already; a Mesh built from hand-made Settings gets the same check here."""
     if not addrs:
         raise MeshError("no listen address configured")
     out = []
     for text in addrs:
         try:
-            ma = multiaddr.Multiaddr(text)
-            names = [p.name for p in ma.protocols()]
-        except Exception as exc:
-            raise MeshError(f"listen address {text!r} is not a multiaddr: {exc}") from exc
-        if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
-            raise MeshError(f"listen address {text!r} must be /ip4|/ip6/<addr>/tcp/<port>")
-        out.append(ma)
+            out.append(multiaddr.Multiaddr(check_listen_addr(text)))
+        except ValueError as exc:
+            raise MeshError(f"listen address: {exc}") from exc
     return out
 
 

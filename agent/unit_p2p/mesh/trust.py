@@ -26,19 +26,9 @@ from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from ..errors import SettingsError
+from ..settings import TRUST_MODES, check_peer_id
 
 log = logging.getLogger(__name__)
-
-TRUST_MODES = ("any", "allowlist")
-
-
-def parse_peer_id(text: str) -> str:
-    """Return the canonical base58 form of a peer ID, or raise ValueError."""
-    try:
-        return ID.from_base58(text.strip()).to_base58()
-    except Exception as exc:  # base58/multihash decoders raise assorted types
-        raise ValueError(f"not a peer ID: {text!r}") from exc
-
 
 class TrustPolicy:
     """The allowlist (or "any") and the counters of what it refused."""
@@ -52,11 +42,11 @@ class TrustPolicy:
         trusted_ids: set[str] = set()
         for entry in trusted:
             try:
-                trusted_ids.add(parse_peer_id(entry))
+                trusted_ids.add(check_peer_id(entry))
             except ValueError as exc:
                 raise SettingsError(str(exc), key="trusted_peers") from exc
         self.mode = mode
-        self.own_peer_id = parse_peer_id(own_peer_id)
+        self.own_peer_id = check_peer_id(own_peer_id)
         self._trusted = frozenset(trusted_ids)
         #: refusals by reason: untrusted_connection, untrusted_stream, untrusted_announcement, ...
         self.rejected: collections.Counter[str] = collections.Counter()

@@ -18,6 +18,7 @@ from functools import total_ordering
 from typing import Any
 
 from unit_p2p.errors import BadDocument, SyncError
+from unit_p2p.jsonstrict import unique_keys
 
 _REVISION_RE = re.compile(r"^(\d{1,18})@([1-9A-HJ-NP-Za-km-z]{30,100})$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -161,8 +162,9 @@ class Document:
     @classmethod
     def from_bytes(cls, data: bytes, expected_digest: str) -> Document:
         """Parse a served document and verify it against the digest it was announced with."""
+        # Duplicate keys would make two readers see two different documents under one digest.
         try:
-            tree = json.loads(data, object_pairs_hook=_unique_keys)
+            tree = json.loads(data, object_pairs_hook=unique_keys)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise BadDocument("bad_document", f"served document is not JSON: {exc}") from None
         if not isinstance(tree, dict):
@@ -172,16 +174,6 @@ class Document:
             raise BadDocument("digest_mismatch",
                               f"served document has {digest}, announced {expected_digest}")
         return cls(tree, bytes(data), digest)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    # Duplicate keys would make two readers see two different documents under one digest.
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def signing_payload(mesh: str, revision: Revision, digest: str) -> bytes:

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from unit_p2p.errors import WireError
+from unit_p2p.jsonstrict import unique_keys
+from unit_p2p.settings import MESH_NAME_RE
 from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
 
 VERSION = 1
 #: announcements, reports, heads and pull requests are tiny; anything larger is hostile
 MAX_MESSAGE_BYTES = 4096
-_MESH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MAX_REASON = 512
 _MAX_SIZE = 1 << 40
 
@@ -42,7 +43,7 @@ PROTO_NOTIFY = "/unit-p2p/notify/1.0.0"
 
 
 def valid_mesh_name(name: str) -> bool:
-    return bool(_MESH_RE.match(name))
+    return MESH_NAME_RE.fullmatch(name) is not None
 
 
 class _Message:
@@ -201,15 +202,6 @@ def encode_served(digest: str, document: bytes) -> bytes:
 # --- strict decoding --------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise WireError("malformed", f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _reject_constant(name: str) -> Any:
     raise WireError("malformed", f"non-standard JSON constant {name}")
 
@@ -256,7 +248,7 @@ def decode(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_BYTES:
         raise WireError("too_large", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
     try:
-        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates,
+        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=unique_keys,
                          parse_constant=_reject_constant)
     except WireError:
         raise
