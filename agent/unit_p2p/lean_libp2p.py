@@ -67,6 +67,21 @@ DEFERRED: dict[str, frozenset[str]] = {
     "psutil": frozenset({"Process"}),
     # IPNS records, which the DHT validates only when someone stores one.
     "cbor2": frozenset(),
+    # cryptography (a Rust extension with its own OpenSSL, ~9 MiB): Noise's crypto comes from
+    # lean_noise.py (SUBSTITUTED); these are imported for an ``except`` clause Noise's own error
+    # replaces, the ACME client's certificates and the encoding constants of key objects.
+    "cryptography.exceptions": frozenset(),
+    "cryptography.hazmat.primitives.serialization": frozenset(),
+    "cryptography.x509": frozenset(),
+    "cryptography.x509.oid": frozenset(),
+}
+
+#: Modules served by one of ours that provides the same names: Noise's X25519,
+#: ChaCha20-Poly1305 and SHA-256 on PyNaCl and hashlib (``lean_noise.py``).
+SUBSTITUTED: dict[str, str] = {
+    "noise.backends.default": "unit_p2p.lean_noise",
+    "noise.backends.default.keypairs": "unit_p2p.lean_noise",
+    "libp2p.crypto.x25519": "unit_p2p.lean_noise",
 }
 
 FULL_ENV = "UNIT_P2P_FULL_LIBP2P"
@@ -237,6 +252,22 @@ class _DeferredLoader(importlib.abc.Loader):
         pass
 
 
+class _SubstituteLoader(importlib.abc.Loader):
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        source = importlib.import_module(self.target)
+        module = types.ModuleType(spec.name, source.__doc__)
+        module.__dict__.update(
+            (k, v) for k, v in vars(source).items() if not k.startswith("__")
+        )
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
 class _AbsentLoader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return _AbsentModule(spec.name)
@@ -262,10 +293,14 @@ class LeanFinder(importlib.abc.MetaPathFinder):
     """Serves libp2p packages on demand and :data:`ABSENT` modules as placeholders."""
 
     def __init__(
-        self, absent: Sequence[str] = ABSENT, deferred: Sequence[str] = tuple(DEFERRED)
+        self,
+        absent: Sequence[str] = ABSENT,
+        deferred: Sequence[str] = tuple(DEFERRED),
+        substituted: dict[str, str] | None = None,
     ) -> None:
         self.absent = tuple(absent)
         self.deferred = frozenset(deferred)
+        self.substituted = dict(SUBSTITUTED if substituted is None else substituted)
 
     def find_spec(
         self,
@@ -275,6 +310,12 @@ class LeanFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if is_absent(fullname, self.absent):
             return importlib.machinery.ModuleSpec(fullname, _AbsentLoader(), is_package=True)
+        if fullname in self.substituted:
+            target = self.substituted[fullname]
+            # A package, so its submodules (served here too) can be imported.
+            return importlib.machinery.ModuleSpec(
+                fullname, _SubstituteLoader(target), is_package=True
+            )
         if fullname in self.deferred:
             real = importlib.machinery.PathFinder.find_spec(fullname, path)
             if real is None or not isinstance(real.loader, importlib.machinery.SourceFileLoader):

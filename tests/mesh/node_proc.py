@@ -1,7 +1,8 @@
 """A mesh node in its own process, for tests that need a real separate process.
 
-Prints one JSON line {"peer_id": ..., "addrs": [...]} once listening, then serves an echo
-protocol until killed.
+Prints one JSON line {"peer_id": ..., "addrs": [...], "modules": [...]} once listening, then
+serves an echo protocol until killed. ``--lean`` first: py-libp2p imported the agent's way
+(unit_p2p/lean_libp2p.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "agent"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+if sys.argv[1:2] == ["--lean"]:
+    del sys.argv[1]
+    from unit_p2p import lean_libp2p
+
+    assert lean_libp2p.install()
 
 from helpers import make_mesh
 
@@ -31,7 +38,8 @@ async def main() -> None:
     mesh.set_stream_handler(ECHO, echo)
     async with trio.open_nursery() as nursery:
         addrs = await nursery.start(mesh.serve)
-        print(json.dumps({"peer_id": mesh.peer_id, "addrs": addrs}), flush=True)
+        print(json.dumps({"peer_id": mesh.peer_id, "addrs": addrs,
+                          "modules": sorted(sys.modules)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,10 @@ def test_deferred_modules_load_on_first_use_and_then_behave_as_published():
         loaded = [m for m, mod in sys.modules.items() if m.split(".")[0] in heavy
                   and not isinstance(mod, lean_libp2p._DeferredModule)]
         assert not loaded, loaded
+        # Noise runs on PyNaCl (lean_noise.py): cryptography's Rust extension is never loaded.
+        assert "cryptography.hazmat.bindings._rust" not in sys.modules
+        import noise.backends.default
+        assert noise.backends.default.noise_backend.__class__.__name__ == "NaclNoiseBackend"
 
         # A peer with a secp256k1 or RSA key: its key deserializes as with the full library.
         from libp2p.crypto.serialization import deserialize_public_key

@@ -54,6 +54,27 @@ async def test_sigkilled_process_is_noticed_at_once(nursery):
             await proc.wait()
 
 
+async def test_lean_process_and_published_library_talk_noise_both_ways(nursery):
+    """The lean agent's Noise runs on PyNaCl (lean_noise.py), the published library's on
+    cryptography: a handshake each way and encrypted traffic both ways."""
+    local = await start_node(nursery)
+    proc, info = await _spawn("--lean", local.addr)  # the lean node dials: it is the initiator
+    try:
+        assert "cryptography.hazmat.bindings._rust" not in info["modules"]
+        with trio.fail_after(15):
+            await local.events.wait_until(lambda: info["peer_id"] in local.events.connected)
+            body = bytes(range(256)) * 300  # several Noise frames
+            assert await _echo(local, info["peer_id"], body) == body
+        other = await start_node(nursery)
+        with trio.fail_after(15):  # the published library dials: the lean node responds
+            await other.mesh.connect(info["addrs"][0])
+            assert await _echo(other, info["peer_id"], b"hello") == b"hello"
+    finally:
+        proc.kill()
+        with trio.fail_after(5):
+            await proc.wait()
+
+
 async def test_meshsub_attack_leaves_the_process_running(nursery):
     proc, info = await _spawn()
     try:
