@@ -15,6 +15,7 @@ got no answer in time: its outcome is then unknown); 2 bad usage or settings; 3 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -209,6 +210,11 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:
+        if args.print_config:
+            # still show the settings (a first look at the defaults), then why they cannot run;
+            # a bad value fails this again, and `exc` below already says why
+            with contextlib.suppress(SettingsError):
+                print(settings_to_yaml(settings_from_args(args, cross_check=False)), end="")
         print(f"unit-p2p agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.print_config:

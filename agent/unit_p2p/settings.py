@@ -48,6 +48,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 # A settings file is a few hundred bytes; anything this big is the wrong file.
 MAX_CONFIG_FILE_BYTES = 1024 * 1024
+# Values in a settings file once YAML aliases are expanded: a few dozen in practice; the cap
+# stops a "billion laughs" file (300 bytes, billions of values) before anything walks it.
+MAX_EXPANDED_VALUES = 10_000
+# An error message quotes what was given, up to this much of it.
+_QUOTE_CHARS = 80
 
 
 def _doc(doc: str, *, flag: str | None = None, metavar: str = "VALUE",
@@ -68,7 +73,7 @@ class Settings:
         "NGINX Unit control API: unix:/path or http://127.0.0.1:PORT (loopback only: "
         "Unit's control API has no authentication)", metavar="ADDRESS"))
     unit_timeout: float = field(default=10.0, metadata=_doc(
-        "seconds for one call to Unit's control API", metavar="SECONDS"))
+        "seconds for one call to Unit's control API (at most 3600)", metavar="SECONDS"))
     api: str = field(default=DEFAULT_API, metadata=_doc(
         "the agent's local API: unix:/path", metavar="ADDRESS"))
     api_group: str | None = field(default=None, metadata=_doc(
@@ -101,12 +106,14 @@ class Settings:
         "JSON pointers (RFC 6901) kept host-local on apply and left out of the digest, "
         "e.g. /listeners", flag="--exclude", metavar="POINTER"))
     keep_configs: int = field(default=10, metadata=_doc(
-        "how many applied configs to keep on disk", metavar="N"))
+        "how many applied configs to keep on disk (1-10000)", metavar="N"))
     max_config_bytes: int = field(default=8 * 1024 * 1024, metadata=_doc(
-        "largest config document accepted (bytes of canonical JSON)", metavar="BYTES"))
+        "largest config document accepted (bytes of canonical JSON, at most 1 GiB); API "
+        "request bodies may be twice this", metavar="BYTES"))
     announce_interval: float = field(default=10.0, metadata=_doc(
         "seconds between anti-entropy rounds (heads exchanged with up to 3 peers not known "
-        "at our head; the head re-gossiped when a peer is behind, and every 6th round)",
+        "at our head; the head re-gossiped when a peer is behind, and every 6th round); "
+        "0.1 to 86400",
         metavar="SECONDS"))
     log_level: str = field(default="info", metadata=_doc(
         "debug, info, warning or error", metavar="LEVEL"))
@@ -171,6 +178,19 @@ class _Invalid(ValueError):
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+
+
+def _bounded(message: str) -> str:
+    """``message`` with every quoted value in it cut to ``_QUOTE_CHARS``, and itself to a few
+    lines' worth: a 900 KB value must not come back as a 900 KB error line."""
+    def cut(m: re.Match) -> str:
+        q = m.group(0)
+        return q if len(q) <= _QUOTE_CHARS else q[:_QUOTE_CHARS - 2] + "…" + q[0]
+    message = _QUOTED.sub(cut, message)
+    return message if len(message) <= 400 else message[:399] + "…"
 
 
 def _type_name(value: object) -> str:
@@ -361,10 +381,16 @@ def check_json_pointer(text: str) -> str:
     return text
 
 
+# sockaddr_un.sun_path holds 108 bytes with the terminating NUL
+_MAX_SOCKET_PATH = 107
+
+
 def _unix_path(text: str, what: str) -> str:
     path = text[len("unix:"):]
     if not path.startswith("/"):
         raise _Invalid(f"{text!r}: {what} socket path must be absolute, e.g. unix:/run/x.sock")
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise _Invalid(f"{text!r}: a socket path is at most {_MAX_SOCKET_PATH} bytes long")
     return text
 
 
@@ -434,12 +460,25 @@ def _positive(value: float) -> float:
     return value
 
 
+def _at_most(limit: float, unit: str, *, low: float | None = None) -> Callable[[float], float]:
+    """Greater than 0 (or at least ``low``) and at most ``limit``: a timer of 1e10 s overflows
+    the clocks below it, and one of a nanosecond spins a core."""
+    def check(value: float) -> float:
+        _positive(value)
+        if low is not None and value < low:
+            raise _Invalid(f"must be at least {low:g} {unit}, got {value!r}")
+        if value > limit:
+            raise _Invalid(f"must be at most {limit:g} {unit}, got {value!r}")
+        return value
+    return check
+
+
 #: per field: checks one scalar value (each item, for lists) and returns its canonical form
 _CHECKS: dict[str, Callable] = {
     "mesh": _check_mesh,
     "listen": check_listen_addr,
     "unit": check_unit_addr,
-    "unit_timeout": _positive,
+    "unit_timeout": _at_most(3600, "seconds"),
     "api": check_api_addr,
     "api_group": _check_group,
     "api_tcp": check_api_tcp,
@@ -447,9 +486,9 @@ _CHECKS: dict[str, Callable] = {
     "trust": _enum(TRUST_MODES),
     "trusted_peers": check_peer_id,
     "exclusions": check_json_pointer,
-    "keep_configs": _positive,
-    "max_config_bytes": _positive,
-    "announce_interval": _positive,
+    "keep_configs": _at_most(10_000, "configs"),
+    "max_config_bytes": _at_most(1024 ** 3, "bytes"),
+    "announce_interval": _at_most(86_400, "seconds", low=0.1),
     "log_level": _enum(LOG_LEVELS, fold=True),
     "log_format": _enum(LOG_FORMATS),
 }
@@ -481,7 +520,7 @@ class _Given:
                 line = self.item_lines[index]
         if line is not None:
             source = f"{source}:{line}"
-        return SettingsError(_one_line(message), source=source, key=key)
+        return SettingsError(_bounded(_one_line(message)), source=source, key=_bounded(key))
 
 
 def _normalize(given: _Given) -> object:
@@ -557,6 +596,10 @@ def _read_config_file(path: Path, named_by: str | None) -> list[_Given]:
         # compose builds nodes only (no objects): it gives line numbers and lets duplicate keys,
         # which safe_load would silently collapse to the last one, be refused
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _too_many_values(root):
+            raise SettingsError(
+                f"more than {MAX_EXPANDED_VALUES} values (each use of a YAML alias *name "
+                "counted); a settings file needs a few dozen", source=source)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -588,13 +631,29 @@ def _read_config_file(path: Path, named_by: str | None) -> list[_Given]:
         line, items = lines.get(str(key), (None, ()))
         at = f"{source}:{line}" if line else source
         if not isinstance(key, str):
-            raise SettingsError(f"keys are setting names, got {_type_name(key)} {key!r}",
-                                source=at)
+            raise SettingsError(_bounded(f"keys are setting names, got {_type_name(key)} "
+                                         f"{key!r}"), source=at)
         if key not in _FIELDS:
-            raise SettingsError(_unknown(key, SETTING_NAMES), source=at, key=key)
+            raise SettingsError(_unknown(key, SETTING_NAMES), source=at, key=_bounded(key))
         given.append(_Given(key, value, source, key, text=False, base_dir=path.parent.absolute(),
                             line=line, item_lines=items))
     return given
+
+
+def _too_many_values(root: yaml.Node) -> bool:
+    """Counts nodes as the loaded data would hold them (an alias counts again each time)."""
+    count, todo = 0, [root]
+    while todo:
+        node = todo.pop()
+        count += 1
+        if count > MAX_EXPANDED_VALUES:
+            return True
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                todo += (key, value)
+    return False
 
 
 def _env_near_miss(var: str) -> str | None:
@@ -655,14 +714,15 @@ def _config_file(config_file: Path | None, env: Mapping[str, str],
     return None, None
 
 
-def _build(given: list[_Given], fallback_source: str) -> Settings:
+def _build(given: list[_Given], fallback_source: str, cross_check: bool = True) -> Settings:
     values: dict[str, object] = {}
     origin: dict[str, _Given] = {}
     for g in given:
         values[g.name] = _normalize(g)
         origin[g.name] = g
     settings = Settings(**values)
-    _cross_check(settings, origin, fallback_source)
+    if cross_check:
+        _cross_check(settings, origin, fallback_source)
     return settings
 
 
@@ -696,6 +756,7 @@ def load_settings(
     flags: Mapping[str, object],
     *,
     default_config_file: Path = DEFAULT_CONFIG_FILE,
+    cross_check: bool = True,
 ) -> Settings:
     """The effective settings: defaults < config file < ``UNIT_P2P_*`` in ``env`` < ``flags``.
 
@@ -704,12 +765,13 @@ def load_settings(
     on the command line (absent or None: not given); text values are parsed like environment
     variables. Relative paths are relative to the config file's directory (file) or to the
     current directory (environment, flags). Raises ``SettingsError`` with one line.
+    ``cross_check=False`` skips the rules between settings (each value is still checked).
     """
     path, named_by = _config_file(config_file, env, default_config_file)
     given = _read_config_file(path, named_by) if path is not None else []
     given += _from_env(env)
     given += _from_flags(flags)
-    return _build(given, str(path) if path is not None else "settings")
+    return _build(given, str(path) if path is not None else "settings", cross_check)
 
 
 def check_settings(settings: Settings) -> Settings:
@@ -724,10 +786,11 @@ def check_settings(settings: Settings) -> Settings:
     return _build(given, "settings")
 
 
-def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None, *,
+                       cross_check: bool = True) -> Settings:
     """``load_settings`` for a namespace parsed with ``add_agent_arguments``."""
     return load_settings(getattr(args, "config", None), os.environ if env is None else env,
-                         flags_from_args(args))
+                         flags_from_args(args), cross_check=cross_check)
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:

@@ -231,3 +231,18 @@ async def test_a_token_file_open_to_others_is_refused(tmp_path):
             pass
     assert "chmod 600" in repr(err.value) and "0644" in repr(err.value)
     assert not (tmp_path / "api.sock").exists()
+
+
+def test_api_socket_paths_that_cannot_work_are_one_clear_error(tmp_path):
+    from unit_p2p.api.server import bind_unix_socket
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for path, expected in ((tmp_path / "file" / "api.sock", "cannot listen on"),
+                           (tmp_path / "dangling", "is not a socket")):
+        with pytest.raises(SettingsError, match=expected):
+            bind_unix_socket(path, None)
+    # a group given by number, as the settings allow
+    sock = bind_unix_socket(tmp_path / "api.sock", str(os.getgid()))
+    sock.close()
+    assert (tmp_path / "api.sock").stat().st_gid == os.getgid()

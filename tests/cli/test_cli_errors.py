@@ -5,6 +5,7 @@ In-process (``cli.main``), so each case costs milliseconds; test_cli.py runs the
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -131,3 +132,16 @@ def test_publish_without_answer_in_time_is_exit_1_outcome_unknown(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 1, err
     assert "may still complete" in err and "unit-p2p status" in err
+
+
+def test_print_config_alone_shows_the_defaults_and_why_they_cannot_run(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for var in [v for v in os.environ if v.startswith("UNIT_P2P_")]:
+        monkeypatch.delenv(var)
+    (tmp_path / "empty.yaml").write_text("")
+    rc = cli.main(["agent", "--print-config", "--config", str(tmp_path / "empty.yaml")])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "trust: allowlist" in captured.out and "mesh: default" in captured.out
+    assert "trusted_peers" in captured.err and "Traceback" not in captured.err

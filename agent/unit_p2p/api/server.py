@@ -202,8 +202,23 @@ def bind_unix_socket(path: Path, group: str | None) -> socket.socket:
     A stale socket file is replaced, but a live one (another agent answers there) is an error:
     silently stealing another agent's socket would leave it running unreachable.
     """
+    gid = -1
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SettingsError(f"group {jsonstrict.clip(group)} does not exist",
+                                key="api_group") from None
+    try:
+        return _bind_unix_socket(path, gid)
+    except OSError as exc:
+        raise SettingsError(f"cannot listen on {path}: {exc.strerror or exc}", key="api") \
+            from None
+
+
+def _bind_unix_socket(path: Path, gid: int) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
+    if os.path.lexists(path):
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise SettingsError(f"{path} exists and is not a socket", key="api")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -216,21 +231,18 @@ def bind_unix_socket(path: Path, group: str | None) -> socket.socket:
             raise SettingsError(f"another process is already serving {path}", key="api")
         finally:
             probe.close()
-    gid = -1
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise SettingsError(f"group {group!r} does not exist", key="api_group") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o117)
     try:
         sock.bind(str(path))
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
     finally:
         os.umask(old_umask)
-    os.chown(path, -1, gid)
-    os.chmod(path, 0o660)
-    sock.listen(128)
     return sock
 
 
