@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from unit_p2p.fleet import stop_processes
+
 REPO = Path(__file__).resolve().parents[2]
 
 VENV_BIN = Path(sys.executable).parent
@@ -122,7 +124,11 @@ class Node:
 
 
 class Fleet:
-    """Real agents on loopback, each with its own Unit emulator; stopped at teardown."""
+    """Real agents on loopback, each with its own Unit emulator; stopped at teardown.
+
+    Processes only, unlike ``unit_p2p.fleet`` (whose emulators live in the caller's trio loop):
+    these tests block in ansible-playbook, and the agents start from the files the role wrote.
+    """
 
     def __init__(self, base: Path):
         self.base = base
@@ -171,12 +177,4 @@ class Fleet:
                      timeout, f"agent {node.index} connected to every other agent", node.logs)
 
     def stop(self) -> None:
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+        stop_processes(reversed(self._procs))
