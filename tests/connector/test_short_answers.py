@@ -12,7 +12,7 @@ import json
 import pytest
 
 from unit_p2p import errors
-from unit_p2p.unit.client import PIECE_ATTEMPTS, UnitClient
+from unit_p2p.unit.client import _BATCH, PIECE_ATTEMPTS, UnitClient
 from unit_p2p.unit.emulator.jsonparse import dumps_pretty
 
 
@@ -51,11 +51,12 @@ def test_a_big_config_is_read_in_pieces_and_reassembled(cutting) -> None:
     assert got == conf
     assert list(got) == list(conf)  # Unit's member order is kept
     assert client.piecewise_reads == 1
-    # Complete elements of the cut answer are kept: only the rest is asked for one by one,
-    # up to the index Unit answers 404 for, and the application after the cut by name.
-    element_gets = [t for t in server.targets if t.startswith("GET /config/routes/")]
-    assert 0 < len(element_gets) < 600
-    assert element_gets[-1] == "GET /config/routes/600"
+    # Complete elements of the cut answer are kept: only the rest is asked for one by one
+    # (a batch at a time) until Unit answers 404, and the application after the cut by name.
+    element_gets = {t for t in server.targets if t.startswith("GET /config/routes/")}
+    assert "GET /config/routes/0" not in element_gets
+    assert {f"GET /config/routes/{i}" for i in range(500, 601)} <= element_gets
+    assert len(element_gets) < 600 + _BATCH
     assert "GET /config/applications" in server.targets
     # One more read of the whole answer checks that nothing changed meanwhile.
     assert server.targets.count("GET /config") == 2

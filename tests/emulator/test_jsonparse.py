@@ -118,3 +118,64 @@ def test_printers_round_trip(value: object) -> None:
     assert parse(dumps_pretty(value)) == value
     # Unit's pretty form is valid standard JSON too.
     assert json.loads(dumps_pretty(value).decode("utf-8", "surrogateescape")) == value
+
+
+_JSON_TEXT = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**15), 10**15)
+    | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | st.sampled_from(["-0", "1.50", "1e3", "-0.0", "1E+2", "0.1e-5", "12345678901234"])
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.lists(st.tuples(st.sampled_from(["a", "b", "é", "\U0001f600"]), inner), max_size=4),
+    max_leaves=12,
+)
+
+
+def _render(value) -> str:
+    """JSON text for a generated value: floats as raw number text, pairs as objects (keys may
+    repeat), strings escaped by the standard library."""
+    if isinstance(value, str) and value[:1] in "-0123456789" and value.lstrip("-")[:1].isdigit():
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_render(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_render(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _typed(value):
+    if isinstance(value, UnitNumber):
+        return ("n", value.text)
+    if isinstance(value, dict):
+        return ("o", [(k, _typed(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("a", [_typed(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@given(_JSON_TEXT)
+def test_the_fast_path_parses_exactly_like_the_full_parser(value) -> None:
+    from unit_p2p.unit.emulator import jsonparse
+
+    body = _render(value).encode()
+    try:
+        full = _typed(jsonparse._parse_full(body))
+    except JSONParseError as exc:
+        full = exc
+    try:
+        plain = jsonparse._parse_plain(body)
+    except jsonparse._NotPlain:
+        return  # the full parser decides
+    assert _typed(plain) == full, body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": 1, "a": 2}', b'{"a": 1,}', b"// c\n{}", b"NaN", b'"\\ud800"', b"123456789012345",
+     b"\xff", b'"\x01"', b"[1e999]", b"-01"],
+)
+def test_the_fast_path_leaves_unit_dialect_and_errors_to_the_full_parser(body: bytes) -> None:
+    from unit_p2p.unit.emulator import jsonparse
+
+    with pytest.raises(jsonparse._NotPlain):
+        jsonparse._parse_plain(body)

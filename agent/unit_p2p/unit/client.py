@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -69,6 +71,10 @@ _UNIT_HEADER_BUFFER = 1024
 #: and how often one piece that cannot be split (a string longer than the send buffer) is
 #: asked for again before the read fails with UnitShortAnswer.
 PIECE_ATTEMPTS = 3
+
+#: Requests for array elements in flight at once during a read in pieces.
+PIECE_CONCURRENCY = 8
+_BATCH = 64
 
 # The members Unit allows at the top of /config. Members of an object that come after the cut
 # cannot be listed (Unit has no such request), so for /config itself they are asked for by name.
@@ -192,13 +198,14 @@ class _PieceReader:
 
     def __init__(self, client: UnitClient):
         self.client = client
+        self._count = itertools.count(1)
         self.requests = 0
 
     def get(self, path: str) -> Any:
         """GET ``path``, whole if it arrives whole, else in pieces."""
         for _ in range(PIECE_ATTEMPTS):
             answer = self.client._exchange("GET", path)
-            self.requests += 1
+            self.requests = next(self._count)
             if answer.complete:
                 return self.client._result("GET", path, answer)
             value = self.complete(path, answer)
@@ -216,11 +223,16 @@ class _PieceReader:
     def _fill(self, path: str, part: _Partial, length: int | None) -> Any:
         if part.array:
             out = list(part.items)
-            while True:
-                try:
-                    out.append(self.get(_child(path, len(out))))
-                except UnitPathNotFound:
-                    return out
+            with ThreadPoolExecutor(PIECE_CONCURRENCY) as pool:
+                while True:
+                    # A batch of indices at a time, in parallel: each piece is one short
+                    # exchange, so waiting for them one by one would leave both sides idle.
+                    batch = [_child(path, i) for i in range(len(out), len(out) + _BATCH)]
+                    for future in [pool.submit(self.get, sub) for sub in batch]:
+                        try:
+                            out.append(future.result())
+                        except UnitPathNotFound:
+                            return out
         out = dict(part.items)
         if part.key is not None:
             sub = _child(path, part.key)

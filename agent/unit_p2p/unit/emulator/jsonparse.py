@@ -21,6 +21,7 @@ member), ``{}``/``[]`` for empty containers, and no escaping of ``/`` or non-ASC
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -407,11 +408,73 @@ def _position(buf: bytes, pos: int) -> tuple[int, int]:
     return line, column
 
 
+class _NotPlain(Exception):
+    """The body is not plain strict JSON with Unit's number limits: use the full parser."""
+
+
+def _plain_int(text: str) -> int | UnitNumber:
+    if len(text) > MAX_NUMBER_LEN or abs(int(text)) > INT64_MAX:
+        raise _NotPlain
+    return UnitNumber(text) if text == "-0" else int(text)
+
+
+def _plain_float(text: str) -> UnitNumber:
+    if len(text) > MAX_NUMBER_LEN:
+        raise _NotPlain
+    num = UnitNumber(text)
+    if math.isinf(num) or abs(num) > float(INT64_MAX):
+        raise _NotPlain
+    return num
+
+
+def _plain_constant(text: str) -> object:
+    raise _NotPlain  # NaN, Infinity: not JSON, Unit's parser reports them
+
+
+def _plain_object(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _NotPlain  # a duplicate member: Unit's parser reports where
+    return obj
+
+
+_PLAIN = json.JSONDecoder(
+    object_pairs_hook=_plain_object,
+    parse_int=_plain_int,
+    parse_float=_plain_float,
+    parse_constant=_plain_constant,
+)
+# Escaped surrogates: Unit checks their pairing with its own messages.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _parse_plain(body: bytes) -> object:
+    """The common case, at C speed: strict JSON (no comments, no trailing commas, no duplicate
+    members) that is valid UTF-8 and whose numbers Unit accepts. Produces exactly what the full
+    parser produces for such a body; anything else raises _NotPlain."""
+    if _SURROGATE_ESCAPE.search(body):
+        raise _NotPlain
+    try:
+        return _PLAIN.decode(body.decode("utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, int()
+        raise _NotPlain from None
+
+
 def parse(body: bytes) -> object:
     """Parse a request body (BOM already removed) the way Unit does.
 
-    Raises :class:`JSONParseError` carrying Unit's detail text and error position.
+    Plain JSON goes through the standard library's parser; bodies with Unit's extensions
+    (comments, trailing commas) or errors go through the full parser, which also produces Unit's
+    error messages and positions. Raises :class:`JSONParseError` carrying Unit's detail text and
+    error position.
     """
+    try:
+        return _parse_plain(body)
+    except _NotPlain:
+        return _parse_full(body)
+
+
+def _parse_full(body: bytes) -> object:
     end = len(body)
     try:
         p = _skip_space(body, 0, end)
