@@ -1,4 +1,4 @@
-"""Real agent processes on loopback converge on one config (issue 3, item 8).
+"""Real agent processes on loopback converge on one config.
 
 Every wait is bounded; convergence is awaited by polling the agents' own status, never slept for.
 """

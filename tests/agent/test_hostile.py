@@ -1,4 +1,4 @@
-"""Hostile input against a whole agent over real libp2p (issue 4 item 2).
+"""Hostile input against a whole agent over real libp2p.
 
 A peer with a valid connection sends garbage, truncated frames, oversize bodies and forged
 revisions on unit-p2p's own protocols. Expected every time: nothing applied, the old config

@@ -1,6 +1,6 @@
 """The agent's local API, in-process with a real libp2p host and a real emulated Unit.
 
-Covers access control (issue 4 item 4: socket mode and group, loopback TCP only with a token),
+Covers access control (socket mode and group, loopback TCP only with a token),
 the publish contract (dry run, diff, idempotence, errors) and /metrics.
 """
 

@@ -1,4 +1,4 @@
-"""Fault tests on separate hosts (issue 4, item 5): one agent per network namespace, each with
+"""Fault tests on separate hosts: one agent per network namespace, each with
 its own IP and its own emulated Unit, on bridges the test builds and removes itself.
 
 Every wait is bounded; where the agent offers no event, its status is polled against a deadline.

@@ -56,11 +56,11 @@ class GossipParams:
     prune_back_off: int = 10
     unsubscribe_back_off: int = 10
     max_idontwant_messages: int = 10
-    # Adaptive gossip may stretch the heartbeat to 30-60 s (notes): off.
+    # Adaptive gossip may stretch the heartbeat to 30-60 s (docs/libp2p.md): off.
     adaptive_gossip: bool = False
     # Spam protection (10 msg/s/topic/peer) also throttled our OWN publishes (24 of 100 through
-    # at 50 msg/s, notes): off. Per-peer announcement rate limiting lives in the sync layer,
-    # after the trust check, where it can be counted per peer.
+    # at 50 msg/s, docs/libp2p.md): off. Per-peer announcement rate limiting lives in the sync
+    # layer, after the trust check, where it can be counted per peer.
     spam_protection: bool = False
     max_messages_per_topic_per_second: float = 1000.0
     # Eclipse protection wants >= 3 distinct IPs in the mesh: on loopback or a small LAN it only
@@ -127,7 +127,8 @@ def build_pubsub(
         allowed_topics={topic},
     )
     # Pubsub seeds its seqno with int(time.time()): a restart within the seen-cache window reused
-    # seqnos and lost the first 20 publishes (notes). Nanoseconds never repeat across restarts.
+    # seqnos and lost the first 20 publishes (docs/libp2p.md). Nanoseconds never repeat across
+    # restarts.
     pubsub.counter = time.time_ns()
     pubsub.set_topic_validator(topic, _validator(trust, stats), is_async_validator=False)
     _send_without_sender_records(pubsub)

@@ -3,7 +3,7 @@
 In py-libp2p 0.8.1 an exception escaping any stream handler propagates through the swarm's
 nursery and ends the whole process; a 66-byte malformed gossip RPC (a varint length, then 0xff
 bytes on ``/meshsub/1.2.0``) killed a stock node 3/3 because the pubsub reader catches libp2p's
-ParseError but not protobuf's DecodeError (pylibp2p-notes). Three layers of defence:
+ParseError but not protobuf's DecodeError (docs/libp2p.md). Three layers of defence:
 
 1. ``guard_swarm_handler``: the swarm's one inbound entry point (multistream negotiation plus the
    chosen handler) runs inside a catch-all, so even a handler we never saw is covered.

@@ -11,7 +11,7 @@ answer). So the body is framed: every ``send_all`` writes ``0x01 + u32 length + 
 the end marker; EOF or reset before it is a MeshError, a frame over the cap is WireError
 ("too_large") raised from the header alone, before its bytes are buffered. We do not use
 py-libp2p's varint-prefixed ``read_exactly`` helper: it gives up on large bodies (~406 KB over
-mplex, 1 MiB over yamux when data trickles in; notes).
+mplex, 1 MiB over yamux when data trickles in; docs/libp2p.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ py-libp2p 0.8.1 has no peer-ID allowlist (``ConnectionConfig.allow_list`` filter
 the check is a thin subclass of the Noise transport: after ``secure_inbound``/``secure_outbound``
 the remote peer ID is authenticated, and an untrusted one is closed before the muxer is
 negotiated. The swarm never registers that connection, so no notifee, handler or pubsub state
-ever sees it (measured in the notes: refused peers were never registered, the allowed one
+ever sees it (measured, docs/libp2p.md: refused peers were never registered, the allowed one
 connected in 7-12 ms).
 """
 

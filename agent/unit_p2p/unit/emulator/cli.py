@@ -1,6 +1,6 @@
 """``unit-p2p unit-emulator``: run the NGINX Unit control API emulator (tests and demos only).
 
-The lead's CLI adds the subcommand with :func:`configure_parser` and calls :func:`run`.
+``unit_p2p.cli`` adds the subcommand with :func:`configure_parser` and calls :func:`run`.
 """
 
 from __future__ import annotations
