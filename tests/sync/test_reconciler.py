@@ -355,3 +355,23 @@ def test_mesh_refusals_reach_the_one_refusal_counter():
     mesh.stats["dead_peer_dropped"] += 1  # an event, not a refusal
     mesh.trust.reject("untrusted_connection", "someone")
     assert metrics.rejected_counts() == {"handler_error": 1, "untrusted_connection": 1}
+
+
+async def test_one_publish_is_one_flood_and_one_report_per_peer(tmp_path):
+    async with cluster(tmp_path, n=5) as (_, nodes):
+        origin, others = nodes[0], nodes[1:]
+        with trio.fail_after(10):
+            result = await origin.rec.publish(config(1), wait=True, timeout=5)
+        assert result.converged and len(result.applied) == 5
+
+        def count(node, protocol, kind, direction):
+            return node.metrics.message_counts().get((protocol, kind, direction), 0)
+
+        assert count(origin, "gossip", "announce", "sent") == 1
+        for node in others:
+            # appliers flood nothing; each reports once, straight to the origin
+            assert sum(v for (proto, _, way), v in node.metrics.message_counts().items()
+                       if proto == "gossip" and way == "sent") == 0
+            assert count(node, "notify", "report", "sent") == 1
+            assert count(node, "pull", "pull", "sent") == 1
+        assert count(origin, "notify", "report", "received") == len(others)

@@ -159,6 +159,8 @@ class _PeerState:
     changed: trio.Event = field(default_factory=trio.Event)
     #: we were connected once and are not now (discovery may redial it beyond peer_target)
     lost: bool = False
+    #: the connection is being closed by ``release``: its end is not a loss
+    released: bool = False
 
 
 class _Notifee(INotifee):
@@ -513,6 +515,15 @@ class Mesh:
             log.warning("disconnecting %s failed: %s", peer_id, exc)
         self._forget_dead_connections(peer_id, pid)
 
+    async def release(self, peer_id: str) -> None:
+        """Close a connection opened for one message (a report to a publisher we are not
+        otherwise connected to). Unlike a lost connection, discovery does not redial it."""
+        state = self._peers.get(peer_id)
+        if state is None or not state.conns:
+            return
+        state.released = True
+        await self.disconnect(peer_id)
+
     def _forget_dead_connections(self, peer_id: str, pid: ID) -> None:
         """Make our view match the swarm's after a disconnect.
 
@@ -589,10 +600,11 @@ class Mesh:
             return
         state.connected_since = time.time() if now_connected else None
         state.last_seen = time.time()
-        state.lost = not now_connected
+        state.lost = not now_connected and not state.released
+        state.released = False
         state.changed.set()
         state.changed = trio.Event()
-        if not now_connected and self.rendezvous is not None:
+        if state.lost and self.rendezvous is not None:
             self.rendezvous.nudge()
         self._event_send.send_nowait(("connected" if now_connected else "disconnected",
                                       peer_id))

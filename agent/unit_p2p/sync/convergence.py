@@ -91,7 +91,8 @@ class Convergence:
         assert rev is not None
         applied, failed, pending = ([self.peer_id] if mine == rev else []), {}, []
         reports = self.reports.get(rev, {})
-        for peer in self.targets():
+        # A peer that reported is waited for even if we knew nothing of it before.
+        for peer in sorted((set(self.targets()) | set(reports)) - {self.peer_id}):
             status, reason = reports.get(peer, (None, None))
             peer_head = peer_heads.get(peer)
             if status == APPLIED:

@@ -273,7 +273,7 @@ class Reconciler:
                     await self._record_error(rev, exc.reason, str(exc))
                     log.error("revision %s not applied: %s", rev, exc)
                     self.convergence.record(self.peer_id, rev, FAILED, reason[:500])
-                    await self.spread.report(rev, best.head.digest, FAILED, reason[:500])
+                    self._spawn(self.spread.report, rev, best.head.digest, FAILED, reason[:500])
 
     async def _record_error(self, revision: Revision, reason: str, detail: str) -> None:
         self.last_error = {"revision": str(revision), "reason": reason, "detail": detail,
@@ -296,7 +296,7 @@ class Reconciler:
             self.metrics.last_convergence.set(time.monotonic() - cand.seen_at)
             log.info("applied revision %s digest=%s size=%d in %.1f ms", head.revision,
                      doc.digest, doc.size, (time.monotonic() - started) * 1000)
-        await self.spread.applied(head.revision)
+        self.spread.applied(head)
 
     async def _set_head(self, head: Head) -> None:
         self.head = head

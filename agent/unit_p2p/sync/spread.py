@@ -1,7 +1,10 @@
 """Who hears of our head, and when: the message-complexity policy of the sync layer.
 
-Every fan-out decision lives here: gossip, direct pushes, the relay after an apply, the heads
-exchange (memberlist's LocalState / MergeRemoteState pair) and the anti-entropy rounds.
+Every fan-out decision lives here: gossip, direct pushes, the relay after an apply, the reports
+to a publisher, the heads exchange (memberlist's LocalState / MergeRemoteState pair) and the
+anti-entropy rounds. One publish costs O(N) messages in all and a constant per host
+(docs/sync.md counts them): one gossip flood (the origin's signed head), about one push per
+connection, one pull and one report per host.
 """
 
 from __future__ import annotations
@@ -18,16 +21,15 @@ from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
 from unit_p2p.sync.admission import TrustLike
 from unit_p2p.sync.candidates import Candidates
+from unit_p2p.sync.convergence import APPLIED
 from unit_p2p.sync.revision import Head, Revision
 
 log = logging.getLogger("unit_p2p.sync.spread")
 
-#: a converged agent still re-announces its head by gossip every this many announce intervals
-ANNOUNCE_HEARTBEAT = 6
 #: stale peers whose heads an anti-entropy round exchanges (random ones each round)
 ANTI_ENTROPY_FANOUT = 3
-# seconds an agent waits before relaying a revision it applied to peers not known to hold it
-RELAY_DELAY = (0.2, 0.6)
+#: seconds an agent waits before telling its neighbours it holds a revision it applied
+RELAY_DELAY = (0.0, 0.1)
 
 #: ``protocol`` labels of the message counters
 GOSSIP, NOTIFY, HEADS = "gossip", "notify", "heads"
@@ -89,7 +91,8 @@ class Spread:
         await stream.close()
         await self._merge(peer, data, HEADS)
 
-    async def push(self, peer: str, msg: wire.Message) -> None:
+    async def push(self, peer: str, msg: wire.Message) -> bool:
+        """Send ``msg`` one way over ``/unit-p2p/notify``; False if it could not be sent."""
         try:
             stream = await self.mesh.open_stream(peer, wire.PROTO_NOTIFY)
             try:
@@ -100,6 +103,8 @@ class Spread:
                 await stream.close()
         except (MeshError, WireError, trio.TooSlowError) as exc:
             log.debug("push to %s failed: %s", peer, exc)
+            return False
+        return True
 
     async def gossip(self, msg: wire.Message) -> None:
         try:
@@ -127,32 +132,46 @@ class Spread:
     # --- when we say it -----------------------------------------------------------------------
 
     async def published(self) -> None:
-        """A new head of our own: gossip it and push it to every connected peer."""
+        """A new head of our own: the one flood of this publish (gossip), plus a push to each
+        connected peer (gossip is the fast path, not the guarantee: a hub's leaves may be
+        starved of it)."""
         await self.broadcast(self.local_state())
 
-    async def applied(self, revision: Revision) -> None:
-        """We applied ``revision``: announce it.
+    def applied(self, head: Head) -> None:
+        """We applied ``head``: tell the neighbours that lack it, report to its origin.
 
-        The announcement is the "applied" report too (an agent only announces its own head).
-        Gossip it now; push it directly, after a short random delay, only to connected peers
-        still not known to hold it: in a well-connected mesh the origin's own pushes and the
-        others' gossip reach nearly everyone first, so the relay costs O(N) streams, not O(N^2),
-        while a hub's leaves (whom gossip may starve) still get it within a second.
+        No flood: the origin's announcement already reached the mesh. A push to each connected
+        peer not known to hold the revision tells it that a nearby holder exists (so it pulls
+        from us, not from the origin) and carries the announcement to peers gossip starved.
+        Whoever of two neighbours applies first tells the other, who then knows not to tell
+        back: about one push per connection, a constant per host.
         """
-        await self.gossip(self.local_state())
-        self._spawn(self._relay, revision)
+        self._spawn(self._relay, head.revision)
+        self._spawn(self.report, head.revision, head.digest, APPLIED, None)
 
     async def _relay(self, revision: Revision) -> None:
+        # A little jitter, so two neighbours that applied together rarely push to each other.
         await trio.sleep(random.uniform(*RELAY_DELAY))
         head = self._head()
         if head is not None and head.revision == revision:
-            # Peers in our gossip mesh got this announcement from the gossip we just sent.
-            await self.broadcast(self.local_state(), skip_holders_of=revision, gossip=False,
-                                 skip=self.mesh.gossip_mesh_peers())
+            await self.broadcast(self.local_state(), skip_holders_of=revision, gossip=False)
 
     async def report(self, revision: Revision, digest: str, status: str,
                      reason: str | None) -> None:
-        await self.broadcast(wire.Report(self.mesh_name, revision, digest, status, reason))
+        """Tell the revision's origin (its publisher, who may be waiting) how it went here:
+        straight to it, dialled if need be and released after, the way a Serf query's answer
+        goes straight to the asker. Only if that fails is the report gossiped."""
+        origin = revision.origin
+        if origin == self.mesh.peer_id:
+            return
+        msg = wire.Report(self.mesh_name, revision, digest, status, reason)
+        dialled = origin not in self.mesh.connected_peers()
+        delivered = await self.push(origin, msg)
+        release = getattr(self.mesh, "release", None)  # in-memory meshes hold no connections
+        if dialled and release is not None:
+            await release(origin)
+        if not delivered:
+            await self.gossip(msg)
 
     def behind(self, peer: str) -> None:
         """``peer`` is behind us (or has no head): tell it where the mesh is."""
@@ -164,11 +183,10 @@ class Spread:
             self._spawn(self.exchange_heads, peer)
 
     async def anti_entropy(self, interval: float, after_round: Callable[[], None]) -> None:
-        # Every interval: exchange heads with a few connected peers not known to be at our head,
-        # and re-announce by gossip (it reaches peers we are not connected to) only when a peer
-        # is known to be behind us, or every ANNOUNCE_HEARTBEAT intervals. A converged fleet then
-        # gossips 6x less: each re-announcement costs every agent ~D receptions.
-        quiet = 0
+        """Every interval, exchange heads with up to ANTI_ENTROPY_FANOUT connected peers not
+        known to be at our head, or with one random connected peer when all are (what we
+        believe of a peer may be out of date). A round costs a host at most a few streams,
+        whatever N: no gossip, whose every message costs every host of the mesh."""
         while True:
             await trio.sleep(interval * random.uniform(0.8, 1.2))
             head = self._head()
@@ -178,15 +196,11 @@ class Spread:
             revs = {p: self.candidates.peer_revision(p) for p in self.mesh.connected_peers()
                     if self.trust.is_trusted(p)}
             stale = [p for p, r in revs.items() if r != mine]
-            behind = [p for p in stale if revs[p] is None or revs[p] < mine]
-            quiet += 1
-            if behind or quiet >= ANNOUNCE_HEARTBEAT:
-                quiet = 0
-                await self.gossip(self.local_state())
             # A few stale peers per round: during a slow rollout every peer is stale to every
-            # other, and exchanging with all of them (N * degree streams a round) competed with
-            # the rollout it was meant to repair.
+            # other, and exchanging with all of them competed with the rollout itself.
+            picked = random.sample(stale, min(len(stale), ANTI_ENTROPY_FANOUT)) if stale \
+                else random.sample(list(revs), min(len(revs), 1))
             async with trio.open_nursery() as nursery:
-                for peer in random.sample(stale, min(len(stale), ANTI_ENTROPY_FANOUT)):
+                for peer in picked:
                     nursery.start_soon(self.exchange_heads, peer)
             after_round()
