@@ -221,7 +221,8 @@ async def _send_response(conn: h11.Connection, stream: trio.SocketStream, respon
                          timeout: float | None = None) -> None:
     headers = [(b"content-type", response.content_type.encode()),
                (b"content-length", str(len(response.body)).encode()), *response.headers]
-    data = (conn.send(h11.Response(status_code=response.status, headers=headers))
+    data = (conn.send(h11.Response(status_code=response.status, headers=headers,
+                                   reason=_reason(response.status)))
             + conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage()))
     if timeout is None:
         await stream.send_all(data)
@@ -236,11 +237,15 @@ def _too_large(limits: Limits) -> Response:
     return problem(413, "too_large", f"request body over {limits.max_body} bytes")
 
 
-def _code(status: int) -> str:
+def _reason(status: int) -> bytes:
     try:
-        return HTTPStatus(status).phrase.lower().replace(" ", "_")
+        return HTTPStatus(status).phrase.encode()
     except ValueError:
-        return f"http_{status}"
+        return b""
+
+
+def _code(status: int) -> str:
+    return _reason(status).decode().lower().replace(" ", "_") or f"http_{status}"
 
 
 async def _turn_away(stream: trio.SocketStream, limits: Limits) -> None:
