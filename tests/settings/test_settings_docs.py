@@ -40,3 +40,11 @@ def test_every_flag_in_the_table_is_accepted_by_the_parser():
         assert flag_name(name) in options
     assert {"--no-mdns", "--no-dht", "--config", "--print-config", "--exclude",
             "--trusted-peer"} <= options
+
+
+def test_the_sample_agent_yaml_loads(tmp_path):
+    from unit_p2p.settings import load_settings
+
+    settings = load_settings(DOC.parent / "agent.yaml", {}, {},
+                             default_config_file=tmp_path / "absent.yaml")
+    assert settings.mesh == "web-prod" and len(settings.trusted_peers) == 2
