@@ -231,6 +231,10 @@ def _create(path: Path) -> KeyPair:
         # link, unlike rename, fails when the name exists: never replace a key created meanwhile
         os.link(tmp, path)
     except FileExistsError:
+        if path.is_symlink() and not path.exists():
+            raise IdentityError(
+                f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist: point "
+                "it at a key file, or remove the link to have a new key created") from None
         return load_identity(path)
     except OSError as err:
         raise IdentityError(f"{path}: cannot create the key file: {err.strerror}") from None

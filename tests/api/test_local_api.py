@@ -246,3 +246,17 @@ def test_api_socket_paths_that_cannot_work_are_one_clear_error(tmp_path):
     sock = bind_unix_socket(tmp_path / "api.sock", str(os.getgid()))
     sock.close()
     assert (tmp_path / "api.sock").stat().st_gid == os.getgid()
+
+
+async def test_unit_failing_a_read_is_502_not_a_rejected_request():
+    from unit_p2p.api.http import Request
+    from unit_p2p.api.server import AgentApi
+    from unit_p2p.errors import UnitApplyFailed
+
+    class Agent:
+        async def local_config(self):
+            raise UnitApplyFailed(500, "Internal error.", method="GET", path="/config")
+
+    response = await AgentApi(Agent()).respond(Request("GET", "/v1/config", {}))
+    assert response.status == 502
+    assert json.loads(response.body)["error"] == "unit_error"

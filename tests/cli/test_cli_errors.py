@@ -26,6 +26,7 @@ def files(tmp_path):
     (tmp_path / "nan.json").write_text('{"settings": {"x": NaN}}')
     (tmp_path / "plain").write_text("x")
     (tmp_path / "token").write_text("t" * 20)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     return tmp_path
 
 
@@ -48,6 +49,7 @@ def files(tmp_path):
     (["status", "--bogus"], 2, "unit-p2p status: error: unrecognized arguments: --bogus"),
     (["id", "--key", "{d}/k", "--new-key", "{d}/n"], 2, "--new-key only means"),
     (["demo", "--keep-dir", "{d}/plain"], 2, "is not a directory"),
+    (["id", "--key", "{d}/dangling", "--create"], 2, "which does not exist: point it"),
 ])
 def test_client_user_errors(files, capsys, argv, code, expected):
     argv = [a.format(d=files) for a in argv]

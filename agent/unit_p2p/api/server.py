@@ -88,7 +88,10 @@ class AgentApi:
         except UnitUnreachable as exc:
             status, payload = 503, {"error": "unit_unreachable", "detail": str(exc)}
         except UnitRejected as exc:
-            status, payload = 422, {"error": "unit_rejected", "detail": str(exc)}
+            if exc.method in ("PUT", "POST", "DELETE"):  # Unit refused the change it was given
+                status, payload = 422, {"error": "unit_rejected", "detail": str(exc)}
+            else:  # a read failed: Unit's fault, not the request's
+                status, payload = 502, {"error": "unit_error", "detail": str(exc)}
         except UnitError as exc:
             status, payload = 502, {"error": "unit_error", "detail": str(exc)}
         except SyncError as exc:
