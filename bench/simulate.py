@@ -327,6 +327,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
     sent = [a - b for a, b in zip(after["sent"], before["sent"], strict=True)]
     per_host = [recv[i] + sent[i] for i in live]
     total = sum(msgs.values())
+    control = sum(msgs[k] for k in CONTROL_KINDS)
     return {
         "scenario": scenario,
         "publish": k,
@@ -344,6 +345,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         "hops_max": max(hops) if hops else None,
         "hops_mean": sum(hops) / len(hops) if hops else None,
         "msgs": total,
+        "msgs_sync": total - control,
         "bytes": sum(nbytes.values()),
         "msgs_per_host_mean": sum(per_host) / len(live),
         "msgs_per_host_max": max(per_host),
@@ -414,8 +416,12 @@ def run(p: SimParams, progress: Any = None) -> dict:
 
 # --- report -------------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ("msgs", "bytes", "msgs_per_host_mean", "msgs_per_host_max", "recv_per_host_max",
-                "sent_by_origin", "t_all_applied_s", "t_reports_s", "hops_max", "hops_mean")
+#: gossipsub's own control traffic (the rest is what the sync layer sends: announcements, pushes,
+#: heads, pulls, reports)
+CONTROL_KINDS = ("ihave", "iwant", "graft")
+SUMMARY_KEYS = ("msgs", "msgs_sync", "bytes", "msgs_per_host_mean", "msgs_per_host_max",
+                "recv_per_host_max", "sent_by_origin", "t_all_applied_s", "t_reports_s",
+                "hops_max", "hops_mean")
 
 
 def _mean(values: list) -> float | None:
@@ -427,6 +433,9 @@ def summarize(size: dict, scenario: str) -> dict | None:
     rows = [r for r in size["publishes"] if r["scenario"] == scenario]
     if not rows:
         return None
+    for r in rows:  # rows written before the column existed
+        r.setdefault("msgs_sync", r["msgs"] - sum(r["by_kind"].get(k, {}).get("msgs", 0)
+                                                  for k in CONTROL_KINDS))
     out: dict[str, Any] = {k: _mean([r[k] for r in rows]) for k in SUMMARY_KEYS}
     if any(r["t_all_applied_s"] is None for r in rows):
         out["t_all_applied_s"] = None
@@ -461,7 +470,8 @@ def _slope(points: list[tuple[int, float]]) -> str:
 def render(results: dict) -> str:
     lines = ["# Fleet simulator", ""]
     runs = results["runs"]
-    header = ["N", "policy", "msgs / publish", "msgs / N", "KiB / publish", "per host mean",
+    header = ["N", "policy", "msgs / publish", "msgs / N", "without gossipsub control / N",
+              "KiB / publish", "per host mean",
               "per host max", "publisher sent", "all applied s", "publisher saw all s",
               "hops max (mean)", "misses", "wall s (size)"]
     for scenario in ("steady", "churn", "partition"):
@@ -475,7 +485,7 @@ def render(results: dict) -> str:
                 s = summarize(size, scenario)
                 if s is None:
                     note = size.get("error") or "not run"
-                    rows.append([f"{n:,}", label, f"infeasible: {note}"] + [""] * (len(header) - 3))
+                    rows.append([f"{n:,}", label, note] + [""] * (len(header) - 3))
                     continue
                 pts_msgs.append((n, s["msgs"]))
                 pts_host.append((n, s["msgs_per_host_max"]))
@@ -483,6 +493,7 @@ def render(results: dict) -> str:
                 if s["missed_hosts"]:
                     miss += f" ({s['missed_hosts']} hosts)"
                 rows.append([f"{n:,}", label, _fmt(s["msgs"]), _fmt(s["msgs"] / n, 1),
+                             _fmt(s["msgs_sync"] / n, 1) if s["msgs_sync"] is not None else "-",
                              _fmt(s["bytes"] / 1024), _fmt(s["msgs_per_host_mean"], 1),
                              _fmt(s["msgs_per_host_max"]), _fmt(s["sent_by_origin"]),
                              _fmt(s["t_all_applied_s"], 2), _fmt(s["t_reports_s"], 2),
@@ -522,7 +533,11 @@ def render(results: dict) -> str:
         for n_key in sorted(run_["sizes"], key=int):
             size = run_["sizes"][n_key]
             extra = f", stopped: {size['error']}" if size.get("error") else ""
-            lines.append(f"  - N={int(n_key):,}: {size['wall_s']:.0f} s wall "
+            if not size["publishes"]:
+                lines.append(f"  - N={int(n_key):,}: {size.get('error')}")
+                continue
+            lines.append(f"  - N={int(n_key):,} (commit {size.get('commit', run_['commit'])}, "
+                         f"load {size.get('loadavg', ['?'])[0]}): {size['wall_s']:.0f} s wall "
                          f"(setup {size.get('setup_wall_s', 0):.0f} s), peak RSS "
                          f"{size['peak_rss_mib']:.0f} MiB, degree mean "
                          f"{size.get('degree', {}).get('mean', 0):.1f}, gossip mesh degree mean "
@@ -540,7 +555,8 @@ def write_csv(results: dict, path: Path) -> None:
     kinds = sorted({k for run_ in results["runs"].values() for size in run_["sizes"].values()
                     for row in size["publishes"] for k in row["by_kind"]})
     cols = ["policy", "commit", "n", "scenario", "publish", "live", "applied", "missed",
-            "t_all_applied_s", "t_reports_s", "hops_max", "hops_mean", "msgs", "bytes",
+            "t_all_applied_s", "t_reports_s", "hops_max", "hops_mean", "msgs", "msgs_sync",
+            "bytes",
             "msgs_per_host_mean", "msgs_per_host_max", "recv_per_host_max", "sent_per_host_max",
             "sent_by_origin", "lost", "dials", "wall_s"]
     with path.open("w", newline="") as f:
@@ -645,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="simulate", help="results name under bench/results/")
     ap.add_argument("--replot", action="store_true", help="rewrite md/csv/png from the JSON")
+    ap.add_argument("--not-run", metavar="REASON", default=None,
+                    help="record the --n sizes as not simulated, with REASON (a size this "
+                         "machine cannot afford under this policy), instead of running them")
     args = ap.parse_args(argv)
 
     path = RESULTS / f"{args.out}.json"
@@ -681,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['wall_s']:.0f} s wall", flush=True)
 
     for n in args.n:
+        if args.not_run:
+            run_["sizes"][str(n)] = {"n": n, "publishes": [], "wall_s": 0.0, "peak_rss_mib": 0.0,
+                                     "error": f"not run: {args.not_run}", "commit": commit()}
+            continue
         print(f"N={n} ({label})", flush=True)
         p = SimParams(n=n, seed=args.seed, latency=latency, loss=args.loss, topo=topo,
                       routes=args.routes, publishes=args.publishes, churn=args.churn,
