@@ -104,6 +104,7 @@ class SimParams:
     seed: int = 1
     latency: Latency = field(default_factory=lambda: Latency.parse("lognormal:10:0.5"))
     loss: float = 0.01
+    cpu_per_msg: float = 0.0
     topo: Topology = field(default_factory=Topology)
     routes: int = 20
     publishes: int = 2
@@ -134,7 +135,8 @@ class Fleet:
         self.settings = Settings(mesh=MESH, state_dir=root / "settings", trust="allowlist",
                                  trusted_peers=tuple(self.ids))
         self.trust = TrustPolicy("allowlist", self.ids, self.ids[0])
-        self.net = SimNet(self.ids, latency=p.latency, loss=p.loss, topo=p.topo, rng=self.rng)
+        self.net = SimNet(self.ids, latency=p.latency, loss=p.loss, topo=p.topo, rng=self.rng,
+                          cpu_per_msg=p.cpu_per_msg)
         self.units: dict[int, SimUnit] = {}
         self.stores: dict[int, StateStore] = {}
         self.wall_started = time.monotonic()
@@ -525,6 +527,7 @@ def render(results: dict) -> str:
         params = run_["params"]
         lines.append(f"- {label}: commit {run_['commit']}, {run_['machine_line']}; "
                      f"latency {params['latency']}, loss {params['loss']}, "
+                     f"CPU per received message {params.get('cpu_per_msg_ms', 0)} ms, "
                      f"peer_target {params['peer_target']}, gossip D {params['d']} "
                      f"(Dlo {params['d_lo']}, Dhi {params['d_hi']}), "
                      f"{params['publishes']} steady publishes, churn {params['churn']}, "
@@ -649,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="one-way link latency: const:MS, uniform:LO:HI, lognormal:MEDIAN:SIGMA "
                          "(add ,jitter=F for per-message jitter, default 0.1)")
     ap.add_argument("--loss", type=float, default=0.01, help="per-transmission loss rate")
+    ap.add_argument("--cpu-per-msg", type=float, default=0.0, metavar="MS",
+                    help="CPU ms each received message costs its host, one at a time (default "
+                         "0: infinite CPU, simulated time is network time only)")
     ap.add_argument("--peer-target", type=int, default=8)
     ap.add_argument("--churn", type=float, default=0.05, help="fraction leaving (and joining)")
     ap.add_argument("--partition", type=float, default=0.2, help="fraction cut off")
@@ -679,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
                     gossip_window=gossip.gossip_window)
     latency = Latency.parse(args.latency)
     run_ = {"commit": commit(), "machine": machine(), "machine_line": machine_line(machine()),
-            "params": {"latency": str(latency), "loss": args.loss, "peer_target": topo.peer_target,
+            "params": {"latency": str(latency), "loss": args.loss,
+                       "cpu_per_msg_ms": args.cpu_per_msg, "peer_target": topo.peer_target,
                        "d": topo.d, "d_lo": topo.d_lo, "d_hi": topo.d_hi,
                        "publishes": args.publishes, "churn": args.churn,
                        "partition": args.partition, "heal": args.heal, "settle": args.settle,
@@ -687,7 +694,11 @@ def main(argv: list[str] | None = None) -> int:
                        "scenarios": args.scenarios},
             "sizes": {}}
     previous = results["runs"].get(label)
-    if previous is not None and previous["params"] == run_["params"]:
+
+    def same(a: dict, b: dict) -> bool:  # a parameter added later with its default is the same
+        return {k: v for k, v in a.items() if v} == {k: v for k, v in b.items() if v}
+
+    if previous is not None and same(previous["params"], run_["params"]):
         # the same run's other sizes are kept (one size at a time is how N=5,000 fits a session)
         run_["sizes"] = previous["sizes"]
     results["runs"][label] = run_
@@ -706,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"N={n} ({label})", flush=True)
         p = SimParams(n=n, seed=args.seed, latency=latency, loss=args.loss, topo=topo,
+                      cpu_per_msg=args.cpu_per_msg / 1000,
                       routes=args.routes, publishes=args.publishes, churn=args.churn,
                       partition=args.partition, heal=args.heal, settle=args.settle,
                       deadline=args.deadline, budget=args.budget,

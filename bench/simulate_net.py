@@ -422,8 +422,11 @@ class _HostGossip:
 
 class SimNet:
     def __init__(self, ids: list[str], *, latency: Latency, loss: float, topo: Topology,
-                 rng: random.Random):
+                 rng: random.Random, cpu_per_msg: float = 0.0):
         self.ids = ids
+        #: seconds of a host's (single) CPU each received message costs; 0: infinite CPU
+        self.cpu_per_msg = cpu_per_msg
+        self.busy = [0.0] * len(ids)
         self.index = {pid: i for i, pid in enumerate(ids)}
         self.latency, self.loss, self.topo, self.rng = latency, loss, topo, rng
         n = len(ids)
@@ -466,14 +469,18 @@ class SimNet:
             lat = self._link_lat[key] = self.latency.draw(self.rng)
         return lat
 
-    def arrival(self, a: int, b: int) -> float:
-        """When a payload sent now from a reaches b: the link's latency plus jitter, FIFO."""
+    def arrival(self, a: int, b: int, cost: float = 0.0) -> float:
+        """When a payload sent now from a reaches b: the link's latency plus jitter, FIFO per
+        link; with a CPU cost per message, also after b finished the messages before it."""
         lat = self.link_latency(a, b)
         when = self.sched.now() + lat * (1.0 + self.latency.jitter * self.rng.random())
         last = self._last_arrival.get((a, b), 0.0)
         if when < last:
             when = last
         self._last_arrival[(a, b)] = when
+        if self.cpu_per_msg:
+            when = max(when, self.busy[b]) + cost
+            self.busy[b] = when
         return when
 
     def transmit(self, a: int, b: int, kind: str, nbytes: int, data: bytes | None = None,
@@ -490,7 +497,7 @@ class SimNet:
         if self.watch is not None and data is not None and b not in self.learn_hops \
                 and self.watch in data:
             self.learn_hops[b] = self.learn_hops.get(a, 0) + 1
-        return self.arrival(a, b)
+        return self.arrival(a, b, self.cpu_per_msg)
 
     def connect(self, a: int, b: int) -> None:
         if b in self.links[a] or not self.reachable(a, b):
