@@ -256,12 +256,13 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
     net.watch = digest.encode()
     net.learn_hops = {origin: 0}
     t0 = trio.current_time()
-    all_applied = trio.Event()
+    all_applied = [trio.Event()]  # replaced when hosts join: they count from then on
+    churned = trio.Event()
 
     def check(*_: Any) -> None:
         done = net.applied[marker]
         if all(i in done for i in fleet.live()):
-            all_applied.set()
+            all_applied[0].set()
 
     net.on_apply = check
     left: list[int] = []
@@ -283,6 +284,9 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
             await fleet.start(i)
             net.dial_to_target(i, fleet.candidates())
             joined.append(i)
+        all_applied[0] = trio.Event()
+        check()
+        churned.set()
 
     async def heal() -> None:
         await trio.sleep(p.heal)
@@ -309,9 +313,11 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         rec = net.hosts[origin].rec
         result = await rec.publish(cfg)
         nursery.start_soon(publisher_wait, rec, result.revision)
-        with trio.move_on_after(p.deadline):
-            await all_applied.wait()
-        t_all = trio.current_time() - t0 if all_applied.is_set() else None
+        with trio.move_on_at(t0 + p.deadline):
+            if scenario == "churn":
+                await churned.wait()
+            await all_applied[0].wait()
+        t_all = trio.current_time() - t0 if all_applied[0].is_set() else None
         await trio.sleep(p.settle)
         nursery.cancel_scope.cancel()
     net.on_apply = None
