@@ -183,6 +183,7 @@ class Answer:
 
 
 _HEAD_END = b"\r\n\r\n"
+_FIRST_RECV = 1 << 16
 _RECV_SIZE = 1 << 20
 
 
@@ -327,13 +328,15 @@ class Endpoint:
 def _read_answer(sock: socket.socket, data: bytearray, head_size: int) -> Answer | None:
     """Read until the announced body is complete or the peer closes (into ``data``, so a
     caller that catches an error still has what arrived)."""
-    buf = memoryview(bytearray(_RECV_SIZE))
     want: int | None = None
+    size = _FIRST_RECV
     while True:
-        n = sock.recv_into(buf)
-        if not n:
+        # Small first (most answers are), then big reads to drain a big answer quickly.
+        chunk = sock.recv(size)
+        if not chunk:
             break
-        data += buf[:n]
+        data += chunk
+        size = _RECV_SIZE
         if want is None and (end := data.find(_HEAD_END)) >= 0:
             answer = _parse_answer(data, head_size)
             if answer is None:
