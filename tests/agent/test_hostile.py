@@ -46,8 +46,8 @@ async def test_garbage_on_our_protocols_is_counted_and_harmless(tmp_path):
         with trio.fail_after(60):
             await attacker.mesh.connect(agent.listen_addrs[0])
             for protocol in (wire.PROTO_NOTIFY, wire.PROTO_HEADS, wire.PROTO_PULL):
-                for junk in (b"", b"\xff" * 64, b'{"v":1,"type":"nohead"}', b"{" * 3000,
-                             b'{"v":1,"type":"pull","mesh":"apitest","digest":"sha256:00"}'):
+                for junk in (b"", b"\xff" * 64, b'{"v":2,"type":"nohead"}', b"{" * 3000,
+                             b'{"v":2,"type":"pull","mesh":"apitest","digest":"sha256:00"}'):
                     await send_raw(attacker, agent, protocol, junk)
                 # unframed garbage, a truncated frame header, a frame claiming 4 GiB
                 await send_raw(attacker, agent, protocol, b"\x07garbage", framed=False)

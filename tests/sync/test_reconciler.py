@@ -192,7 +192,7 @@ async def test_oversized_and_garbage_messages_are_counted_not_applied(tmp_path):
                    sign_revision(a.keys.private_key, MESH, rev, doc.digest))
         with trio.fail_after(5):
             await c.rec.on_announcement(a.peer_id, wire.encode(wire.Announce(MESH, big)))
-            for junk in (b"", b"\xff" * 100, b"[]", b'{"v":1}', b'{"v":2,"type":"nohead"}',
+            for junk in (b"", b"\xff" * 100, b"[]", b'{"v":2}', b'{"v":3,"type":"nohead"}',
                          b"x" * 10000):
                 await c.rec.on_announcement(a.peer_id, junk)
         assert c.rejected("too_large") >= 2
@@ -375,3 +375,22 @@ async def test_one_publish_is_one_flood_and_one_report_per_peer(tmp_path):
             assert count(node, "notify", "report", "sent") == 1
             assert count(node, "pull", "pull", "sent") == 1
         assert count(origin, "notify", "report", "received") == len(others)
+
+
+async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_parent(tmp_path):
+    async with cluster(tmp_path, n=3) as (net, nodes):
+        a, b, c = nodes
+        net.cut.add(frozenset((a.peer_id, c.peer_id)))  # a chain: a - b - c
+        with trio.fail_after(10):
+            result = await a.rec.publish(config(1), wait=True, timeout=5)
+        assert result.converged and sorted(result.applied) == sorted(n.peer_id for n in nodes)
+
+        def count(node, protocol, kind, direction):
+            return node.metrics.message_counts().get((protocol, kind, direction), 0)
+
+        # c pulled from b, its neighbour, and b carried c's report on: no dial, no flood
+        assert count(c, "pull", "pull", "sent") == 1 and count(b, "pull", "served", "sent") == 1
+        assert count(c, "notify", "report", "sent") == 1
+        assert count(b, "notify", "report", "sent") == 2
+        assert count(a, "notify", "report", "received") == 2
+        assert count(c, "gossip", "report", "sent") == 0

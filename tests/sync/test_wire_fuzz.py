@@ -64,16 +64,16 @@ def test_valid_messages_round_trip(msg):
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b'{"v":1,"type":"pull","mesh":"m","digest":"' + DIGEST.encode() + b'","mesh":"x"}',
+    (b'{"v":2,"type":"pull","mesh":"m","digest":"' + DIGEST.encode() + b'","mesh":"x"}',
      "malformed"),  # duplicate key
-    (b'{"v":1,"type":"nohead","mesh":"m","extra":1}', "schema"),
+    (b'{"v":2,"type":"nohead","mesh":"m","extra":1}', "schema"),
     (b'{"v":true,"type":"nohead","mesh":"m"}', "schema"),
-    (b'{"v":1,"type":"nohead","mesh":"bad mesh!"}', "schema"),
-    (b'{"v":1,"type":"nohead","mesh":"m\\n"}', "schema"),  # the settings' pattern, whole name
-    (b'{"v":1,"type":"pull","mesh":"m","digest":"sha256:XYZ"}', "schema"),
-    (b'{"v":1,"type":"report","mesh":"m","revision":"1@x","digest":"' + DIGEST.encode()
+    (b'{"v":2,"type":"nohead","mesh":"bad mesh!"}', "schema"),
+    (b'{"v":2,"type":"nohead","mesh":"m\\n"}', "schema"),  # the settings' pattern, whole name
+    (b'{"v":2,"type":"pull","mesh":"m","digest":"sha256:XYZ"}', "schema"),
+    (b'{"v":2,"type":"report","mesh":"m","revision":"1@x","digest":"' + DIGEST.encode()
      + b'","status":"applied","reason":null}', "schema"),
-    (b'{"v":1,"type":"nohead","mesh":"m","n":NaN}', "malformed"),
+    (b'{"v":2,"type":"nohead","mesh":"m","n":NaN}', "malformed"),
     (b"[" * 5000, "too_large"),
     (b"[" * 3000, "malformed"),
     (json.dumps({"v": 9, "type": "nohead", "mesh": "m"}).encode(), "unsupported_version"),

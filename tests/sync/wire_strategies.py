@@ -23,8 +23,8 @@ def valid_messages():
     return [
         wire.Announce("m", head),
         wire.NoHead("m"),
-        wire.Report("m", rev, DIGEST, "applied", None),
-        wire.Report("m", rev, DIGEST, "failed", "unit_rejected: nope"),
+        wire.Report("m", rev, DIGEST, "applied", None, ORIGIN),
+        wire.Report("m", rev, DIGEST, "failed", "unit_rejected: nope", ORIGIN),
         wire.Pull("m", DIGEST),
         wire.Served(DIGEST, 10),
         wire.ServeError("not_found"),
@@ -51,7 +51,7 @@ def mutated(draw):
     elif action == "add":
         obj[draw(st.text(max_size=12))] = draw(json_values)
     else:
-        obj["v"] = draw(st.sampled_from([True, 1.0, "1", 2, 0, -1, None]))
+        obj["v"] = draw(st.sampled_from([True, 2.0, "2", 1, 3, 0, -1, None]))
     return json.dumps(obj).encode()
 
 

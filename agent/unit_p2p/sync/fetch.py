@@ -8,6 +8,7 @@ revision) so that the origin does not serve every host of the fleet itself.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import trio
@@ -17,12 +18,14 @@ from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
 from unit_p2p.sync.admission import Admission
 from unit_p2p.sync.candidates import Candidate
-from unit_p2p.sync.revision import Document, Head
+from unit_p2p.sync.revision import Document, Head, Revision
 from unit_p2p.sync.store import StateStore
 
 log = logging.getLogger("unit_p2p.sync.fetch")
 
 PULL_TIMEOUT = 30.0
+#: revisions whose server is remembered
+SERVED_BY_KEPT = 64
 #: ``protocol`` label of the message counters
 PULL = "pull"
 #: seconds to wait for a connected holder before dialling a revision's origin to pull it
@@ -38,6 +41,9 @@ class Fetcher:
         self.admission = admission
         self.metrics = metrics
         self.max_config_bytes = max_config_bytes
+        #: who served us each recently fetched revision: our parent in its pull tree, the next
+        #: hop for our report when we are not connected to the origin
+        self.served_by: OrderedDict[Revision, str] = OrderedDict()
 
     async def fetch(self, cand: Candidate) -> Document:
         """The candidate's document, from the store or a peer. Raises SyncRetryLater."""
@@ -61,6 +67,9 @@ class Fetcher:
                 errors.append(f"{peer[-8:]}: {exc}")
                 continue
             self.metrics.pull_bytes.inc(doc.size)
+            self.served_by[head.revision] = peer
+            while len(self.served_by) > SERVED_BY_KEPT:
+                self.served_by.popitem(last=False)
             return doc
         raise SyncRetryLater("pull_failed", "; ".join(errors)[:400])
 

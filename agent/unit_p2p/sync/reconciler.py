@@ -110,7 +110,7 @@ class Reconciler:
         self._work_send, self._work_receive = trio.open_memory_channel[tuple](math.inf)
         self.spread = Spread(self.mesh_name, mesh, trust, self.candidates, metrics,
                              lambda: self.head,
-                             self._merge_remote_state, self._spawn)
+                             self._merge_remote_state, self._spawn, self.fetcher.served_by)
 
         self._apply_lock = trio.Lock()
         self._wake = trio.Event()
@@ -203,9 +203,20 @@ class Reconciler:
             self.candidates.note_peer(peer, None)
             self.spread.behind(peer)
         elif isinstance(msg, wire.Report):
-            self.convergence.record(peer, msg.revision, msg.status, msg.reason)
+            self._report(peer, msg, protocol)
         elif msg is not None:
             self.admission.refuse(peer, "unexpected", f"{type(msg).__name__} is not valid here")
+
+    def _report(self, sender: str, report: wire.Report, protocol: str) -> None:
+        # A trusted sender may forward another agent's report (towards the origin), but only
+        # a report about a trusted agent counts.
+        if not self.trust.is_trusted(report.peer):
+            self.admission.refuse(sender, "untrusted_peer",
+                                  f"report about {report.peer}, not a trusted peer")
+            return
+        self.convergence.record(report.peer, report.revision, report.status, report.reason)
+        if report.revision.origin != self.peer_id and protocol == NOTIFY:
+            self._spawn(self.spread.forward, report, sender)
 
     def _consider(self, peer: str, head: Head) -> None:
         if not self.admission.head(peer, head):

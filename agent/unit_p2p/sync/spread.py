@@ -4,14 +4,14 @@ Every fan-out decision lives here: gossip, direct pushes, the relay after an app
 to a publisher, the heads exchange (memberlist's LocalState / MergeRemoteState pair) and the
 anti-entropy rounds. One publish costs O(N) messages in all and a constant per host
 (docs/sync.md counts them): one gossip flood (the origin's signed head), about one push per
-connection, one pull and one report per host.
+connection, one pull per host, and one report per host that travels up the pull tree.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -40,10 +40,10 @@ Merge = Callable[[str, bytes, str], Awaitable[Any]]
 class Spread:
     def __init__(self, mesh_name: str, mesh: Any, trust: TrustLike, candidates: Candidates,
                  metrics: Metrics, head: Callable[[], Head | None], merge: Merge,
-                 spawn: Callable[..., None]):
+                 spawn: Callable[..., None], parents: Mapping[Revision, str]):
         """``head()`` is this host's head; ``merge(peer, data, protocol)`` takes a message of a
         peer in (a heads exchange's answer); ``spawn(fn, *args)`` runs a task in the owner's
-        nursery."""
+        nursery; ``parents`` maps a revision to the peer that served it to us."""
         self.mesh_name = mesh_name
         self.mesh = mesh
         self.trust = trust
@@ -52,6 +52,7 @@ class Spread:
         self._head = head
         self._merge = merge
         self._spawn = spawn
+        self.parents = parents
 
     # --- what we say --------------------------------------------------------------------------
 
@@ -158,20 +159,38 @@ class Spread:
 
     async def report(self, revision: Revision, digest: str, status: str,
                      reason: str | None) -> None:
-        """Tell the revision's origin (its publisher, who may be waiting) how it went here:
-        straight to it, dialled if need be and released after, the way a Serf query's answer
-        goes straight to the asker. Only if that fails is the report gossiped."""
-        origin = revision.origin
-        if origin == self.mesh.peer_id:
+        """Tell the revision's origin (its publisher, who may be waiting) how it went here."""
+        if revision.origin != self.mesh.peer_id:
+            await self.forward(wire.Report(self.mesh_name, revision, digest, status, reason,
+                                           self.mesh.peer_id))
+
+    async def forward(self, report: wire.Report, came_from: str | None = None) -> None:
+        """Move ``report`` one hop towards the origin of its revision, the first way that works:
+
+        1. straight to the origin when connected to it;
+        2. to the peer that served us the revision, our parent in its pull tree (one hop
+           closer to the origin; it forwards the same way; the tree has no cycles, since a
+           peer serves only what it applied before us);
+        3. straight to the origin, dialled for this message and released after, the way a Serf
+           query's answer goes straight to the asker;
+        4. by gossip, the only flood, when nothing else worked.
+        """
+        origin = report.revision.origin
+        connected = self.mesh.connected_peers()
+        if origin in connected and await self.push(origin, report):
             return
-        msg = wire.Report(self.mesh_name, revision, digest, status, reason)
-        dialled = origin not in self.mesh.connected_peers()
-        delivered = await self.push(origin, msg)
-        release = getattr(self.mesh, "release", None)  # in-memory meshes hold no connections
-        if dialled and release is not None:
-            await release(origin)
-        if not delivered:
-            await self.gossip(msg)
+        parent = self.parents.get(report.revision)
+        if parent not in (None, origin, came_from) and parent in connected \
+                and await self.push(parent, report):
+            return
+        if origin not in connected:
+            delivered = await self.push(origin, report)
+            release = getattr(self.mesh, "release", None)  # in-memory meshes hold none
+            if release is not None:
+                await release(origin)
+            if delivered:
+                return
+        await self.gossip(report)
 
     def behind(self, peer: str) -> None:
         """``peer`` is behind us (or has no head): tell it where the mesh is."""

@@ -27,10 +27,12 @@ from unit_p2p.jsonstrict import unique_keys
 from unit_p2p.settings import MESH_NAME_RE
 from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
 
-VERSION = 1
+#: 2: a report names the agent it is about (``peer``), so it can be forwarded towards the origin
+VERSION = 2
 #: announcements, reports, heads and pull requests are tiny; anything larger is hostile
 MAX_MESSAGE_BYTES = 4096
 _MAX_REASON = 512
+_PEER_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{16,128}")
 _MAX_SIZE = 1 << 40
 
 #: bound on one request/answer exchange over a stream (pulls have their own, larger bound)
@@ -108,13 +110,14 @@ class Report(_Message):
     digest: str
     status: str  # "applied" | "failed"
     reason: str | None
+    peer: str  # the agent this report is about (the sender may be forwarding it)
 
     TYPE = "report"
-    FIELDS = frozenset({"mesh", "revision", "digest", "status", "reason"})
+    FIELDS = frozenset({"mesh", "revision", "digest", "status", "reason", "peer"})
 
     def to_obj(self) -> dict:
         return {"mesh": self.mesh, "revision": str(self.revision), "digest": self.digest,
-                "status": self.status, "reason": self.reason}
+                "status": self.status, "reason": self.reason, "peer": self.peer}
 
     @classmethod
     def from_obj(cls, obj: dict) -> Report:
@@ -126,7 +129,10 @@ class Report(_Message):
             reason = _str(obj, "reason", _MAX_REASON)
         if (status == "failed") != (reason is not None):
             raise WireError("schema", "a failed report needs a reason, an applied one has none")
-        return cls(_mesh(obj), _revision(obj), _digest(obj), status, reason)
+        peer = _str(obj, "peer", 128)
+        if not _PEER_RE.fullmatch(peer):
+            raise WireError("schema", "peer must be a base58 peer ID")
+        return cls(_mesh(obj), _revision(obj), _digest(obj), status, reason, peer)
 
 
 @dataclass(frozen=True)
