@@ -38,7 +38,8 @@ async def hang_up_after(address: str, data: bytes, *, reset: bool = False) -> No
 
 
 async def exchange(address: str, data: bytes) -> tuple[int, dict]:
-    """Send ``data``, read until the agent closes; the status and JSON body of the answer."""
+    """Send ``data``, read until the agent closes; the status and JSON body of the answer
+    (0 and {} when it closed without one)."""
     stream = await connect(address)
     await stream.send_all(data)
     answer = b""
@@ -48,6 +49,8 @@ async def exchange(address: str, data: bytes) -> tuple[int, dict]:
     except trio.BrokenResourceError:
         pass  # a reset after the answer arrived
     await stream.aclose()
+    if not answer:
+        return 0, {}  # closed without an answer
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
 
@@ -163,3 +166,48 @@ async def test_malformed_http_is_400_and_harmless(tmp_path):
                 assert status == 400 and doc["error"] == "bad_request", junk
             assert (await exchange(api, b"GET /v1/healthz HTTP/1.1\r\nHost: a\r\n"
                                         b"Connection: close\r\n\r\n"))[0] == 200
+
+
+@pytest.mark.slow
+async def test_hundreds_of_idle_connections_do_not_exhaust_the_agent(tmp_path):
+    """300 connections that never send a byte, against an agent allowed 256 descriptors: the
+    agent holds at most its limit, turns the rest away, cuts the idle ones at the head timeout
+    and answers status again."""
+    import resource
+
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(tmp_path, nursery, 1)
+        agent = fleet[0]
+        try:
+            with trio.fail_after(60):
+                await fleet.start()
+            resource.prlimit(agent.proc.pid, resource.RLIMIT_NOFILE, (256, 256))
+            idle = []
+            try:
+                with trio.fail_after(60):
+                    for _ in range(300):
+                        idle.append(await connect(agent.api))
+                    busy = 0
+                    while True:  # 503 busy (or closed) until the idle ones are cut, then 200
+                        try:
+                            status, doc = await exchange(
+                                agent.api, b"GET /v1/status HTTP/1.1\r\nHost: a\r\n"
+                                           b"Connection: close\r\n\r\n")
+                        except (trio.BrokenResourceError, OSError):
+                            continue  # beyond twice the limit: closed at once, no answer
+                        if status == 200:
+                            break
+                        if status == 0:
+                            continue
+                        assert (status, doc["error"]) == (503, "busy")
+                        busy += 1
+            finally:
+                for stream in idle:
+                    await stream.aclose()
+            assert busy > 0
+            assert doc["peer_id"] == agent.peer_id
+            assert agent.proc.poll() is None
+            assert len(os.listdir(f"/proc/{agent.proc.pid}/fd")) < 128
+        finally:
+            fleet.stop()
+            nursery.cancel_scope.cancel()

@@ -93,15 +93,22 @@ async def serve_listener(listener: trio.SocketListener, service: Service, limits
     turning_away = [0]  # connections being told 503
     async with trio.open_nursery() as nursery:
         task_status.started()
+        starved = False  # out of descriptors: said once per episode, not ten times a second
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _ACCEPT_RETRY:
                     raise
-                log.warning("API accept failed (%s); retrying in 0.1 s", exc.strerror)
+                if not starved:
+                    log.warning("API cannot accept connections (%s); retrying every 0.1 s",
+                                exc.strerror)
+                starved = True
                 await trio.sleep(0.1)
                 continue
+            if starved:
+                log.warning("API accepts connections again")
+                starved = False
             if active[0] < limits.max_connections:
                 active[0] += 1
                 nursery.start_soon(_counted, active, _serve_connection, stream, service, limits)
@@ -259,7 +266,8 @@ async def _turn_away(stream: trio.SocketStream, limits: Limits) -> None:
             await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
-    await _close(stream)
+    finally:
+        await _close(stream)
 
 
 async def _close(stream: trio.SocketStream) -> None:
@@ -275,4 +283,5 @@ async def _close(stream: trio.SocketStream) -> None:
                 drained += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
-    await stream.aclose()
+    finally:
+        await stream.aclose()  # closes the socket even when the server is being cancelled
