@@ -244,7 +244,8 @@ async def test_replay_recorded_unit_transcripts(tmp_path: Path, capsys) -> None:
             instances: dict[str, tuple[UnitEmulator, trio.CancelScope, trio.Event]] = {}
 
             async def start(name: str, control: str, **kwargs) -> None:
-                emulator = UnitEmulator(control, modules=RECORDED_MODULES, **kwargs)
+                # The recorded build was configured without --njs (unit-version.json).
+                emulator = UnitEmulator(control, modules=RECORDED_MODULES, njs=False, **kwargs)
                 scope = trio.CancelScope()
                 done = trio.Event()
 

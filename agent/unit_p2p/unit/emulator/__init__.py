@@ -25,10 +25,14 @@ What is modelled
     error ``location``; see :mod:`.jsonparse`) and its byte-exact pretty printing; ``/status``
     (modules, zero counters, one entry per application); ``/`` ; ``/certificates`` (real PEM
     parsing with ``cryptography``, the same description Unit gives, in-use protection);
+    ``/js_modules`` and ``settings.js_module`` (a Unit built with njs; ``njs=False`` for one
+    without);
     ``/control/applications/<name>/restart``; HTTP framing quirks (1024-byte header limit, no
-    keep-alive, body without ``Content-Length``); 500 "Failed to apply new configuration." when a
-    loopback listener port cannot be bound (see :mod:`.listeners`); a state directory
-    (``conf.json`` and ``certs/``, written atomically and reloaded at start).
+    keep-alive, body without ``Content-Length``, answers cut at the send buffer of a unix control
+    socket); 500 "Failed to apply new configuration." when a
+    loopback listener port cannot be bound or a unix listener's directory is missing (see
+    :mod:`.listeners`); a state directory (``conf.json``, ``certs/`` and ``scripts/``, written
+    atomically and reloaded at start).
 
 Fault injection
     In process: ``emulator.fail_next_puts(n=1, status=500)`` makes the next ``n`` valid PUTs on
@@ -45,11 +49,12 @@ Fault injection
 Not modelled (known differences from Unit 1.35)
     Serving traffic on listeners (routes, shares, proxies, applications never run); application
     start failures (a PUT with a missing module file or application path is accepted, where
-    Unit answers 500); validation of ``match`` patterns, ``settings``, ``access_log``,
-    language-specific application options, isolation and upstream servers (accepted as sent);
-    ``/js_modules``; ``/status`` counters and per-application request numbers (always zero);
-    multiple versions of one language module; Unit's handling of ``.``/``..`` path segments;
-    binding wildcard, non-loopback or unix listener addresses (treated as always bindable);
+    Unit answers 500); validation of ``match`` patterns, ``settings`` (but ``js_module``),
+    ``access_log``, language-specific application options, isolation and upstream servers
+    (accepted as sent); compiling JS modules (any text is stored); ``/status`` counters and
+    per-application request numbers (always zero); multiple versions of one language module;
+    Unit's handling of ``.``/``..`` path segments; binding wildcard, non-loopback or unix
+    listener addresses (never bound; a unix listener's directory must exist);
     ``max_body_size``-like limits (the emulator refuses bodies over 256 MiB by closing the
     connection); request timing (the emulator closes idle connections after 60 s).
 """

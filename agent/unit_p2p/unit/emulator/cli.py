@@ -59,6 +59,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "than the socket's send buffer is cut short and the connection closed, as Unit 1.35 does",
     )
     parser.add_argument(
+        "--no-njs",
+        action="store_true",
+        help="emulate a Unit built without njs: no /js_modules, settings.js_module unchecked",
+    )
+    parser.add_argument(
         "--self-check",
         action="store_true",
         help="start on a temporary socket, run a few requests against it, print OK or FAIL",
@@ -74,6 +79,7 @@ async def _serve(args: argparse.Namespace) -> None:
         admin=args.admin,
         bind_listeners=not args.no_bind_listeners,
         cut_unix_answers=not args.whole_answers,
+        njs=not args.no_njs,
     )
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -8,8 +8,12 @@ takes a parsed request and returns the status and the JSON body. Routing:
 * ``/status[/...]`` GET only (else 405 "Invalid method."), a missing path is 404 "Invalid path.";
 * ``/certificates[/<name>[/...]]`` GET, PUT ``<name>``, DELETE ``<name>`` (else 405
   "Invalid method.");
+* ``/js_modules[/<name>[/...]]`` (a Unit built with njs, the default here) GET, PUT ``<name>``,
+  DELETE ``<name>``; a write without exactly one name is 400 "Invalid JS module name.", other
+  methods 405 "Invalid method." (``nxt_controller_process_script``);
 * ``/control/applications/<name>/restart`` GET only (else 405 "Method isn't allowed.");
-* ``/`` GET only (else 405 "Invalid method."): certificates, config and status together;
+* ``/`` GET only (else 405 "Invalid method."): certificates, js_modules (with njs), config
+  and status together;
 * anything else: 404 "Value doesn't exist.".
 
 A write is: parse the body (400 "Invalid JSON."), build the new tree (404/405), validate the
@@ -65,6 +69,7 @@ _NOT_ALLOWED = _error(405, "Method isn't allowed.")
 _INVALID_METHOD = _error(405, "Invalid method.")
 _APPLY_FAILED = _error(500, "Failed to apply new configuration.")
 _CERT_MISSING = _error(404, "Certificate doesn't exist.")
+_SCRIPT_MISSING = _error(404, "JS module doesn't exist.")
 
 
 def _parse_body(body: bytes) -> object:
@@ -116,8 +121,11 @@ class Controller:
         state_dir: StateDir | None = None,
         modules: dict[str, dict[str, str]] | None = None,
         bind_listeners: bool = True,
+        njs: bool = True,
     ):
         self.state_dir = state_dir
+        #: JS modules by name (their text), or None for a Unit built without njs
+        self.scripts: dict[str, str] | None = {} if njs else None
         self.modules = dict(DEFAULT_MODULES) if modules is None else modules
         self.listeners = ListenerSockets(enabled=bind_listeners)
         self.conf: object = copy.deepcopy(FRESH_CONFIG)
@@ -141,12 +149,15 @@ class Controller:
                 self.certs[name] = load_bundle(pem)
             except InvalidCertificate as exc:
                 raise EmulatorError(f"state dir certificate {name!r}: {exc}") from exc
+        if self.scripts is not None:
+            for name, text in self.state_dir.read_scripts().items():
+                self.scripts[name] = text.decode("utf-8", "surrogateescape")
         raw = self.state_dir.read_config()
         if raw is None:
             return
         try:
             conf = parse(raw)
-            validate(conf, modules=self.modules, certificates=self.certs)
+            self._validate(conf)
         except (JSONParseError, ConfigInvalid) as exc:
             raise EmulatorError(
                 f"{self.state_dir.conf_file}: unusable configuration: {exc}"
@@ -202,19 +213,19 @@ class Controller:
             return self._status(method, sub)
         if (sub := _split_prefix(path, "/certificates")) is not None:
             return await self._certificates(method, sub, body)
+        if self.scripts is not None and (sub := _split_prefix(path, "/js_modules")) is not None:
+            return await self._js_modules(method, sub, body)
         if (sub := _split_prefix(path, "/control")) is not None:
             return self._control(method, sub)
         if path == "/":
             if method != "GET":
                 return _INVALID_METHOD
-            return Reply(
-                200,
-                {
-                    "certificates": {n: b.info for n, b in self.certs.items()},
-                    "config": self.conf,
-                    "status": self.status_tree(),
-                },
-            )
+            root: dict = {"certificates": {n: b.info for n, b in self.certs.items()}}
+            if self.scripts is not None:
+                root["js_modules"] = dict(self.scripts)
+            root["config"] = self.conf
+            root["status"] = self.status_tree()
+            return Reply(200, root)
         return _NOT_FOUND
 
     async def _config(self, method: str, sub: str, body: bytes) -> Reply:
@@ -252,9 +263,12 @@ class Controller:
                 return _NOT_ALLOWED
             return await self._apply(new_conf, injectable=method == "PUT")
 
+    def _validate(self, conf: object) -> None:
+        validate(conf, modules=self.modules, certificates=self.certs, js_modules=self.scripts)
+
     async def _apply(self, new_conf: object, *, injectable: bool) -> Reply:
         try:
-            validate(new_conf, modules=self.modules, certificates=self.certs)
+            self._validate(new_conf)
         except ConfigInvalid as exc:
             return _error(400, "Invalid configuration.", str(exc))
         if injectable and self._failures:
@@ -338,3 +352,50 @@ class Controller:
                     return _error(500, "Failed to delete certificate.")
             del self.certs[name]
             return Reply(200, {"success": "Certificate deleted."})
+
+    def _script_in_use(self, name: str) -> bool:
+        settings = self.conf.get("settings") if isinstance(self.conf, dict) else None
+        used = settings.get("js_module") if isinstance(settings, dict) else None
+        return name in used if isinstance(used, list) else name == used
+
+    async def _js_modules(self, method: str, sub: str, body: bytes) -> Reply:
+        """``nxt_controller_process_script``: a module's value is its text, as a string."""
+        scripts = self.scripts
+        assert scripts is not None
+        tokens = tree.split_path(sub)
+        if tokens is None:
+            return _SCRIPT_MISSING
+        if method == "GET":
+            if not tokens:
+                return Reply(200, dict(scripts))
+            if tokens[0] not in scripts:
+                return _SCRIPT_MISSING
+            if len(tokens) > 1:  # a sub-path of a string
+                return _error(404, "Invalid path.")
+            return Reply(200, scripts[tokens[0]])
+        if len(tokens) != 1:
+            return _error(400, "Invalid JS module name.")
+        name = tokens[0]
+        async with self._lock:
+            if method == "PUT":
+                if name in scripts:
+                    return _error(400, "JS module already exists.")
+                # Unit compiles the module with njs and refuses it with njs's message; the
+                # emulator has no JavaScript compiler and takes any text.
+                if self.state_dir is not None:
+                    try:
+                        await trio.to_thread.run_sync(self.state_dir.write_script, name, body)
+                    except OSError:
+                        return _error(500, "Failed to store script.")
+                scripts[name] = body.decode("utf-8", "surrogateescape")
+                return Reply(200, {"success": "JS module uploaded."})
+            if method == "DELETE":
+                if self._script_in_use(name):
+                    return _error(400, "JS module is used in the configuration.")
+                if name not in scripts:
+                    return _SCRIPT_MISSING
+                if self.state_dir is not None:
+                    await trio.to_thread.run_sync(self.state_dir.delete_script, name)
+                del scripts[name]
+                return Reply(200, {"success": "JS module deleted."})
+        return _INVALID_METHOD

@@ -292,6 +292,7 @@ class UnitEmulator:
         modules: dict[str, dict[str, str]] | None = None,
         read_timeout: float = READ_TIMEOUT,
         cut_unix_answers: bool = True,
+        njs: bool = True,
     ):
         self._cut_unix_answers = cut_unix_answers
         self._control = _Endpoint(parse_address(control), self._serve_control)
@@ -300,6 +301,7 @@ class UnitEmulator:
             state_dir=StateDir(Path(state_dir)) if state_dir is not None else None,
             modules=modules,
             bind_listeners=bind_listeners,
+            njs=njs,
         )
         self._read_timeout = read_timeout
         self._nursery: trio.Nursery | None = None

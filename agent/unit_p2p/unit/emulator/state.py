@@ -1,4 +1,5 @@
-"""The emulator's state directory, laid out like Unit's: ``conf.json`` and ``certs/<name>``.
+"""The emulator's state directory, laid out like Unit's: ``conf.json``, ``certs/<name>`` and
+``scripts/<name>`` (JS modules).
 
 Every file is replaced atomically (write to a temporary file in the same directory, fsync,
 rename, fsync the directory), so a crash never leaves a half-written configuration behind and a
@@ -22,10 +23,12 @@ class StateDir:
         self.path = Path(path)
         self.conf_file = self.path / "conf.json"
         self.certs_dir = self.path / "certs"
+        self.scripts_dir = self.path / "scripts"
 
     def prepare(self) -> None:
         try:
             self.certs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.scripts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise EmulatorError(f"state dir {self.path}: {exc.strerror or exc}") from exc
 
@@ -41,9 +44,15 @@ class StateDir:
         atomic_write(self.conf_file, data)
 
     def read_certificates(self) -> dict[str, bytes]:
+        return self._read_all(self.certs_dir)
+
+    def read_scripts(self) -> dict[str, bytes]:
+        return self._read_all(self.scripts_dir)
+
+    def _read_all(self, directory: Path) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         try:
-            entries = sorted(self.certs_dir.iterdir())
+            entries = sorted(directory.iterdir())
         except FileNotFoundError:
             return out
         for entry in entries:
@@ -55,13 +64,20 @@ class StateDir:
                 raise EmulatorError(f"{entry}: {exc.strerror or exc}") from exc
         return out
 
-    def _cert_path(self, name: str) -> Path:
-        # Certificate names are arbitrary strings ("." and ".." included); the prefix and the
-        # quoting keep each one a single, safe file name.
-        return self.certs_dir / ("c-" + quote(name, safe=""))
+    @staticmethod
+    def _entry(directory: Path, name: str) -> Path:
+        # Certificate and module names are arbitrary strings ("." and ".." included); the
+        # prefix and the quoting keep each one a single, safe file name.
+        return directory / ("c-" + quote(name, safe=""))
 
     def write_certificate(self, name: str, pem: bytes) -> None:
-        atomic_write(self._cert_path(name), pem)
+        atomic_write(self._entry(self.certs_dir, name), pem)
 
     def delete_certificate(self, name: str) -> None:
-        self._cert_path(name).unlink(missing_ok=True)
+        self._entry(self.certs_dir, name).unlink(missing_ok=True)
+
+    def write_script(self, name: str, text: bytes) -> None:
+        atomic_write(self._entry(self.scripts_dir, name), text)
+
+    def delete_script(self, name: str) -> None:
+        self._entry(self.scripts_dir, name).unlink(missing_ok=True)

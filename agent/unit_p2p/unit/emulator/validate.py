@@ -62,6 +62,8 @@ class ValidationContext:
     conf: dict
     modules: dict[str, dict[str, str]] = field(default_factory=lambda: dict(DEFAULT_MODULES))
     certificates: Iterable[str] = ()
+    #: names of the uploaded JS modules; None when the emulated Unit is built without njs
+    js_modules: Iterable[str] | None = None
 
 
 Validator = Callable[[ValidationContext, object], None]
@@ -371,8 +373,23 @@ def _upstream(ctx: ValidationContext, name: str, value: object) -> None:
         raise ConfigInvalid(f'The "{name}" upstream must contain "servers" object value.')
 
 
+def _js_module(ctx: ValidationContext, value: object) -> None:
+    # nxt_conf_vldt_js_module: a name or an array of names of uploaded modules (with njs).
+    if ctx.js_modules is None:
+        return
+    known = set(ctx.js_modules)
+    for name in value if isinstance(value, list) else [value]:
+        if not isinstance(name, str):
+            raise ConfigInvalid('The "js_module" array must contain only string values.')
+        if name not in known:
+            raise ConfigInvalid(f'JS module "{name}" is not found.')
+
+
+# Of "settings" only js_module is checked; the other members are accepted as sent.
+_SETTINGS = _object({"js_module": (STRING | ARRAY, _js_module)}, lenient=True)
+
 _ROOT: Table = {
-    "settings": (OBJECT, None),
+    "settings": (OBJECT, _SETTINGS),
     "listeners": (OBJECT, _each_member(_listener)),
     "routes": (ARRAY | OBJECT, _routes),
     "applications": (OBJECT, _each_member(_application)),
@@ -386,13 +403,17 @@ def validate(
     *,
     modules: dict[str, dict[str, str]] | None = None,
     certificates: Iterable[str] = (),
+    js_modules: Iterable[str] | None = None,
 ) -> None:
-    """Raise :class:`ConfigInvalid` with Unit's detail if ``conf`` is not a valid config."""
+    """Raise :class:`ConfigInvalid` with Unit's detail if ``conf`` is not a valid config.
+
+    ``js_modules`` None models a Unit built without njs (``settings.js_module`` unchecked)."""
     _check_type(None, conf, OBJECT)
     ctx = ValidationContext(
         conf=conf,  # type: ignore[arg-type]
         modules=dict(DEFAULT_MODULES) if modules is None else modules,
         certificates=list(certificates),
+        js_modules=None if js_modules is None else list(js_modules),
     )
     _object(_ROOT)(ctx, conf)
 
