@@ -38,7 +38,7 @@ class AgentView(Protocol):
     ``health``/``status``/``peers``/``local_config`` are plain data; ``publish`` and ``wait``
     return a ``PublishResult`` (its ``to_json`` is the API's answer); ``metrics.render()`` is the
     Prometheus text. ``local_config`` raises UnitError when Unit does not answer; ``publish``
-    raises UnitError or SyncError.
+    raises UnitError or SyncError (PublishRefused for a guard).
     """
 
     peer_id: str
@@ -50,7 +50,7 @@ class AgentView(Protocol):
     async def local_config(self) -> dict: ...
     async def publish(self, config: Any = None, *, dry_run: bool = False, wait: bool = False,
                       timeout: float = 30.0, min_peers: int | None = None,
-                      require_all: bool = True) -> PublishResult: ...
+                      require_all: bool = True, force: bool = False) -> PublishResult: ...
     async def wait(self, revision: Revision, *, timeout: float, min_peers: int | None = None,
                    require_all: bool = True) -> PublishResult: ...
 

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"at most {MAX_WAIT_S:g})")
     p.add_argument("--min-peers", type=_count, help="with --wait: enough when N peers applied")
     p.add_argument("--dry-run", action="store_true", help="say whether it would change anything")
+    p.add_argument("--force", action="store_true",
+                   help="publish this host's Unit config even though the mesh has a newer "
+                        "revision or Unit holds an older revision's config (refused otherwise, "
+                        "since it would roll every host back)")
 
     p = add("status", help="show this agent's state",
                        description="Head revision, local Unit, last error, peers and counters.",
@@ -312,7 +316,9 @@ def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
     require_all = args.min_peers is None
     if args.wait and not args.json and not args.dry_run:
         # Publish, then follow the revision in one-second waits so the user sees progress.
-        result = api.publish(config=config, wait=False, timeout=args.timeout)
+        published = api.publish(config=config, wait=False, timeout=args.timeout,
+                                force=args.force)
+        result = published
         print(f"published {result['revision']} (changed={str(result['changed']).lower()})",
               file=sys.stderr)
         deadline = time.monotonic() + args.timeout
@@ -325,10 +331,13 @@ def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
             if result["converged"] or peers["failed"] or time.monotonic() > deadline:
                 print(file=sys.stderr)
                 break
+        # a wait only knows where the revision stands; whether the publish changed anything
+        # is the publish's answer
+        result["changed"] = published["changed"]
     else:
         result = api.publish(config=config, wait=args.wait, timeout=args.timeout,
                              dry_run=args.dry_run, min_peers=args.min_peers,
-                             require_all=require_all)
+                             require_all=require_all, force=args.force)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -22,8 +22,10 @@ of named errors instead of every library's own.
     ├── SyncError              a revision could not be fetched, verified or applied
     │   ├── SyncRetryLater         nobody can serve it right now: kept and retried later
     │   ├── BadDocument            a peer served bytes that are not the announced document
-    │   └── RevisionRejected       this host cannot apply it (Unit refused, read-back differs,
-    │                              disk): given up until a newer revision arrives
+    │   ├── RevisionRejected       this host cannot apply it (Unit refused, read-back differs,
+    │   │                          disk): given up until a newer revision arrives
+    │   └── PublishRefused         a publish refused by a guard before anything changed (too
+    │                              large; this host behind the mesh or holding an older config)
     ├── ApiError               the agent's local API answered with an error (docs/api.md)
     ├── AgentUnreachable       the agent's API socket is missing, refused or timed out
     └── EmulatorError          the Unit emulator cannot start as asked
@@ -155,6 +157,12 @@ class BadDocument(SyncError):
 
 class RevisionRejected(SyncError):
     """This host cannot apply the revision; it reports it failed and waits for a newer one."""
+
+
+class PublishRefused(SyncError):
+    """A publish was refused before anything changed: the config is larger than
+    ``max_config_bytes`` (``too_large``), or publishing this host's Unit config would undo a
+    newer revision (``behind_mesh``, ``stale_config``; ``force`` publishes anyway)."""
 
 
 class ApiError(UnitP2PError):

@@ -34,6 +34,12 @@ class Metrics:
             "ping) and kind (announce, nohead, report, pull, served, error; gossipsub: message, "
             "ihave, iwant, graft, prune, idontwant, subscribe; ping: ping)",
             ["protocol", "kind", "direction"], registry=r)
+        self.drifted = Gauge("unit_p2p_unit_drifted",
+                             "1 while Unit holds a config other than the head (minus exclusions) "
+                             "for reasons other than an apply", registry=r)
+        self.drift_repairs = Counter("unit_p2p_drift_repairs",
+                                     "Re-applies of the head after drift, by result",
+                                     ["result"], registry=r)
         self.unit_up = Gauge("unit_p2p_unit_reachable", "1 when the local Unit answers",
                              registry=r)
         self.last_convergence = Gauge(

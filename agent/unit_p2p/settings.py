@@ -44,6 +44,8 @@ ENV_PREFIX = "UNIT_P2P_"
 #: names the config file; not a setting itself
 CONFIG_ENV = "UNIT_P2P_CONFIG"
 TRUST_MODES = ("allowlist", "any")
+#: what the agent does when Unit holds something other than its head for reasons other than an apply
+DRIFT_ACTIONS = ("repair", "report")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 # A settings file is a few hundred bytes; anything this big is the wrong file.
@@ -110,6 +112,11 @@ class Settings:
     max_config_bytes: int = field(default=8 * 1024 * 1024, metadata=_doc(
         "largest config document accepted (bytes of canonical JSON, at most 1 GiB); API "
         "request bodies may be twice this", metavar="BYTES"))
+    on_drift: str = field(default="repair", metadata=_doc(
+        "when Unit's config (minus exclusions) differs from the head for reasons other than an "
+        "apply (a Unit restarted from a stale state, reinstalled empty, edited by hand): repair "
+        "re-applies the head; report leaves Unit alone and reports the host as drifted",
+        metavar="ACTION"))
     announce_interval: float = field(default=10.0, metadata=_doc(
         "seconds between anti-entropy rounds (heads exchanged with up to 3 peers not known "
         "at our head; the head re-gossiped when a peer is behind, and every 6th round); "
@@ -484,6 +491,7 @@ _CHECKS: dict[str, Callable] = {
     "api_tcp": check_api_tcp,
     "bootstrap": check_bootstrap_addr,
     "trust": _enum(TRUST_MODES),
+    "on_drift": _enum(DRIFT_ACTIONS),
     "trusted_peers": check_peer_id,
     "exclusions": check_json_pointer,
     "keep_configs": _at_most(10_000, "configs"),

@@ -84,6 +84,7 @@ class ApiClient:
         min_peers: int | None = None,
         require_all: bool = True,
         diff: bool = False,
+        force: bool = False,
     ) -> dict:
         request: dict[str, Any] = {
             "wait": wait,
@@ -93,6 +94,8 @@ class ApiClient:
             "require_all": require_all,
             "diff": diff,
         }
+        if force:
+            request["force"] = True
         if config is not None:
             request["config"] = config
         # `timeout` bounds the whole publish: applying to the local Unit (several calls, each

@@ -25,7 +25,14 @@ import trio
 from unit_p2p import jsonstrict
 from unit_p2p.api.http import Limits, Request, Response, json_response, problem, serve_listener
 from unit_p2p.api.token import read_token
-from unit_p2p.errors import SettingsError, SyncError, UnitError, UnitRejected, UnitUnreachable
+from unit_p2p.errors import (
+    PublishRefused,
+    SettingsError,
+    SyncError,
+    UnitError,
+    UnitRejected,
+    UnitUnreachable,
+)
 from unit_p2p.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -95,7 +102,10 @@ class AgentApi:
         except UnitError as exc:
             status, payload = 502, {"error": "unit_error", "detail": str(exc)}
         except SyncError as exc:
-            code = 422 if exc.reason in ("unit_rejected", "not_an_object") else 500
+            if isinstance(exc, PublishRefused):
+                code = 413 if exc.reason == "too_large" else 409
+            else:
+                code = 422 if exc.reason in ("unit_rejected", "not_an_object") else 500
             # the code is the reason already; the detail need not repeat it
             detail = str(exc).removeprefix(f"{exc.reason}: ")
             status, payload = code, {"error": exc.reason, "detail": detail}
@@ -116,21 +126,23 @@ class AgentApi:
         return 200, await self.agent.local_config()
 
     async def publish(self, req: dict) -> tuple[int, Any]:
-        known = {"config", "wait", "timeout", "dry_run", "min_peers", "require_all", "diff"}
+        known = {"config", "wait", "timeout", "dry_run", "min_peers", "require_all", "diff",
+                 "force"}
         unknown = set(req) - known
         if unknown:
             raise ApiProblem(400, "bad_request", _unknown_fields(unknown))
         config = req.get("config")
         if config is not None and not isinstance(config, dict):
             raise ApiProblem(422, "not_an_object", "config must be a JSON object")
-        for name in ("wait", "dry_run", "require_all", "diff"):
+        for name in ("wait", "dry_run", "require_all", "diff", "force"):
             if name in req and not isinstance(req[name], bool):
                 raise ApiProblem(400, "bad_request", f"{name} must be true or false")
         timeout, min_peers = _wait_args(req)
         dry_run = req.get("dry_run", False)
         result = await self.agent.publish(
             config, dry_run=dry_run, wait=req.get("wait", False), timeout=timeout,
-            min_peers=min_peers, require_all=req.get("require_all", True))
+            min_peers=min_peers, require_all=req.get("require_all", True),
+            force=req.get("force", False))
         return 200, result.to_json(with_diff=dry_run or req.get("diff", False))
 
     async def wait(self, req: dict) -> tuple[int, Any]:

@@ -2,8 +2,9 @@
 
 An apply reads Unit's config, keeps this host's values at the excluded pointers, backs the old
 config up, PUTs the new one and reads it back: Unit rejects atomically (the old config stays), and
-a read-back that differs (someone wrote meanwhile, or Unit rewrote it) restores the old config.
-The watch polls Unit so ``status`` can say whether it answers and whether it holds our head.
+a read-back that differs (someone wrote meanwhile, or Unit rewrote it) or that fails restores the
+old config. The watch polls Unit so ``status`` can say whether it answers and whether it holds our
+head; every digest it reads goes to ``on_observed``, where the reconciler decides about drift.
 
 A new Unit resource that needs its own handling on apply belongs here.
 """
@@ -36,13 +37,19 @@ class UnitLike(Protocol):
 
 class Applier:
     def __init__(self, unit: UnitLike, store: StateStore, exclusions: tuple[str, ...],
-                 metrics: Metrics, on_reachable: Callable[[], None]):
-        """``on_reachable`` is called when Unit answers again after being unreachable."""
+                 metrics: Metrics, on_reachable: Callable[[], None],
+                 on_observed: Callable[[str], None] = lambda digest: None):
+        """``on_reachable`` is called when Unit answers again after being unreachable;
+        ``on_observed(digest)`` after every read of the watch that was not part of an apply."""
         self.unit = unit
         self.store = store
         self.exclusions = exclusions
         self.metrics = metrics
         self._on_reachable = on_reachable
+        self._on_observed = on_observed
+        #: held while Unit is being moved (apply, publish, repair), so the watch never reads a
+        #: config half-way through a change and takes it for drift
+        self.lock = trio.Lock()
         self.reachable: bool | None = None
         self.error: str | None = None
         #: digest of what Unit holds (minus exclusions), as last read or written
@@ -65,20 +72,33 @@ class Applier:
         await self.put_verified(target, doc.digest, rollback=local)
 
     async def put_verified(self, target: Any, digest: str, rollback: Any) -> None:
-        """PUT ``target`` and read it back; restore ``rollback`` if what Unit holds differs."""
+        """PUT ``target`` and read it back; restore ``rollback`` if what Unit holds differs or
+        cannot be read: a config no revision holds must never stay applied unrecorded."""
         try:
             await self.unit.put("/config", target)
         except UnitRejected as exc:
             raise RevisionRejected("unit_rejected", str(exc)) from None
-        readback = await self.unit.get("/config")
-        got = Document.from_config(readback, self.exclusions).digest
+        try:
+            got = Document.from_config(await self.unit.get("/config"), self.exclusions).digest
+        except (UnitError, SyncError) as exc:
+            restored = await self._restore(rollback)
+            raise RevisionRejected(
+                "verify_failed", f"Unit took the PUT but reading it back failed ({exc}); "
+                + restored) from None
         if got != digest:
-            try:
-                await self.unit.put("/config", rollback)
-            except UnitError as exc:
-                log.error("rollback after a failed verification failed too: %s", exc)
-            raise RevisionRejected("verify_failed", f"Unit holds {got} after PUT of {digest}")
+            restored = await self._restore(rollback)
+            raise RevisionRejected("verify_failed",
+                                   f"Unit holds {got} after PUT of {digest}; {restored}")
         self.set_state(True, None, got)
+
+    async def _restore(self, rollback: Any) -> str:
+        """Put the previous config back; says what happened, for the error that follows."""
+        try:
+            await self.unit.put("/config", rollback)
+        except UnitError as exc:
+            log.error("restoring the previous config failed too: %s", exc)
+            return f"restoring the previous config failed too ({exc})"
+        return "the previous config was restored"
 
     def set_state(self, reachable: bool, error: str | None, digest: str | None = None) -> None:
         if reachable and self.reachable is False:
@@ -96,13 +116,17 @@ class Applier:
         first = True
         while True:
             started = trio.current_time()
-            try:
-                _, digest = await self.read()
-                self.set_state(True, None, digest)
-            except UnitError as exc:
-                self.set_state(False, str(exc))
-            except SyncError as exc:  # Unit answered with a non-object config
-                self.set_state(True, str(exc))
+            digest = None
+            async with self.lock:
+                try:
+                    _, digest = await self.read()
+                    self.set_state(True, None, digest)
+                except UnitError as exc:
+                    self.set_state(False, str(exc))
+                except SyncError as exc:  # Unit answered with a non-object config
+                    self.set_state(True, str(exc))
+            if digest is not None:
+                self._on_observed(digest)
             if first:
                 task_status.started()
                 first = False

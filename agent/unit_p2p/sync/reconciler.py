@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from unit_p2p.errors import (
+    PublishRefused,
     RevisionRejected,
     SyncError,
     SyncRetryLater,
@@ -47,6 +48,7 @@ from unit_p2p.sync.revision import (
     Head,
     Revision,
     canonical_json,
+    merge_exclusions,
     sign_revision,
 )
 from unit_p2p.sync.spread import GOSSIP, NOTIFY, Spread
@@ -58,6 +60,9 @@ log = logging.getLogger("unit_p2p.reconciler")
 
 #: seconds before a revision nobody could serve is tried again
 RETRY_LATER = 2.0
+#: a failed drift repair is tried again after this, doubling up to DRIFT_RETRY_MAX
+DRIFT_RETRY = 5.0
+DRIFT_RETRY_MAX = 300.0
 
 
 class MeshLike(Protocol):
@@ -103,7 +108,13 @@ class Reconciler:
         self.last_error: dict | None = None
         self.candidates = Candidates()
         self.admission = Admission(self.mesh_name, trust, metrics, settings.max_config_bytes)
-        self.applier = Applier(unit, store, self.exclusions, metrics, self._wake_apply)
+        self.applier = Applier(unit, store, self.exclusions, metrics, self._wake_apply,
+                               self._observed)
+        #: what Unit held when it last differed from the head outside an apply (None: in sync)
+        self.drift: dict | None = None
+        self._drift_retry_at = 0.0
+        self._drift_backoff = DRIFT_RETRY
+        self._repairing = False
         self.fetcher = Fetcher(peer_id, mesh, store, self.admission, metrics,
                                settings.max_config_bytes)
         self.convergence = Convergence(peer_id, self._wait_targets)
@@ -112,7 +123,6 @@ class Reconciler:
                              lambda: self.head,
                              self._merge_remote_state, self._spawn, self.fetcher.served_by)
 
-        self._apply_lock = trio.Lock()
         self._wake = trio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -278,7 +288,7 @@ class Reconciler:
                 except SyncError as exc:
                     # Anything else (Unit refused it, the read-back differs, a corrupt stored
                     # document) will not get better by retrying: wait for a newer revision.
-                    reason = f"{exc.reason}: {exc}"
+                    reason = str(exc)  # "<reason>: <detail>" already
                     self.candidates.give_up(rev, reason)
                     self.metrics.applies.labels("failed").inc()
                     await self._record_error(rev, exc.reason, str(exc))
@@ -292,16 +302,23 @@ class Reconciler:
         self.convergence.changed()
         await trio.to_thread.run_sync(self.store.save_last_error, self.last_error)
 
+    async def _clear_error(self) -> None:
+        """A successful apply or publish: the last error is history, not the current state."""
+        if self.last_error is not None:
+            self.last_error = None
+            await trio.to_thread.run_sync(self.store.save_last_error, None)
+
     async def _apply(self, cand: Candidate) -> None:
         head = cand.head
         doc = await self.fetcher.fetch(cand)
-        async with self._apply_lock:
+        async with self.applier.lock:
             if self.head is not None and head.revision <= self.head.revision:
                 return  # a publish or another apply got further meanwhile
             started = time.monotonic()
             await self.applier.apply(doc, f"before-{head.revision.counter}")
             await trio.to_thread.run_sync(self.store.save_document, doc)
             await self._set_head(head)
+            await self._clear_error()
             self.candidates.drop(head.revision)
             self.metrics.applies.labels("ok").inc()
             self.metrics.last_convergence.set(time.monotonic() - cand.seen_at)
@@ -318,6 +335,85 @@ class Reconciler:
                                       self.applied_at)
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
+
+    # --- drift: Unit changed outside an apply --------------------------------------------------
+
+    def _observed(self, digest: str) -> None:
+        """The Unit watch read ``digest`` outside any apply: is Unit off the head?"""
+        head = self.head
+        if head is None or digest == head.digest:
+            if self.drift is not None:
+                self._drift_over(head)
+            return
+        first = self.drift is None
+        self.drift = {"digest": digest, "head": head.digest,
+                      "since": time.time() if first else self.drift["since"]}
+        self.metrics.drifted.set(1)
+        if self.settings.on_drift == "repair":
+            if not self._repairing and time.monotonic() >= self._drift_retry_at:
+                self._repairing = True
+                self._spawn(self._repair_drift, head)
+        elif first:
+            log.warning("drift: Unit holds %s, not the head %s; on_drift: report leaves it so",
+                        digest, head.revision)
+            self._spawn(self._report_drift, head, f"Unit holds {digest}")
+
+    def _drift_over(self, head: Head | None) -> None:
+        reported = self.drift is not None and self.drift.get("reported")
+        self.drift = None
+        self.metrics.drifted.set(0)
+        self._drift_backoff, self._drift_retry_at = DRIFT_RETRY, 0.0
+        if head is not None and reported:
+            # Publishers were told this host failed; now it holds the head again.
+            self.convergence.record(self.peer_id, head.revision, APPLIED, None)
+            self._spawn(self.spread.report, head.revision, head.digest, APPLIED, None)
+
+    async def _report_drift(self, head: Head, detail: str) -> None:
+        """A drifted host must not count as applied in anyone's wait."""
+        if self.drift is None:
+            return
+        self.drift["reported"] = True
+        reason = f"drift: {detail}"[:500]
+        self.convergence.record(self.peer_id, head.revision, FAILED, reason)
+        await self.spread.report(head.revision, head.digest, FAILED, reason)
+
+    async def _repair_drift(self, head: Head) -> None:
+        """Re-apply the head, the way an apply does (host-local values kept, backup first)."""
+        try:
+            async with self.applier.lock:
+                if self.head != head:
+                    return  # an apply or a publish moved Unit meanwhile
+                _, digest = await self.applier.read()
+                if digest == head.digest:
+                    self._drift_over(head)
+                    return
+                data = await trio.to_thread.run_sync(self.store.load_document_bytes,
+                                                     head.digest)
+                if data is None:
+                    raise RevisionRejected("drift", "the head's document is not on disk")
+                log.warning("drift: Unit holds %s, not the head %s: re-applying the head",
+                            digest, head.revision)
+                started = time.monotonic()
+                await self.applier.apply(Document.from_bytes(data, head.digest),
+                                         f"drift-{head.revision.counter}")
+        except (UnitError, SyncError, OSError) as exc:
+            self.metrics.drift_repairs.labels("failed").inc()
+            self._drift_retry_at = time.monotonic() + self._drift_backoff
+            log.error("drift repair of %s failed (next try in %.0f s): %s", head.revision,
+                      self._drift_backoff, exc)
+            self._drift_backoff = min(self._drift_backoff * 2, DRIFT_RETRY_MAX)
+            await self._record_error(head.revision, "drift_repair_failed", str(exc))
+            if self.drift is not None and not self.drift.get("reported"):
+                await self._report_drift(head, f"repair failed: {exc}")
+            return
+        finally:
+            self._repairing = False
+        self.metrics.drift_repairs.labels("ok").inc()
+        log.info("drift repaired: head %s re-applied in %.1f ms", head.revision,
+                 (time.monotonic() - started) * 1000)
+        self._drift_over(head)
+        if self.last_error and self.last_error.get("reason") == "drift_repair_failed":
+            await self._clear_error()
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -336,18 +432,33 @@ class Reconciler:
         timeout: float = 30.0,
         min_peers: int | None = None,
         require_all: bool = True,
+        force: bool = False,
     ) -> PublishResult:
         """Publish the local Unit config (or ``config``, applied locally first) as a new revision.
 
-        Raises UnitUnreachable, SyncError("unit_rejected") or SyncError("not_an_object").
+        A given config is applied here the way any host applies a revision: this host keeps its
+        own values at the excluded pointers. Raises UnitUnreachable, RevisionRejected (Unit
+        refused it), BadDocument (not an object) or PublishRefused (a guard; ``force`` passes
+        the ones that protect the mesh from this host's stale state).
         """
-        async with self._apply_lock:
-            local, _ = await self.applier.read()
-            doc = Document.from_config(local if config is None else config, self.exclusions)
+        async with self.applier.lock:
+            local, local_digest = await self.applier.read()
+            target = local if config is None else merge_exclusions(config, local,
+                                                                   self.exclusions)
+            doc = Document.from_config(target, self.exclusions)
+            if doc.size > self.settings.max_config_bytes:
+                raise PublishRefused("too_large", f"the config is {doc.size} bytes of canonical "
+                                     f"JSON; max_config_bytes is {self.settings.max_config_bytes}"
+                                     " here, and peers refuse what is larger than theirs")
+            if config is None and not force:
+                await self._refuse_stale_publish(local_digest)
             # A given config that differs from this host's Unit (even in host-local parts) is
             # a change here, whether or not it makes a new mesh revision.
-            local_change = config is not None and canonical_json(config) != canonical_json(local)
-            changed = self.head is None or doc.digest != self.head.digest
+            local_change = config is not None and canonical_json(target) != canonical_json(local)
+            # Behind a newer revision (forced, or a given config), even our head's digest is a
+            # change: it must become the newest revision to win.
+            changed = (self.head is None or doc.digest != self.head.digest
+                       or self.candidates.max_seen > self.head.revision.counter)
             if dry_run:
                 before = await self.head_config()
                 return PublishResult(changed=changed or local_change, revision=None,
@@ -355,7 +466,7 @@ class Reconciler:
                                      before=before if before is not None else local,
                                      after=doc.tree)
             if local_change:
-                await self.applier.put_verified(config, doc.digest, rollback=local)
+                await self.applier.put_verified(target, doc.digest, rollback=local)
             if changed:
                 rev = Revision(self.candidates.max_seen + 1, self.peer_id)
                 head = Head(rev, doc.digest, doc.size,
@@ -363,6 +474,7 @@ class Reconciler:
                 before = await self.head_config()
                 await trio.to_thread.run_sync(self.store.save_document, doc)
                 await self._set_head(head)
+                await self._clear_error()
                 self.metrics.publishes.inc()
                 log.info("published revision %s digest=%s size=%d", rev, doc.digest, doc.size)
             else:
@@ -376,6 +488,29 @@ class Reconciler:
                                size=head.size, before=before, after=doc.tree)
         await self._wait(result, wait, timeout, min_peers, require_all)
         return result
+
+    async def _refuse_stale_publish(self, local_digest: str) -> None:
+        """Publishing what this host's Unit holds is wrong when that is older than the mesh:
+        it would roll every host back. Raises PublishRefused naming what is newer."""
+        head = self.head
+        newer = [r for r in self.candidates.pending() if head is None or r > head.revision]
+        if newer:
+            raise PublishRefused(
+                "behind_mesh", f"this host is at {head.revision if head else 'no revision'} "
+                f"but the mesh has {max(newer)}, not applied here yet; publishing this host's "
+                "config would undo it (wait for it to apply, or force)")
+        if head is not None and self.candidates.max_seen > head.revision.counter:
+            raise PublishRefused(
+                "behind_mesh", f"this host is at {head.revision} but the mesh has reached "
+                f"counter {self.candidates.max_seen} (this host could not apply it: "
+                f"{(self.last_error or {}).get('detail', 'see status')}); publishing this "
+                "host's config would undo it (force to do so on purpose)")
+        if head is not None and local_digest != head.digest and await trio.to_thread.run_sync(
+                self.store.has_document, local_digest):
+            raise PublishRefused(
+                "stale_config", f"Unit holds {local_digest}, the config of an older revision, "
+                f"not the head {head.revision}; publishing it would roll the mesh back "
+                "(force to do so on purpose)")
 
     async def wait_revision(self, revision: Revision, *, timeout: float,
                             min_peers: int | None = None,
@@ -438,7 +573,12 @@ class Reconciler:
                 "unit": "reachable" if applier.reachable else "unreachable",
                 "unit_error": applier.error,
                 "digest": applier.local_digest,
-                "in_sync": bool(self.head and applier.local_digest == self.head.digest),
+                # a digest read before Unit went away says nothing about what it holds now
+                "in_sync": bool(applier.reachable and self.head
+                                and applier.local_digest == self.head.digest),
+                "on_drift": self.settings.on_drift,
+                "drift": None if self.drift is None else {
+                    k: v for k, v in self.drift.items() if k != "reported"},
             },
             "last_error": self.last_error,
             "pending": [str(r) for r in self.candidates.pending()],
