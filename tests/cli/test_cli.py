@@ -122,6 +122,7 @@ async def test_status_and_publish_commands_against_a_live_agent(tmp_path):
                                 "--timeout", "30"))
                 assert r.returncode == 0, r.stderr + r.stdout
                 assert "applied 2, failed 0, pending 0" in r.stdout
+                assert "changed true" in r.stdout  # the publish's answer, not the wait's
                 r = await trio.to_thread.run_sync(lambda: cli("status", "--api", a.api))
                 assert r.returncode == 0 and a.peer_id in r.stdout and "in_sync=true" in r.stdout
                 r = await trio.to_thread.run_sync(lambda: cli("peers", "--api", a.api))
