@@ -164,9 +164,9 @@ class StubAgent:
         assert min_peers is None or (type(min_peers) is int and min_peers >= 0)
         assert type(require_all) is bool
 
-    async def publish(self, config, *, dry_run, wait, timeout, min_peers, require_all):
+    async def publish(self, config, *, dry_run, wait, timeout, min_peers, require_all, force):
         assert config is None or isinstance(config, dict)
-        assert type(dry_run) is bool and type(wait) is bool
+        assert type(dry_run) is bool and type(wait) is bool and type(force) is bool
         self._check_wait_args(timeout, min_peers, require_all)
         self.calls.append("publish")
         return Result()
@@ -183,7 +183,7 @@ json_values = st.recursive(json_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
     max_leaves=20)
 fields = st.sampled_from(["config", "wait", "timeout", "dry_run", "min_peers", "require_all",
-                          "diff", "revision", "bogus", "dry_run"])
+                          "diff", "force", "revision", "bogus", "dry_run"])
 REV = "1@12D3KooWKp3JpYh1RhD1VvHQt1bDxHbZ3mJ5YvbD1Y4m2rR1cBqU"
 
 

@@ -64,12 +64,18 @@ class Convergence:
         self._changed.set()
         self._changed = trio.Event()
 
-    def record(self, peer: str, revision: Revision, status: str, reason: str | None) -> None:
+    def record(self, peer: str, revision: Revision, status: str, reason: str | None, *,
+               implied: bool = False) -> None:
+        """``implied``: an "applied" read from the peer's head, not a report of its own; it
+        never overrides a failure the peer reported for that revision (a drifted host still
+        holds the head, but its Unit does not run it)."""
         per_rev = self.reports.get(revision)
         if per_rev is None:
             per_rev = self.reports[revision] = {}
             while len(self.reports) > REPORTS_KEPT:
                 self.reports.popitem(last=False)
+        if implied and per_rev.get(peer, (None,))[0] == FAILED:
+            return
         per_rev[peer] = (status, reason)
         self.changed()
 

@@ -233,7 +233,7 @@ class Reconciler:
             return
         rev = head.revision
         self.candidates.note_peer(peer, head)
-        self.convergence.record(peer, rev, APPLIED, None)
+        self.convergence.record(peer, rev, APPLIED, None, implied=True)
         mine = self.head.revision if self.head else None
         if mine is not None and rev == mine:
             return
