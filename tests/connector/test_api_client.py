@@ -220,12 +220,13 @@ def test_tcp_needs_the_token(agent):
     assert ApiClient(bare, token="s3cret", timeout=5).status() == STATUS
 
 
-def test_wait_extends_the_read_timeout_by_the_wait(agent):
+def test_publish_extends_the_read_timeout_by_its_timeout(agent):
     address, _ = agent(delay=1.0)
     api = ApiClient(address, timeout=0.5)
-    with pytest.raises(AgentUnreachable, match=r"did not answer POST /v1/publish within 0\.5s"):
-        api.publish()
-    # The agent may hold a waiting publish for `timeout` seconds; that is not a dead agent.
+    with pytest.raises(AgentUnreachable, match=r"did not answer POST /v1/publish within 0\.7s"):
+        api.publish(timeout=0.2)
+    # The agent may take `timeout` seconds for a publish (applying it to the local Unit, and
+    # with wait the peers); that is not a dead agent.
     assert api.publish(wait=True, timeout=3)["converged"] is True
 
 
