@@ -67,6 +67,8 @@ DEFERRED: dict[str, frozenset[str]] = {
     "psutil": frozenset({"Process"}),
     # IPNS records, which the DHT validates only when someone stores one.
     "cbor2": frozenset(),
+    # BLAKE3 multihashes (a Rust extension): peer IDs and keys use SHA-256 and identity hashes.
+    "blake3": frozenset(),
     # cryptography (a Rust extension with its own OpenSSL, ~9 MiB): Noise's crypto comes from
     # lean_noise.py (SUBSTITUTED); these are imported for an ``except`` clause Noise's own error
     # replaces, the ACME client's certificates and the encoding constants of key objects.

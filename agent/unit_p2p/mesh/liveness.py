@@ -4,16 +4,21 @@ py-libp2p 0.8.1's yamux sends a PING every few seconds to measure RTT but never 
 missing pong, and TCP without traffic does not notice a dead path for many minutes. So we keep
 one ``/ipfs/ping/1.0.0`` stream per connected peer and ping it every ``interval`` seconds with a
 ``timeout``; after ``misses`` consecutive failures the connection is closed, which fires the
-normal disconnect path (notifee -> MeshEvents.on_peer_disconnected). Each peer's probes start
-``interval`` apart (at once after a probe that used the whole timeout), so the worst-case
-detection time is ``interval + timeout + (misses - 1) * max(interval, timeout)`` (defaults:
-5 + 5 + 2 x 5 = 20 s), counted from the last time the peer was heard.
+normal disconnect path (notifee -> MeshEvents.on_peer_disconnected). A healthy peer is probed
+``interval`` after it was last heard; a missed probe is retried as soon as its ``timeout`` has
+passed (at once after a probe that used it all), so the worst-case detection time is
+``interval + misses * timeout`` (defaults: 10 + 3 x 5 = 25 s), counted from the last time the
+peer was heard. Retrying a miss at once rather than an interval later is what lets the
+interval (and so the idle cost) double for 5 s more detection time, with the same tolerance of
+a stalled but healthy peer (three timeouts in a row).
 
 A peer that pinged *us* was heard: our own ping handler echoes and notes it, and our next probe
 of that peer waits until ``interval`` after it. Both ends run the same rule, so on a healthy
 link one side's pings keep the other quiet: one ping per interval per connection instead of two
-(pings were half the idle CPU of a 30-agent full mesh). A cut link silences both directions, so
-each end still probes and drops within the bound.
+(pings were half the idle CPU of a 30-agent full mesh). Traffic counts as well: a stream opened
+to or from the peer (a heads exchange, a pull, an announcement push) is heard too, so a busy
+link carries no pings at all. A cut link silences both directions, so each end still probes and
+drops within the bound.
 """
 
 from __future__ import annotations
@@ -38,17 +43,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LivenessParams:
     # A timeout of 5 s rides out an overloaded host (a busy 2-core box stalled healthy pings
-    # past 2 s and peers were dropped and redialled); a dead link is still dropped in <= 20 s.
-    # The interval sets the idle cost (one ping per connection per interval, see the module
-    # doc): 5 s rather than 3 s cuts it by 40 % for 2 s more detection time.
-    interval: float = 5.0
+    # past 2 s and peers were dropped and redialled); a dead link is still dropped in <= 25 s.
+    # The interval sets the idle cost (one ping per idle connection per interval, see the
+    # module doc): pings were most of an idle agent's CPU at 5 s.
+    interval: float = 10.0
     timeout: float = 5.0
     misses: int = 3
 
     @property
     def bound(self) -> float:
         """Worst-case seconds from a silent cut to the connection being closed."""
-        return self.interval + self.timeout + (self.misses - 1) * max(self.interval, self.timeout)
+        return self.interval + self.misses * self.timeout
 
 
 class Liveness:
@@ -82,19 +87,29 @@ class Liveness:
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         # One pinger per connected peer, each on its own clock: a failed probe that used the whole
-        # timeout is followed by the next one at once, so the detection bound holds.
+        # timeout is followed by the next one at once, so the detection bound holds. The mesh
+        # starts a peer's pinger when it connects (watch); this sweep, once an interval, only
+        # catches a connection that came up before the pingers could be started.
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             while True:
                 for peer in self._connected():
-                    if peer not in self._inflight:
-                        self._inflight.add(peer)
-                        nursery.start_soon(self._pinger, peer)
-                await trio.sleep(min(self.params.interval, 0.5))
+                    self.watch(peer)
+                await trio.sleep(self.params.interval)
+
+    def watch(self, peer: str) -> None:
+        """Start pinging ``peer`` (just connected) unless its pinger already runs."""
+        if self._nursery is None or peer in self._inflight:
+            return
+        self._inflight.add(peer)
+        self._nursery.start_soon(self._pinger, peer)
 
     def heard(self, peer: str) -> None:
-        """``peer`` just showed its connection works; its next probe can wait."""
+        """``peer`` just showed its connection works (it pinged us, answered our ping, or a
+        stream to or from it was opened): its next probe can wait."""
+        if peer not in self._inflight:
+            return  # not (or no longer) connected: nothing to put off, nothing to keep
         self._heard[peer] = trio.current_time()
         self._misses.pop(peer, None)
 
@@ -122,7 +137,11 @@ class Liveness:
                 started = trio.current_time()
                 if not await self._probe_once(peer):
                     return
-                await trio.sleep_until(started + self.params.interval)
+                # After an answer the peer was just heard (the check above waits an interval);
+                # a miss is retried once its timeout has passed (see the module doc's bound).
+                await trio.sleep_until(
+                    started + min(self.params.interval, self.params.timeout)
+                )
         finally:
             self._inflight.discard(peer)
             self._forget(peer)

@@ -365,7 +365,7 @@ class Mesh:
 
         async def adapter(raw: INetStream) -> None:
             peer = remote_peer(raw)
-            self._touch(peer)
+            self._heard(peer)
             stream = Stream(raw, peer, protocol, timeout)
             await handler(peer, stream)
             await stream.close()
@@ -385,7 +385,7 @@ class Mesh:
                 self._host.new_stream, pid, [TProtocol(protocol)], discard=reset_quietly)
         finally:
             _ALLOW_DIAL.reset(allow)
-        self._touch(peer_id)
+        self._heard(peer_id)
         return Stream(raw, peer_id, protocol, self.tuning.stream_timeout)
 
     # -- gossip ------------------------------------------------------------------------------
@@ -551,6 +551,12 @@ class Mesh:
         if peer_id and peer_id != self.peer_id:
             self._state(peer_id).last_seen = time.time()
 
+    def _heard(self, peer_id: str) -> None:
+        """Traffic on our direct link to ``peer_id``: it is alive, its ping can wait."""
+        self._touch(peer_id)
+        if self.liveness is not None and peer_id:
+            self.liveness.heard(peer_id)
+
     def _alive(self, peer_id: str, rtt: float) -> None:
         self._touch(peer_id)
 
@@ -606,6 +612,8 @@ class Mesh:
         state.changed = trio.Event()
         if state.lost and self.rendezvous is not None:
             self.rendezvous.nudge()
+        if now_connected and self.liveness is not None:
+            self.liveness.watch(peer_id)
         self._event_send.send_nowait(("connected" if now_connected else "disconnected",
                                       peer_id))
 
