@@ -116,7 +116,7 @@ class Agent:
         from unit_p2p.api.server import serve_api
 
         s = self.settings
-        if s.trust == "any":
+        if s.accepts_any_peer:
             log.warning("trust: any — every peer of mesh %r may change this host's Unit config; "
                         "use trusted_peers outside demos", s.mesh)
         self._stop_deadline.share()
