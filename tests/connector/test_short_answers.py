@@ -120,3 +120,25 @@ def test_whole_answers_take_one_request(cutting) -> None:
     assert client.get("/config") == conf
     assert server.targets == ["GET /config"]
     assert client.piecewise_reads == 0
+
+
+@pytest.mark.parametrize("cut", range(1, 140))
+def test_every_cut_point_keeps_only_complete_values(cut: int) -> None:
+    from unit_p2p.unit.client import _scan
+
+    value = {"a": [1234, {"b": "x,y"}, [5.5, True]], "cc": {"d": 12}, "e": "tail"}
+    text = dumps_pretty(value).decode()[:cut]
+    part = _scan(text, 0)
+    assert part is not None and not part.array
+
+    def check(part, whole) -> None:
+        if part.array:
+            assert whole[: len(part.items)] == part.items
+            return
+        assert list(whole.items())[: len(part.items)] == part.items
+        if part.key is not None:
+            assert part.key == list(whole)[len(part.items)]
+            if part.inner is not None:
+                check(part.inner, whole[part.key])
+
+    check(part, value)
