@@ -185,7 +185,8 @@ def _scan(text: str, pos: int) -> _Partial | None:
 
 
 class _Retry(Exception):
-    """Unit's configuration changed under a read in pieces: start it over."""
+    """A cut object could not be completed (members after the cut, which Unit cannot list, or
+    a change while it was read): the read in pieces starts over."""
 
 
 class _PieceReader:
@@ -209,7 +210,7 @@ class _PieceReader:
             if answer.complete:
                 return self.client._result("GET", path, answer)
             value = self.complete(path, answer)
-            if value is not _CUT_SCALAR:
+            if value is not _UNREAD:
                 return value
         raise self.client._short("GET", path, answer, "a value that cannot be split")
 
@@ -217,7 +218,7 @@ class _PieceReader:
         text = answer.body.decode("utf-8", "surrogateescape")
         part = _scan(text, _WS.match(text).end())
         if part is None:
-            return _CUT_SCALAR
+            return _UNREAD
         return self._fill(path, part, answer.expected)
 
     def _fill(self, path: str, part: _Partial, length: int | None) -> Any:
@@ -254,7 +255,8 @@ class _PieceReader:
         return out
 
 
-_CUT_SCALAR = object()
+#: a cut answer that could not be completed this time (a cut string, or a _Retry)
+_UNREAD = object()
 
 
 class UnitClient:
@@ -284,12 +286,12 @@ class UnitClient:
             try:
                 value = reader.complete(p, answer)
             except _Retry:
-                value = _CUT_SCALAR
+                value = _UNREAD
             finally:
                 self.piecewise_reads += 1
                 self.piece_requests += reader.requests
             check = self._exchange("GET", p)
-            if check.complete or value is _CUT_SCALAR:
+            if check.complete or value is _UNREAD:
                 answer = check
                 continue
             n = min(len(answer.body), len(check.body))
