@@ -16,7 +16,7 @@ import trio
 from tests.agent.harness import TOKEN, Fleet, running_agent
 from unit_p2p.api import server
 from unit_p2p.api.http import Limits
-from unit_p2p.demo import free_ports
+from unit_p2p.fleet import free_ports
 
 PARTIAL = (b"POST /v1/publish HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
            b"Content-Length: 1000\r\n%s\r\n{")
