@@ -24,7 +24,7 @@ from unit_p2p.settings import LOG_FORMATS, LOG_LEVELS
 
 LEVELS = {name: logging.getLevelName(name.upper()) for name in LOG_LEVELS}
 # chatty at info; their warnings still come through
-_QUIET_BELOW_DEBUG = ("libp2p", "multiaddr", "zeroconf", "async_service", "hypercorn.access")
+_QUIET_BELOW_DEBUG = ("libp2p", "multiaddr", "zeroconf", "async_service")
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
                     logging.CRITICAL: 2}
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {

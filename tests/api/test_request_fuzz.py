@@ -27,7 +27,7 @@ from unit_p2p.api.server import AgentApi
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 LIMITS = Limits(max_connections=4, head_timeout=5, body_timeout=5, send_timeout=5,
                 max_head=2048, max_body=4096)
-HTTP_ANSWERS = {200, 400, 404, 408, 413, 431, 501}
+HTTP_ANSWERS = {200, 400, 404, 405, 408, 413, 431, 501}
 
 
 class Echo:
@@ -80,6 +80,10 @@ def check_answers(raw: bytes) -> list[tuple[int, dict]]:
     out = []
     for status, body in split_answers(raw):
         assert status in HTTP_ANSWERS, (status, body)
+        if status == 405:  # HEAD: no body
+            assert body == b""
+            out.append((status, {}))
+            continue
         doc = json.loads(body)
         if status != 200:
             assert set(doc) == {"error", "detail"} and isinstance(doc["detail"], str)
@@ -137,6 +141,12 @@ def test_well_formed_requests_are_served_in_order():
     answers = check_answers(serve_bytes(data))
     assert [s for s, _ in answers] == [200, 200, 404, 200]
     assert [d.get("size") for _, d in answers] == [5, 3, None, 0]
+
+
+def test_head_is_405_without_a_body_and_the_connection_goes_on():
+    answers = check_answers(serve_bytes(b"HEAD /ok HTTP/1.1\r\nHost: a\r\n\r\n"
+                                        b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"))
+    assert [s for s, _ in answers] == [405, 200]
 
 
 def test_a_body_shorter_than_announced_then_eof_is_a_400_for_that_connection():

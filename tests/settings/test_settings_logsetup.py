@@ -21,8 +21,7 @@ def restore_loggers():
     """configure_logging changes process-wide state other tests' caplog depends on."""
     root = logging.getLogger()
     handlers = list(root.handlers)
-    names = ["", "unit_p2p", "libp2p", "multiaddr", "zeroconf", "async_service",
-             "hypercorn.access"]
+    names = ["", "unit_p2p", "libp2p", "multiaddr", "zeroconf", "async_service"]
     levels = {name: logging.getLogger(name).level for name in names}
     yield
     for h in list(root.handlers):

@@ -172,7 +172,10 @@ async def _one_exchange(conn: h11.Connection, stream: trio.SocketStream, service
     request = Request(event.method.decode("ascii", "replace"), target.split("?", 1)[0],
                       dict(event.headers))
 
-    early = service.admit(request)
+    if request.method == "HEAD":  # no route serves HEAD, and its answer may carry no body
+        early: Response | None = Response(405, b"", headers=[(b"allow", b"GET, POST")])
+    else:
+        early = service.admit(request)
     if early is not None:
         if b"transfer-encoding" not in request.headers and request.headers.get(
                 b"content-length", b"0") == b"0":
