@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import total_ordering
 from typing import Any
 
+import rfc8785
+
 from unit_p2p.errors import BadDocument, SyncError
 from unit_p2p.jsonstrict import unique_keys
 
@@ -50,8 +52,17 @@ class Revision:
 
 
 def canonical_json(doc: Any) -> bytes:
-    """One byte string per JSON value: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """One byte string per JSON value: RFC 8785, the JSON Canonicalization Scheme (keys sorted
+    by UTF-16 code units, ECMAScript number formatting, minimal escapes, UTF-8), so any
+    implementation can recompute a digest (docs/sync.md has test vectors).
+
+    Raises SyncError("not_canonical") for what JCS cannot represent exactly: integers beyond
+    +-(2**53 - 1), non-finite floats.
+    """
+    try:
+        return rfc8785.dumps(doc)
+    except rfc8785.CanonicalizationError as exc:
+        raise SyncError("not_canonical", f"the config has no canonical JSON form: {exc}") from None
 
 
 def digest_of_bytes(data: bytes) -> str:
@@ -169,7 +180,10 @@ class Document:
             raise BadDocument("bad_document", f"served document is not JSON: {exc}") from None
         if not isinstance(tree, dict):
             raise BadDocument("not_an_object", "served document is not a JSON object")
-        digest = digest_of_bytes(canonical_json(tree))
+        try:
+            digest = digest_of_bytes(canonical_json(tree))
+        except SyncError as exc:
+            raise BadDocument(exc.reason, f"served document: {exc}") from None
         if digest != expected_digest:
             raise BadDocument("digest_mismatch",
                               f"served document has {digest}, announced {expected_digest}")
