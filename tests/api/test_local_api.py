@@ -260,3 +260,11 @@ async def test_unit_failing_a_read_is_502_not_a_rejected_request():
     response = await AgentApi(Agent()).respond(Request("GET", "/v1/config", {}))
     assert response.status == 502
     assert json.loads(response.body)["error"] == "unit_error"
+
+
+async def test_error_details_are_bounded_whatever_unit_says(tmp_path):
+    async with running_agent(tmp_path) as (agent, _):
+        bad = {"listeners": {"127.0.0.1:1": {"pass": "routes/" + "n" * 100_000}}, "routes": []}
+        with trio.fail_after(20), pytest.raises(ApiError) as err:
+            await call(agent.settings.api, "publish", config=bad)
+        assert err.value.status == 422 and len(err.value.detail) <= 500

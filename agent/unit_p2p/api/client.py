@@ -161,6 +161,7 @@ def _api_error(status: int, body: bytes) -> ApiError:
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
         detail = doc.get("detail")
-        return ApiError(status, doc["error"], detail if isinstance(detail, str) else None)
+        return ApiError(status, doc["error"][:100],
+                        detail[:1000] if isinstance(detail, str) else None)
     text = body[:200].decode("utf-8", "replace").strip()
     return ApiError(status, f"http_{status}", text or None)

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("unit_p2p.api")
 
+#: characters of an error's detail; the rest is cut
+MAX_DETAIL = 500
 Handler = Callable[[dict], Awaitable[tuple[int, Any]]]
 
 
@@ -109,6 +111,9 @@ class AgentApi:
             # the code is the reason already; the detail need not repeat it
             detail = str(exc).removeprefix(f"{exc.reason}: ")
             status, payload = code, {"error": exc.reason, "detail": detail}
+        if status >= 400 and len(payload["detail"]) > MAX_DETAIL:
+            # Unit's own messages quote the config, whose keys can be any length
+            payload["detail"] = payload["detail"][:MAX_DETAIL - 1] + "…"
         return json_response(status, payload)
 
     # --- handlers -----------------------------------------------------------------------------
