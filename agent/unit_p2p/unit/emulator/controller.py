@@ -88,6 +88,14 @@ def _invalid_json(err: JSONParseError) -> Reply:
     return reply
 
 
+def _clean(target: str) -> str:
+    """The path of a request target: no query string, no trailing slash."""
+    path = target.split("?", 1)[0]
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    return path
+
+
 def _split_prefix(path: str, prefix: str) -> str | None:
     """The rest of ``path`` below ``prefix`` ("/" for the prefix itself), or None."""
     if path == prefix:
@@ -203,11 +211,22 @@ class Controller:
 
     # --------------------------------------------------------------- requests
 
+    def read(self, target: str) -> Reply | None:
+        """The answer to ``GET target`` if the target is under /config (None otherwise):
+        reading needs no lock and no I/O, so the server may answer it without a task."""
+        sub = _split_prefix(_clean(target), "/config")
+        if sub is None:
+            return None
+        try:
+            return Reply(200, tree.get(self.conf, tree.split_path(sub)))
+        except tree.NotFound:
+            return _NOT_FOUND
+
     async def handle(self, method: str, target: str, body: bytes) -> Reply:
-        path = target.split("?", 1)[0]
-        if len(path) > 1 and path.endswith("/"):
-            path = path[:-1]
+        path = _clean(target)
         if (sub := _split_prefix(path, "/config")) is not None:
+            if method == "GET":
+                return self.read(target)  # type: ignore[return-value]
             return await self._config(method, sub, body)
         if (sub := _split_prefix(path, "/status")) is not None:
             return self._status(method, sub)
@@ -230,11 +249,6 @@ class Controller:
 
     async def _config(self, method: str, sub: str, body: bytes) -> Reply:
         tokens = tree.split_path(sub)
-        if method == "GET":
-            try:
-                return Reply(200, tree.get(self.conf, tokens))
-            except tree.NotFound:
-                return _NOT_FOUND
         if method == "PUT":
             self.put_count += 1
         elif method == "POST":
