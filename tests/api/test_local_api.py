@@ -268,3 +268,21 @@ async def test_error_details_are_bounded_whatever_unit_says(tmp_path):
         with trio.fail_after(20), pytest.raises(ApiError) as err:
             await call(agent.settings.api, "publish", config=bad)
         assert err.value.status == 422 and len(err.value.detail) <= 500
+
+
+async def test_sync_errors_map_to_statuses_by_type():
+    from unit_p2p.api.http import Request
+    from unit_p2p.api.server import AgentApi
+    from unit_p2p.errors import PublishRefused, RevisionRejected, SyncError, SyncRetryLater
+
+    for exc, status in ((RevisionRejected("verify_failed", "x"), 422),
+                        (SyncRetryLater("no_holder", "x"), 503),
+                        (PublishRefused("behind_mesh", "x"), 409),
+                        (SyncError("digest_mismatch", "x"), 500)):
+        class Agent:
+            async def publish(self, *args, error=exc, **kwargs):
+                raise error
+
+        response = await AgentApi(Agent()).respond(Request("POST", "/v1/publish", {}))
+        doc = json.loads(response.body)
+        assert (response.status, doc) == (status, {"error": exc.reason, "detail": "x"})

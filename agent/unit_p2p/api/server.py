@@ -27,8 +27,10 @@ from unit_p2p.api.http import Limits, Request, Response, json_response, problem,
 from unit_p2p.api.token import read_token
 from unit_p2p.errors import (
     PublishRefused,
+    RevisionRejected,
     SettingsError,
     SyncError,
+    SyncRetryLater,
     UnitError,
     UnitRejected,
     UnitUnreachable,
@@ -106,8 +108,12 @@ class AgentApi:
         except SyncError as exc:
             if isinstance(exc, PublishRefused):
                 code = 413 if exc.reason == "too_large" else 409
+            elif isinstance(exc, RevisionRejected):  # this host cannot apply that config
+                code = 422
+            elif isinstance(exc, SyncRetryLater):  # no holder now: the client may retry
+                code = 503
             else:
-                code = 422 if exc.reason in ("unit_rejected", "not_an_object") else 500
+                code = 500
             # the code is the reason already; the detail need not repeat it
             detail = str(exc).removeprefix(f"{exc.reason}: ")
             status, payload = code, {"error": exc.reason, "detail": detail}
