@@ -203,6 +203,8 @@ async def test_bodies_that_are_not_strict_json_are_400_and_change_nothing(tmp_pa
             '{"config": {"a": ' + "1" * 5000 + "}}",
             b'{"config": {"a": "\xff"}}',
             '{"' + "k" * 100_000 + '": 1}',
+            # big enough to be parsed in a worker thread
+            '{"config": {"a": "' + "x" * 300_000 + '", "a": 1}}',
         ]
         with trio.fail_after(30):
             for body in bodies:

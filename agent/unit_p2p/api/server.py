@@ -44,6 +44,8 @@ log = logging.getLogger("unit_p2p.api")
 
 #: characters of an error's detail; the rest is cut
 MAX_DETAIL = 500
+# bodies bigger than this are parsed in a worker thread
+_PARSE_IN_THREAD = 256 * 1024
 Handler = Callable[[dict], Awaitable[tuple[int, Any]]]
 
 
@@ -87,7 +89,12 @@ class AgentApi:
             body = {}
             if request.body.strip():
                 try:
-                    body = jsonstrict.loads(request.body)
+                    if len(request.body) > _PARSE_IN_THREAD:
+                        # a config of megabytes takes about a second to parse and check; in a
+                        # thread the event loop keeps serving status and the mesh meanwhile
+                        body = await trio.to_thread.run_sync(jsonstrict.loads, request.body)
+                    else:
+                        body = jsonstrict.loads(request.body)
                 except jsonstrict.StrictJSONError as exc:
                     raise ApiProblem(400, "bad_request", f"body is not valid JSON: {exc}") \
                         from None
