@@ -211,3 +211,21 @@ async def test_hundreds_of_idle_connections_do_not_exhaust_the_agent(tmp_path):
         finally:
             fleet.stop()
             nursery.cancel_scope.cancel()
+
+
+async def test_the_client_retries_a_busy_agent(tmp_path, small_limits, monkeypatch):
+    from unit_p2p.api import client
+
+    monkeypatch.setattr(client, "BUSY_PAUSE_S", 0.2)
+    async with running_agent(tmp_path) as (agent, _):
+        api = agent.settings.api
+        with trio.fail_after(30):
+            idle = [await connect(api) for _ in range(small_limits.max_connections)]
+            while (await exchange(api, b"GET /v1/healthz HTTP/1.1\r\nHost: a\r\n\r\n"))[0] != 503:
+                pass
+            # the idle ones are cut at the head timeout, within the client's retries
+            health = await trio.to_thread.run_sync(
+                lambda: client.ApiClient(api, timeout=5).healthz())
+            for stream in idle:
+                await stream.aclose()
+        assert health["ok"] is True

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import stat
+import time
 from typing import Any
 
 from unit_p2p.errors import AgentUnreachable, ApiError
@@ -18,6 +19,9 @@ from unit_p2p.httpunix import Endpoint, parse_address
 
 __all__ = ["AgentUnreachable", "ApiClient"]
 
+
+#: a "503 busy" (too many connections at the agent) is retried this often, this far apart
+BUSY_RETRIES, BUSY_PAUSE_S = 5, 1.0
 
 _HINTS = {
     "missing": "the unit-p2p agent may not be running (or uses another api address)",
@@ -139,10 +143,18 @@ class ApiClient:
         if value is not None:
             body = json.dumps(value, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
-        response = self._endpoint.request(method, path, body=body, headers=headers, timeout=timeout)
-        if response.status_code >= 400:
-            raise _api_error(response.status_code, response.content)
-        return response
+        retries = BUSY_RETRIES
+        while True:
+            response = self._endpoint.request(method, path, body=body, headers=headers,
+                                              timeout=timeout)
+            if response.status_code < 400:
+                return response
+            error = _api_error(response.status_code, response.content)
+            # "busy" is said before the request is read, so sending it again is always safe
+            if error.error != "busy" or retries == 0:
+                raise error
+            retries -= 1
+            time.sleep(BUSY_PAUSE_S)
 
     def close(self) -> None:
         self._endpoint.close()

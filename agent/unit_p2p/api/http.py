@@ -128,17 +128,20 @@ async def _counted(counter: list[int], job: Callable[..., Awaitable[None]], *arg
 
 async def _serve_connection(stream: trio.SocketStream, service: Service, limits: Limits) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+    answered_early = False  # we answer and close while the client may still be sending
     try:
         try:
             while await _one_exchange(conn, stream, service, limits):
                 conn.start_next_cycle()
         except _Closing as closing:
             if closing.response is not None and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                answered_early = True
                 closing.response.headers.append((b"connection", b"close"))
                 with trio.move_on_after(limits.send_timeout):
                     await _send_response(conn, stream, closing.response)
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                answered_early = True
                 status = exc.error_status_hint
                 answer = problem(status, "bad_request" if status == 400 else _code(status),
                                  f"malformed HTTP request: {str(exc)[:200]}")
@@ -152,7 +155,7 @@ async def _serve_connection(stream: trio.SocketStream, service: Service, limits:
         # A bug of ours in one request must not stop the API for every other client.
         log.exception("API connection failed")
     finally:
-        await _close(stream)
+        await _close(stream, linger=answered_early)
 
 
 async def _one_exchange(conn: h11.Connection, stream: trio.SocketStream, service: Service,
@@ -270,20 +273,22 @@ async def _turn_away(stream: trio.SocketStream, limits: Limits) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
-        await _close(stream)
+        await _close(stream, linger=True)
 
 
-async def _close(stream: trio.SocketStream) -> None:
-    """Half-close, read what the client still sends for a moment, then close."""
+async def _close(stream: trio.SocketStream, *, linger: bool) -> None:
+    """Close; with ``linger``, first half-close and read what the client still sends for a
+    moment, so that it gets to read the answer we sent before its request was complete."""
     try:
-        with trio.move_on_after(_LINGER_S):
-            await stream.send_eof()
-            drained = 0
-            while drained < _LINGER_BYTES:
-                data = await stream.receive_some(_RECV)
-                if not data:
-                    break
-                drained += len(data)
+        if linger:
+            with trio.move_on_after(_LINGER_S):
+                await stream.send_eof()
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    data = await stream.receive_some(_RECV)
+                    if not data:
+                        break
+                    drained += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
