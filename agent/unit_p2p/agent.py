@@ -81,10 +81,12 @@ class Agent:
         # The mesh's events go straight to the reconciler over a channel it consumes.
         events = ChannelEvents()
         self.mesh = Mesh(settings, self.keypair, self.trust, events)
-        self.mesh.on_message = self.metrics.message
         self.reconciler = Reconciler(settings, self.keypair.private_key, self.peer_id, self.mesh,
                                      self.unit, self.store, self.trust, self.metrics,
                                      events=events.receive)
+        self.mesh.on_message = self.metrics.message
+        # Gossip is checked like any message before gossipsub relays it (first hop only).
+        self.mesh.gossip_check = self.reconciler.admission.gossip
 
     # --- AgentView: what the local API may ask of the agent ---------------------------------
 

@@ -239,7 +239,9 @@ async def test_partition_heals_to_the_higher_revision(tmp_path):
                 for y in nodes:
                     if x is not y:
                         await x.rec.on_peer_connected(y.peer_id)
-            await until(lambda: len({n.rec.head.revision for n in nodes}) == 1)
+            # (a Unit holds a config a moment before its agent records the head)
+            await until(lambda: all(n.rec.head for n in nodes)
+                        and len({n.rec.head.revision for n in nodes}) == 1)
         assert all(n.unit.config == config(3) for n in nodes)
         assert nodes[0].rec.head.revision.origin == c.peer_id
 
@@ -394,3 +396,35 @@ async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_
         assert count(b, "notify", "report", "sent") == 2
         assert count(a, "notify", "report", "received") == 2
         assert count(c, "gossip", "report", "sent") == 0
+
+
+async def test_a_document_nobody_serves_is_retried_with_backoff(tmp_path, monkeypatch):
+    monkeypatch.setattr("unit_p2p.sync.candidates.RETRY_FIRST", 0.1)
+    async with cluster(tmp_path) as (_, nodes):
+        a, _b, c = nodes
+        # A validly signed head whose document nobody holds (a never saved it).
+        with trio.fail_after(10):
+            await c.rec.on_announcement(a.peer_id, forged_announce(a.keys, a.peer_id, 9,
+                                                                   config(9)))
+            await trio.sleep(3.0)  # counting attempts over a span of time: no event to await
+        attempts = c.metrics.message_counts().get(("pull", "pull", "sent"), 0)
+        # each attempt asks every connected peer (2); backing off from 0.1 s: 0.1, 0.2, 0.4,
+        # 0.8, 1.6 -> about 5 attempts in 3 s, where a fixed 0.1 s (or every anti-entropy
+        # round's wake-up, 0.3 s) would make 10 to 30
+        assert 2 <= attempts <= 2 * 7, attempts
+        assert c.rec.status()["pending"] == [f"9@{a.peer_id}"]
+        assert c.unit.config == config(0)
+
+
+async def test_a_counter_at_the_top_of_the_range_does_not_stop_later_publishes(tmp_path):
+    async with cluster(tmp_path) as (_, nodes):
+        a, b, c = nodes
+        top = 999_999_999_999_999_999  # the largest counter the wire allows
+        with trio.fail_after(10):
+            for node in (b, c):
+                await node.rec.on_announcement(a.peer_id, forged_announce(a.keys, a.peer_id,
+                                                                          top, config(9)))
+            assert b.rejected("counter_jump") == 1 and c.rejected("counter_jump") == 1
+            result = await b.rec.publish(config(2), wait=True, timeout=5)
+        assert result.converged and result.revision.counter == 1
+        assert all(n.unit.config == config(2) for n in nodes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from libp2p.peer.id import ID
@@ -85,7 +86,8 @@ def announcement_topic(mesh: str) -> str:
 
 
 def build_pubsub(
-    host, topic: str, trust: TrustPolicy, stats, params: GossipParams = GossipParams()
+    host, topic: str, trust: TrustPolicy, stats, params: GossipParams = GossipParams(),
+    check: Callable[[str, bytes], bool] | None = None,
 ) -> tuple[Pubsub, GossipSub]:
     """Pubsub + GossipSub for ``host``; both still need to be run as services."""
     router = GossipSub(
@@ -130,7 +132,8 @@ def build_pubsub(
     # seqnos and lost the first 20 publishes (docs/libp2p.md). Nanoseconds never repeat across
     # restarts.
     pubsub.counter = time.time_ns()
-    pubsub.set_topic_validator(topic, _validator(trust, stats), is_async_validator=False)
+    pubsub.set_topic_validator(topic, _validator(trust, stats, check),
+                               is_async_validator=False)
     _send_without_sender_records(pubsub)
     return pubsub, router
 
@@ -203,8 +206,10 @@ def count_gossipsub(pubsub: Pubsub, router: GossipSub, count) -> None:
     router.handle_rpc = counted_handle_rpc
 
 
-def _validator(trust: TrustPolicy, stats):
-    """Runs after pubsub verified the signature, before delivery AND before relaying."""
+def _validator(trust: TrustPolicy, stats, check: Callable[[str, bytes], bool] | None = None):
+    """Runs after pubsub verified the signature, before delivery AND before relaying: a message
+    refused here goes no further than this hop. ``check(origin, data)`` is the application's
+    own check of the payload (the sync layer's: schema, mesh, origin signature of a head)."""
 
     def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
         if len(msg.data) > MAX_ANNOUNCEMENT_BYTES:
@@ -218,6 +223,6 @@ def _validator(trust: TrustPolicy, stats):
         if not trust.is_trusted(origin):
             trust.reject("untrusted_announcement", origin, f"relayed by {forwarder}")
             return False
-        return True
+        return check is None or check(origin, bytes(msg.data))
 
     return validate

@@ -210,6 +210,9 @@ class Mesh:
         self.stats: collections.Counter[str] = _Stats(trust.count)
         #: told of every message counted at the mesh layer: (protocol, kind, direction, n)
         self.on_message: Callable[[str, str, str, int], None] | None = None
+        #: ``gossip_check(origin, data)``: whether a gossip message may be delivered and relayed
+        #: (the sync layer's admission); runs in gossipsub's validator, before forwarding
+        self.gossip_check: Callable[[str, bytes], bool] | None = None
         self.listen_addrs: list[str] = []
         self._peers: dict[str, _PeerState] = {}
         self._handlers: dict[str, StreamHandler] = {}
@@ -245,7 +248,7 @@ class Mesh:
         self._stopping = False
         _guard_dials(network, lambda: self._stopping)
         pubsub, router = build_pubsub(host, self.topic, self.trust, self.stats,
-                                      self.tuning.gossip)
+                                      self.tuning.gossip, check=self._check_gossip)
         guard_pubsub(pubsub, self.stats)
         count_gossipsub(pubsub, router, self.count_message)
         dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False) if self.settings.dht else None
@@ -348,6 +351,9 @@ class Mesh:
     def _require_running(self) -> None:
         if not self._running or self._host is None:
             raise MeshError("the mesh is not running")
+
+    def _check_gossip(self, origin: str, data: bytes) -> bool:
+        return self.gossip_check is None or self.gossip_check(origin, data)
 
     def count_message(self, protocol: str, kind: str, direction: str, n: int = 1) -> None:
         if self.on_message is not None:

@@ -113,6 +113,32 @@ class Admission:
             return None
         return msg
 
+    def gossip(self, origin: str, data: bytes) -> bool:
+        """May this gossip message be delivered here and relayed further? Checked by gossipsub's
+        validator before it forwards anything, so a bad announcement (schema, mesh, origin
+        signature, untrusted origin) goes no further than the first hop. Refusals are counted;
+        the rate limit is left to delivery (``message``), where it is per sender."""
+        try:
+            msg = wire.decode(data)
+        except WireError as exc:
+            self.refuse(origin, exc.reason, f"gossip: {exc}")
+            return False
+        mesh = getattr(msg, "mesh", self.mesh_name)
+        if mesh != self.mesh_name:
+            self.refuse(origin, "wrong_mesh", f"gossip for mesh {mesh!r}")
+            return False
+        if isinstance(msg, wire.Announce):
+            return self.head(origin, msg.head)
+        if isinstance(msg, wire.Report):
+            if not self.trust.is_trusted(msg.peer):
+                self.refuse(origin, "untrusted_peer", f"gossiped report about {msg.peer}")
+                return False
+            return True
+        if isinstance(msg, wire.NoHead):
+            return True
+        self.refuse(origin, "unexpected", f"{type(msg).__name__} is not valid as gossip")
+        return False
+
     def head(self, peer: str, head: Head) -> bool:
         """True when ``head`` may be considered: trusted origin, size cap, origin signature."""
         rev = head.revision

@@ -13,6 +13,10 @@ import trio
 
 from unit_p2p.sync.revision import Head, Revision
 
+#: first and longest wait before fetching a revision again that nobody could serve
+RETRY_FIRST = 2.0
+RETRY_MAX = 60.0
+
 
 @dataclass
 class Candidate:
@@ -20,10 +24,24 @@ class Candidate:
     holders: set[str] = field(default_factory=set)
     seen_at: float = field(default_factory=time.monotonic)
     holder_added: trio.Event = field(default_factory=trio.Event)
+    #: failed fetches in a row, and the trio time before which it is not tried again
+    failures: int = 0
+    not_before: float = 0.0
 
     def add_holder(self, peer: str) -> None:
+        if peer not in self.holders:
+            # Someone new says it holds the document: worth trying again at once.
+            self.not_before = 0.0
         self.holders.add(peer)
         self.holder_added.set()
+
+    def back_off(self) -> float:
+        """Nobody could serve it: seconds until the next try, doubling from RETRY_FIRST up to
+        RETRY_MAX, so a document no holder can serve is not pulled every few seconds forever."""
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** self.failures)
+        self.failures += 1
+        self.not_before = trio.current_time() + delay
+        return delay
 
     async def wait_holder(self) -> None:
         await self.holder_added.wait()

@@ -58,8 +58,10 @@ __all__ = ["MeshLike", "PublishResult", "Reconciler", "TrustLike", "UnitLike"]
 
 log = logging.getLogger("unit_p2p.reconciler")
 
-#: seconds before a revision nobody could serve is tried again
-RETRY_LATER = 2.0
+#: the most a revision's counter may exceed the largest counter seen (a publish adds 1): the top of
+#: the wire's range (10^18 - 1) is then more than 10^8 publishes away whatever peers announce
+MAX_COUNTER_STEP = 1 << 32
+
 #: a failed drift repair is tried again after this, doubling up to DRIFT_RETRY_MAX
 DRIFT_RETRY = 5.0
 DRIFT_RETRY_MAX = 300.0
@@ -232,6 +234,13 @@ class Reconciler:
         if not self.admission.head(peer, head):
             return
         rev = head.revision
+        if rev.counter > self.candidates.max_seen + MAX_COUNTER_STEP:
+            # Counters only ever grow, so one revision near the top of the wire's range would
+            # stop every later publish (it could not count past it). No honest mesh jumps this
+            # far: refused, as if it were never said.
+            self.admission.refuse(peer, "counter_jump",
+                                  f"revision {rev} jumps over {MAX_COUNTER_STEP} counters")
+            return
         self.candidates.note_peer(peer, head)
         self.convergence.record(peer, rev, APPLIED, None, implied=True)
         mine = self.head.revision if self.head else None
@@ -264,6 +273,10 @@ class Reconciler:
             retry_after = None
             while (best := self.candidates.best(self.head.revision if self.head else None)):
                 rev = best.head.revision
+                wait = best.not_before - trio.current_time()
+                if wait > 0:
+                    retry_after = wait
+                    break
                 try:
                     try:
                         await self._apply(best)
@@ -281,9 +294,10 @@ class Reconciler:
                     retry_after = UNIT_RETRY_INTERVAL
                     break
                 except SyncRetryLater as exc:
-                    # Nobody could serve it right now: retry later, the holders may return.
+                    # Nobody could serve it right now: retry later (backing off), the holders
+                    # may return, and a new holder makes it worth trying at once.
                     await self._record_error(rev, exc.reason, str(exc))
-                    retry_after = RETRY_LATER
+                    retry_after = best.back_off()
                     break
                 except SyncError as exc:
                     # Anything else (Unit refused it, the read-back differs, a corrupt stored

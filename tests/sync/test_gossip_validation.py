@@ -1,0 +1,42 @@
+"""Gossipsub relays only announcements the sync layer admits (real hosts, a - b - c)."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.mesh.helpers import start_node, wait_for
+from unit_p2p.metrics import Metrics
+from unit_p2p.sync import wire
+from unit_p2p.sync.admission import Admission
+from unit_p2p.sync.revision import Document, Head, Revision, sign_revision
+
+MESH = "test"
+
+
+def announce(keys, origin: str, counter: int, *, good: bool) -> bytes:
+    doc = Document.from_config({"routes": [counter]}, ())
+    rev = Revision(counter, origin)
+    signature = sign_revision(keys.private_key, MESH, rev, doc.digest) if good else b"\x01" * 64
+    return wire.encode(wire.Announce(MESH, Head(rev, doc.digest, doc.size, signature)))
+
+
+async def test_a_badly_signed_announcement_goes_no_further_than_the_first_hop():
+    async with trio.open_nursery() as nursery:
+        a, b, c = [await start_node(nursery) for _ in range(3)]
+        # Only b checks: a is the hostile sender, and c delivers whatever reaches it, so what c
+        # gets is exactly what b forwarded.
+        metrics = Metrics()
+        b.mesh.gossip_check = Admission(MESH, b.mesh.trust, metrics, 1 << 20).gossip
+        with trio.fail_after(20):
+            await a.mesh.connect(b.addr)
+            await b.mesh.connect(c.addr)
+            await wait_for(lambda: a.peer_id in b.mesh.gossip_peers()
+                           and c.peer_id in b.mesh.gossip_peers())
+            await a.mesh.publish(announce(a.keypair, a.peer_id, 1, good=False))
+            await a.mesh.publish(announce(a.keypair, a.peer_id, 2, good=True))
+            await c.events.wait_until(lambda: c.events.announcements)
+            await b.events.wait_until(lambda: b.events.announcements)
+        assert [wire.decode(d).head.revision.counter for _, d in c.events.announcements] == [2]
+        assert [wire.decode(d).head.revision.counter for _, d in b.events.announcements] == [2]
+        assert metrics.rejected_counts() == {"bad_signature": 1}
+        nursery.cancel_scope.cancel()
