@@ -23,7 +23,7 @@ def fast_watch(monkeypatch):
 
 def report_drift(*nodes) -> None:
     for node in nodes:
-        node.rec.settings = node.rec.settings.replace(on_drift="report")
+        node.rec.drift.action = "report"
 
 
 async def test_a_unit_emptied_or_edited_by_hand_gets_the_head_back(tmp_path):

@@ -42,6 +42,7 @@ from unit_p2p.sync.admission import Admission, TrustLike
 from unit_p2p.sync.applier import UNIT_RETRY_INTERVAL, Applier, UnitLike
 from unit_p2p.sync.candidates import Candidate, Candidates
 from unit_p2p.sync.convergence import APPLIED, FAILED, Convergence, PublishResult
+from unit_p2p.sync.drift import Drift, Step
 from unit_p2p.sync.fetch import Fetcher
 from unit_p2p.sync.revision import (
     Document,
@@ -63,9 +64,6 @@ log = logging.getLogger("unit_p2p.reconciler")
 #: the wire's range (10^18 - 1) is then more than 10^8 publishes away whatever peers announce
 MAX_COUNTER_STEP = 1 << 32
 
-#: a failed drift repair is tried again after this, doubling up to DRIFT_RETRY_MAX
-DRIFT_RETRY = 5.0
-DRIFT_RETRY_MAX = 300.0
 
 
 class MeshLike(Protocol):
@@ -113,11 +111,7 @@ class Reconciler(ReconcilerViews):
         self.admission = Admission(self.mesh_name, trust, metrics, settings.max_config_bytes)
         self.applier = Applier(unit, store, self.exclusions, metrics, self._wake_apply,
                                self._observed)
-        #: what Unit held when it last differed from the head outside an apply (None: in sync)
-        self.drift: dict | None = None
-        self._drift_retry_at = 0.0
-        self._drift_backoff = DRIFT_RETRY
-        self._repairing = False
+        self.drift = Drift(settings.on_drift, self.applier, store, metrics)
         self.fetcher = Fetcher(peer_id, mesh, store, self.admission, metrics,
                                settings.max_config_bytes)
         self.convergence = Convergence(peer_id, self._wait_targets)
@@ -351,84 +345,39 @@ class Reconciler(ReconcilerViews):
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
 
-    # --- drift: Unit changed outside an apply --------------------------------------------------
+    # --- drift: Unit changed outside an apply (sync/drift.py keeps the state) ---------------
 
     def _observed(self, digest: str) -> None:
-        """The Unit watch read ``digest`` outside any apply: is Unit off the head?"""
+        """The Unit watch read ``digest`` outside any apply."""
         head = self.head
-        if head is None or digest == head.digest:
-            if self.drift is not None:
-                self._drift_over(head)
-            return
-        first = self.drift is None
-        self.drift = {"digest": digest, "head": head.digest,
-                      "since": time.time() if first else self.drift["since"]}
-        self.metrics.drifted.set(1)
-        if self.settings.on_drift == "repair":
-            if not self._repairing and time.monotonic() >= self._drift_retry_at:
-                self._repairing = True
-                self._spawn(self._repair_drift, head)
-        elif first:
-            log.warning("drift: Unit holds %s, not the head %s; on_drift: report leaves it so",
-                        digest, head.revision)
-            self._spawn(self._report_drift, head, f"Unit holds {digest}")
-
-    def _drift_over(self, head: Head | None) -> None:
-        reported = self.drift is not None and self.drift.get("reported")
-        self.drift = None
-        self.metrics.drifted.set(0)
-        self._drift_backoff, self._drift_retry_at = DRIFT_RETRY, 0.0
-        if head is not None and reported:
-            # Publishers were told this host failed; now it holds the head again.
-            self.convergence.record(self.peer_id, head.revision, APPLIED, None)
-            self._spawn(self.spread.report, head.revision, head.digest, APPLIED, None)
-
-    async def _report_drift(self, head: Head, detail: str) -> None:
-        """A drifted host must not count as applied in anyone's wait."""
-        if self.drift is None:
-            return
-        self.drift["reported"] = True
-        reason = f"drift: {detail}"[:500]
-        self.convergence.record(self.peer_id, head.revision, FAILED, reason)
-        await self.spread.report(head.revision, head.digest, FAILED, reason)
+        step = self.drift.observed(digest, head)
+        if step is Step.REPAIR:
+            self._spawn(self._repair_drift, head)
+        elif step is not None:
+            self._spawn(self._report_drift, head, step, f"Unit holds {digest}")
 
     async def _repair_drift(self, head: Head) -> None:
-        """Re-apply the head, the way an apply does (host-local values kept, backup first)."""
+        if self.head != head:
+            return  # an apply or a publish moved on meanwhile
         try:
-            async with self.applier.lock:
-                if self.head != head:
-                    return  # an apply or a publish moved Unit meanwhile
-                _, digest = await self.applier.read()
-                if digest == head.digest:
-                    self._drift_over(head)
-                    return
-                data = await trio.to_thread.run_sync(self.store.load_document_bytes,
-                                                     head.digest)
-                if data is None:
-                    raise RevisionRejected("drift", "the head's document is not on disk")
-                log.warning("drift: Unit holds %s, not the head %s: re-applying the head",
-                            digest, head.revision)
-                started = time.monotonic()
-                await self.applier.apply(Document.from_bytes(data, head.digest),
-                                         f"drift-{head.revision.counter}")
+            step = await self.drift.repair(head)
         except (UnitError, SyncError, OSError) as exc:
-            self.metrics.drift_repairs.labels("failed").inc()
-            self._drift_retry_at = time.monotonic() + self._drift_backoff
-            log.error("drift repair of %s failed (next try in %.0f s): %s", head.revision,
-                      self._drift_backoff, exc)
-            self._drift_backoff = min(self._drift_backoff * 2, DRIFT_RETRY_MAX)
             await self._record_error(head.revision, "drift_repair_failed", str(exc))
-            if self.drift is not None and not self.drift.get("reported"):
-                await self._report_drift(head, f"repair failed: {exc}")
+            if self.drift.repair_failed_reported():
+                await self._report_drift(head, Step.REPORT, f"repair failed: {exc}")
             return
-        finally:
-            self._repairing = False
-        self.metrics.drift_repairs.labels("ok").inc()
-        log.info("drift repaired: head %s re-applied in %.1f ms", head.revision,
-                 (time.monotonic() - started) * 1000)
-        self._drift_over(head)
         if self.last_error and self.last_error.get("reason") == "drift_repair_failed":
             await self._clear_error()
+        if step is not None:
+            await self._report_drift(head, step, "")
+
+    async def _report_drift(self, head: Head, step: Step, detail: str) -> None:
+        """A drifted host must not count as applied in anyone's wait; once Unit holds the head
+        again, it does."""
+        status, reason = (FAILED, f"drift: {detail}"[:500]) if step is Step.REPORT \
+            else (APPLIED, None)
+        self.convergence.record(self.peer_id, head.revision, status, reason)
+        await self.spread.report(head.revision, head.digest, status, reason)
 
     # --- publishing ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from unit_p2p.settings import Settings
 from unit_p2p.sync.applier import Applier
 from unit_p2p.sync.candidates import Candidates
 from unit_p2p.sync.convergence import Convergence
+from unit_p2p.sync.drift import Drift
 from unit_p2p.sync.revision import Head
 
 
@@ -27,7 +28,7 @@ class ReconcilerViews:
     head: Head | None
     applied_at: float | None
     last_error: dict | None
-    drift: dict | None
+    drift: Drift
     applier: Applier
     candidates: Candidates
     convergence: Convergence
@@ -67,8 +68,7 @@ class ReconcilerViews:
                 "in_sync": bool(applier.reachable and self.head
                                 and applier.local_digest == self.head.digest),
                 "on_drift": self.settings.on_drift,
-                "drift": None if self.drift is None else {
-                    k: v for k, v in self.drift.items() if k != "reported"},
+                "drift": self.drift.view(),
             },
             "last_error": self.last_error,
             "pending": [str(r) for r in self.candidates.pending()],
