@@ -33,6 +33,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 import types
 from collections.abc import Sequence
 
@@ -87,6 +88,8 @@ SUBSTITUTED: dict[str, str] = {
 }
 
 FULL_ENV = "UNIT_P2P_FULL_LIBP2P"
+
+_LOAD_LOCK = threading.RLock()
 
 
 def is_absent(name: str, absent: Sequence[str] = ABSENT) -> bool:
@@ -179,17 +182,25 @@ class _DeferredModule(types.ModuleType):
 
     def _unit_p2p_load(self) -> None:
         namespace = self.__dict__
-        if namespace.get("_unit_p2p_loaded"):
-            return
-        namespace["_unit_p2p_loaded"] = True
-        spec = namespace["_unit_p2p_real_spec"]
-        self.__spec__ = spec
-        self.__loader__ = spec.loader
-        self.__file__ = spec.origin
-        self.__package__ = spec.parent if spec.submodule_search_locations is None else spec.name
-        if spec.submodule_search_locations is not None:
-            self.__path__ = list(spec.submodule_search_locations)
-        spec.loader.exec_module(self)
+        # One lock for all: a worker thread may be first to use one (psutil, dnspython).
+        with _LOAD_LOCK:
+            if namespace.get("_unit_p2p_loaded"):
+                return
+            namespace["_unit_p2p_loaded"] = True
+            spec = namespace["_unit_p2p_real_spec"]
+            self.__spec__ = spec
+            self.__loader__ = spec.loader
+            self.__file__ = spec.origin
+            self.__package__ = (
+                spec.parent if spec.submodule_search_locations is None else spec.name
+            )
+            if spec.submodule_search_locations is not None:
+                self.__path__ = list(spec.submodule_search_locations)
+            try:
+                spec.loader.exec_module(self)
+            except BaseException:
+                namespace["_unit_p2p_loaded"] = False  # the next use fails the same way
+                raise
 
 
 class _DeferredName(type):
