@@ -310,7 +310,8 @@ class UnitEmulator:
         cut_unix_answers: bool = True,
         njs: bool = True,
     ):
-        self._cut_unix_answers = cut_unix_answers
+        #: cut answers on a unix control socket as Unit 1.35 does; may be switched at any time
+        self.cut_unix_answers = cut_unix_answers
         self._control = _Endpoint(parse_address(control), self._serve_control)
         if self._control.address.kind == "unix":
             self._control.quick = self._quick_get
@@ -453,7 +454,7 @@ class UnitEmulator:
         if reply is None:
             return data
         answer = render(reply, self._printed(Request("GET", parsed[1], parsed[2], b""), reply))
-        if self._cut_unix_answers:
+        if self.cut_unix_answers:
             self._send_cut(sock, answer)
         elif len(answer) > _QUICK_WHOLE_MAX:
             # A whole answer may not fit in the send buffer at once: send it from a task.
@@ -477,7 +478,7 @@ class UnitEmulator:
             reply = await self._controller.handle(request.method, request.target, request.body)
             return render(reply, self._printed(request, reply))
 
-        cut = self._cut_unix_answers and self._control.address.kind == "unix"
+        cut = self.cut_unix_answers and self._control.address.kind == "unix"
         await self._serve_connection(sock, HEADER_LIMIT, respond, cut, initial)
 
     def _printed(self, request: Request, reply: Reply) -> bytes | None:
