@@ -65,7 +65,6 @@ async def test_publish_from_one_reaches_five_agents(tmp_path):
         assert receiver[("gossipsub", "message", "received")] >= 1
         assert receiver[("pull", "pull", "sent")] >= 1
         assert receiver[("pull", "served", "received")] >= 1
-        assert sum(v for (proto, _, _), v in sender.items() if proto == "ping") >= 1
 
 
 def messages(metrics_text: str) -> dict[tuple[str, str, str], float]:

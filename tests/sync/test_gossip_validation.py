@@ -40,3 +40,27 @@ async def test_a_badly_signed_announcement_goes_no_further_than_the_first_hop():
         assert [wire.decode(d).head.revision.counter for _, d in b.events.announcements] == [2]
         assert metrics.rejected_counts() == {"bad_signature": 1}
         nursery.cancel_scope.cancel()
+
+
+async def test_the_mesh_counts_its_own_messages():
+    from unit_p2p.mesh import MeshTuning
+    from unit_p2p.mesh.liveness import LivenessParams
+
+    fast = MeshTuning(liveness=LivenessParams(interval=0.2, timeout=1.0, misses=3))
+    async with trio.open_nursery() as nursery:
+        a, b = [await start_node(nursery, tuning=fast) for _ in range(2)]
+        counted = {a.peer_id: Metrics(), b.peer_id: Metrics()}
+        for node in (a, b):
+            node.mesh.on_message = counted[node.peer_id].message
+        with trio.fail_after(20):
+            await a.mesh.connect(b.addr)
+            await wait_for(lambda: b.peer_id in a.mesh.gossip_peers())
+            await a.mesh.publish(b"counted")
+            await b.events.wait_until(lambda: b.events.announcements)
+            await wait_for(lambda: counted[a.peer_id].message_counts().get(
+                ("ping", "ping", "sent"), 0) + counted[b.peer_id].message_counts().get(
+                ("ping", "ping", "sent"), 0) >= 1)
+        sent, got = counted[a.peer_id].message_counts(), counted[b.peer_id].message_counts()
+        assert sent[("gossipsub", "message", "sent")] >= 1
+        assert got[("gossipsub", "message", "received")] >= 1
+        nursery.cancel_scope.cancel()
