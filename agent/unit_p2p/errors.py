@@ -128,6 +128,8 @@ class WireError(UnitP2PError):
     def __init__(self, reason: str, message: str):
         #: a short machine-readable reason, used as a metrics label
         self.reason = reason
+        #: the message without the reason, where the reason is shown apart (logs, API errors)
+        self.detail = message
         super().__init__(f"{reason}: {message}")
 
 
@@ -143,6 +145,8 @@ class SyncError(UnitP2PError):
 
     def __init__(self, reason: str, message: str):
         self.reason = reason
+        #: the message without the reason, where the reason is shown apart (logs, API errors)
+        self.detail = message
         super().__init__(f"{reason}: {message}")
 
 
@@ -151,8 +155,9 @@ class SyncRetryLater(SyncError):
 
 
 class BadDocument(SyncError):
-    """A peer served bytes that are not the announced document (not JSON, not an object, or
-    another digest). The peer is refused and the next holder is tried."""
+    """Not a shared config: not JSON, not an object, not representable in RFC 8785 JSON, or
+    (served by a peer) another digest than announced. A peer that served it is refused and the
+    next holder tried; a publish of it is refused (422)."""
 
 
 class RevisionRejected(SyncError):

@@ -179,3 +179,15 @@ async def test_in_sync_is_false_while_unit_is_unreachable(tmp_path):
             await until(lambda: a.rec.status()["local"]["unit"] == "unreachable")
         assert a.rec.status()["local"]["in_sync"] is False
         assert a.rec.status()["local"]["digest"] == digest_of(config(1))  # last known, kept
+
+
+async def test_a_peer_that_refuses_a_revision_as_too_large_tells_the_publisher(tmp_path):
+    async with cluster(tmp_path) as (_, (a, b, c)):
+        c.rec.admission.max_config_bytes = 100  # c's own, smaller cap
+        big = {**config(1), "applications": {f"app{i}": {"type": "python"} for i in range(5)}}
+        with trio.fail_after(10):
+            result = await a.rec.publish(big, wait=True, timeout=5)
+        assert list(result.failed) == [c.peer_id] and not result.pending
+        assert result.failed[c.peer_id].endswith("bytes, max_config_bytes here is 100")
+        assert c.unit.config == config(0) and c.rejected("too_large") >= 1
+        assert b.unit.config == big

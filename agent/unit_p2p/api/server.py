@@ -26,6 +26,7 @@ from unit_p2p import jsonstrict
 from unit_p2p.api.http import Limits, Request, Response, json_response, problem, serve_listener
 from unit_p2p.api.token import read_token
 from unit_p2p.errors import (
+    BadDocument,
     PublishRefused,
     RevisionRejected,
     SettingsError,
@@ -115,14 +116,14 @@ class AgentApi:
         except SyncError as exc:
             if isinstance(exc, PublishRefused):
                 code = 413 if exc.reason == "too_large" else 409
-            elif isinstance(exc, RevisionRejected):  # this host cannot apply that config
+            elif isinstance(exc, RevisionRejected | BadDocument):  # cannot apply or publish it
                 code = 422
             elif isinstance(exc, SyncRetryLater):  # no holder now: the client may retry
                 code = 503
             else:
                 code = 500
             # the code is the reason already; the detail need not repeat it
-            detail = str(exc).removeprefix(f"{exc.reason}: ")
+            detail = exc.detail
             status, payload = code, {"error": exc.reason, "detail": detail}
         if status >= 400 and len(payload["detail"]) > MAX_DETAIL:
             # Unit's own messages quote the config, whose keys can be any length

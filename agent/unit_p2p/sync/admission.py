@@ -105,7 +105,7 @@ class Admission:
         try:
             msg = wire.decode(data)
         except WireError as exc:
-            self.refuse(peer, exc.reason, str(exc))
+            self.refuse(peer, exc.reason, exc.detail)
             return None
         mesh = getattr(msg, "mesh", self.mesh_name)
         if mesh != self.mesh_name:
@@ -121,7 +121,7 @@ class Admission:
         try:
             msg = wire.decode(data)
         except WireError as exc:
-            self.refuse(origin, exc.reason, f"gossip: {exc}")
+            self.refuse(origin, exc.reason, f"gossip: {exc.detail}")
             return False
         mesh = getattr(msg, "mesh", self.mesh_name)
         if mesh != self.mesh_name:
@@ -140,24 +140,35 @@ class Admission:
         return False
 
     def head(self, peer: str, head: Head) -> bool:
-        """True when ``head`` may be considered: trusted origin, size cap, origin signature."""
+        """True when ``head`` may be considered (see ``refusal``)."""
+        return self.refusal(peer, head) is None
+
+    def refusal(self, peer: str, head: Head) -> str | None:
+        """Why ``head`` may not be considered (counted and logged), or None: a trusted origin,
+        the origin's signature, then the size cap. The size comes after the signature so that a
+        ``too_large`` is known to be a genuine revision of its origin, which the reconciler can
+        then report as failed instead of leaving its publisher waiting."""
         rev = head.revision
         if not self.trust.is_trusted(rev.origin):
-            self.refuse(peer, "untrusted_origin", f"revision {rev} from an untrusted origin")
-            return False
-        if head.size > self.max_config_bytes:
-            self.refuse(peer, "too_large", f"revision {rev} is {head.size} bytes")
-            return False
+            return self._refused(peer, "untrusted_origin",
+                                 f"revision {rev} from an untrusted origin")
         key = (rev, head.digest, head.signature)
         if key in self._verified:
             # One signed head arrives many times (gossip copies, pushes, heads exchanges):
             # verify it once.
             self._verified.move_to_end(key)
-            return True
-        if not verify_revision(self.mesh_name, rev, head.digest, head.signature):
-            self.refuse(peer, "bad_signature", f"revision {rev}: origin signature does not verify")
-            return False
-        self._verified[key] = None
-        while len(self._verified) > VERIFIED_KEPT:
-            self._verified.popitem(last=False)
-        return True
+        elif verify_revision(self.mesh_name, rev, head.digest, head.signature):
+            self._verified[key] = None
+            while len(self._verified) > VERIFIED_KEPT:
+                self._verified.popitem(last=False)
+        else:
+            return self._refused(peer, "bad_signature",
+                                 f"revision {rev}: origin signature does not verify")
+        if head.size > self.max_config_bytes:
+            return self._refused(peer, "too_large", f"revision {rev} is {head.size} bytes, "
+                                 f"max_config_bytes here is {self.max_config_bytes}")
+        return None
+
+    def _refused(self, peer: str, reason: str, detail: str) -> str:
+        self.refuse(peer, reason, detail)
+        return reason

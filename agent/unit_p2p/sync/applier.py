@@ -58,7 +58,13 @@ class Applier:
     async def read(self) -> tuple[Any, str]:
         """Unit's config and its digest (minus exclusions)."""
         config = await self.unit.get("/config")
-        return config, Document.from_config(config, self.exclusions).digest
+        return config, await self.digest_of(config)
+
+    async def digest_of(self, config: Any) -> str:
+        """The digest of ``config`` minus exclusions, computed off the trio loop: a big config
+        takes a good part of a second to canonicalize, and the API must keep answering."""
+        return (await trio.to_thread.run_sync(Document.from_config, config,
+                                              self.exclusions)).digest
 
     async def apply(self, doc: Document, label: str) -> None:
         """Make Unit hold ``doc`` plus this host's excluded values.
@@ -79,7 +85,7 @@ class Applier:
         except UnitRejected as exc:
             raise RevisionRejected("unit_rejected", str(exc)) from None
         try:
-            got = Document.from_config(await self.unit.get("/config"), self.exclusions).digest
+            got = await self.digest_of(await self.unit.get("/config"))
         except (UnitError, SyncError) as exc:
             restored = await self._restore(rollback)
             raise RevisionRejected(

@@ -111,8 +111,8 @@ class Fetcher:
             data = wire.decode_served(raw, head.digest, cap)
         except WireError as exc:
             if exc.reason in ("digest_mismatch", "too_large"):
-                raise BadDocument(exc.reason, str(exc)) from None
-            raise SyncError("not_served", str(exc)) from None
+                raise BadDocument(exc.reason, exc.detail) from None
+            raise SyncError("not_served", exc.detail) from None
         except (MeshError, trio.TooSlowError) as exc:
             raise SyncError("unreachable", str(exc) or "timed out") from None
         return Document.from_bytes(data, head.digest)

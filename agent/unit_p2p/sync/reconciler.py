@@ -226,9 +226,18 @@ class Reconciler(ReconcilerViews):
             self._spawn(self.spread.forward, report, sender)
 
     def _consider(self, peer: str, head: Head) -> None:
-        if not self.admission.head(peer, head):
-            return
         rev = head.revision
+        why = self.admission.refusal(peer, head)
+        if why == "too_large" and rev not in self.candidates.failed and (
+                self.head is None or rev > self.head.revision):
+            # A genuine revision this host will never take: say so to its publisher once,
+            # instead of leaving this host pending in the publisher's wait.
+            reason = (f"too_large: {head.size} bytes, max_config_bytes here is "
+                      f"{self.admission.max_config_bytes}")
+            self.candidates.give_up(rev, reason)
+            self._spawn(self.spread.report, rev, head.digest, FAILED, reason)
+        if why is not None:
+            return
         if rev.counter > self.candidates.max_seen + MAX_COUNTER_STEP:
             # Counters only ever grow, so one revision near the top of the wire's range would
             # stop every later publish (it could not count past it). No honest mesh jumps this
@@ -291,7 +300,7 @@ class Reconciler(ReconcilerViews):
                 except SyncRetryLater as exc:
                     # Nobody could serve it right now: retry later (backing off), the holders
                     # may return, and a new holder makes it worth trying at once.
-                    await self._record_error(rev, exc.reason, str(exc))
+                    await self._record_error(rev, exc.reason, exc.detail)
                     retry_after = best.back_off()
                     break
                 except SyncError as exc:
@@ -300,7 +309,7 @@ class Reconciler(ReconcilerViews):
                     reason = str(exc)  # "<reason>: <detail>" already
                     self.candidates.give_up(rev, reason)
                     self.metrics.applies.labels("failed").inc()
-                    await self._record_error(rev, exc.reason, str(exc))
+                    await self._record_error(rev, exc.reason, exc.detail)
                     log.error("revision %s not applied: %s", rev, exc)
                     self.convergence.record(self.peer_id, rev, FAILED, reason[:500])
                     self._spawn(self.spread.report, rev, best.head.digest, FAILED, reason[:500])
@@ -409,7 +418,7 @@ class Reconciler(ReconcilerViews):
             local, local_digest = await self.applier.read()
             target = local if config is None else merge_exclusions(config, local,
                                                                    self.exclusions)
-            doc = Document.from_config(target, self.exclusions)
+            doc = await trio.to_thread.run_sync(Document.from_config, target, self.exclusions)
             if doc.size > self.settings.max_config_bytes:
                 raise PublishRefused("too_large", f"the config is {doc.size} bytes of canonical "
                                      f"JSON; max_config_bytes is {self.settings.max_config_bytes}"
