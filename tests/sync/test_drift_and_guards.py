@@ -191,3 +191,4 @@ async def test_a_peer_that_refuses_a_revision_as_too_large_tells_the_publisher(t
         assert result.failed[c.peer_id].endswith("bytes, max_config_bytes here is 100")
         assert c.unit.config == config(0) and c.rejected("too_large") >= 1
         assert b.unit.config == big
+

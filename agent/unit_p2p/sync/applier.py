@@ -17,7 +17,13 @@ from typing import Any, Protocol
 
 import trio
 
-from unit_p2p.errors import RevisionRejected, SyncError, UnitError, UnitRejected
+from unit_p2p.errors import (
+    RevisionRejected,
+    SyncError,
+    UnitError,
+    UnitRejected,
+    UnitShortAnswer,
+)
 from unit_p2p.metrics import Metrics
 from unit_p2p.sync.revision import Document, merge_exclusions
 from unit_p2p.sync.store import StateStore
@@ -127,10 +133,12 @@ class Applier:
                 try:
                     _, digest = await self.read()
                     self.set_state(True, None, digest)
+                except (UnitShortAnswer, SyncError) as exc:
+                    # Unit answered (a cut answer, or a config that is not an object): it is
+                    # up, and what it holds is unknown until the next read.
+                    self.set_state(True, str(exc))
                 except UnitError as exc:
                     self.set_state(False, str(exc))
-                except SyncError as exc:  # Unit answered with a non-object config
-                    self.set_state(True, str(exc))
             if digest is not None:
                 self._on_observed(digest)
             if first:

@@ -33,6 +33,7 @@ from unit_p2p.errors import (
     SyncError,
     SyncRetryLater,
     UnitError,
+    UnitShortAnswer,
     UnitUnreachable,
 )
 from unit_p2p.metrics import Metrics
@@ -287,6 +288,10 @@ class Reconciler(ReconcilerViews):
                     except (UnitError, OSError) as exc:
                         if isinstance(exc, UnitUnreachable):
                             raise
+                        if isinstance(exc, UnitShortAnswer):
+                            # Unit cut its answer to a read before the PUT, even in pieces:
+                            # nothing changed, and the next try may read it whole.
+                            raise SyncRetryLater("unit_short_answer", str(exc)) from exc
                         # Unit answered a read with an error, or the state dir failed (disk
                         # full): this revision fails here; the agent and its old config stay.
                         raise RevisionRejected("apply_error",
