@@ -85,7 +85,8 @@ class Settings:
         "optional loopback TCP listener for the API, 127.0.0.1:PORT or [::1]:PORT; "
         "requires api_token_file", metavar="HOST:PORT"))
     api_token_file: Path | None = field(default=None, metadata=_doc(
-        "file holding the bearer token for api_tcp", metavar="FILE"))
+        "file holding the bearer token for api_tcp: at least 16 printable characters, mode "
+        "0600 or 0640 (refused when other users can read it)", metavar="FILE"))
     state_dir: Path = field(default=DEFAULT_STATE_DIR, metadata=_doc(
         "where the head, the last keep_configs configs and (by default) the identity key live",
         metavar="DIR"))
