@@ -79,6 +79,11 @@ DEFERRED: dict[str, frozenset[str]] = {
     "cryptography.x509.oid": frozenset(),
 }
 
+#: Packages whose deferred modules give their *own* modules the real names (loading them): once
+#: code of the package runs, the package is in use, and its ``except`` clauses must match its
+#: own exceptions. (py-libp2p's deferred modules are there for py-libp2p's own importers.)
+LOADED_FOR_OWN_MODULES = frozenset({"cryptography"})
+
 #: Modules served by one of ours that provides the same names: Noise's X25519,
 #: ChaCha20-Poly1305 and SHA-256 on PyNaCl and hashlib (``lean_noise.py``).
 SUBSTITUTED: dict[str, str] = {
@@ -166,14 +171,20 @@ class _DeferredModule(types.ModuleType):
     ``isinstance`` check is False until the module is loaded (none of its objects exist yet).
     Calling a name listed in :data:`DEFERRED` returns an object that builds the real one on
     first use, for a class that is constructed eagerly but used rarely (the swarm's resolver).
+    In a package of :data:`LOADED_FOR_OWN_MODULES`, the package's own modules get real names,
+    loading the module if need be.
     """
 
-    def __getattr__(self, name: str) -> type:
+    def __getattr__(self, name: str) -> object:
         if name.startswith("__"):
             raise AttributeError(name)
         namespace = self.__dict__
         if namespace.get("_unit_p2p_loaded"):
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        package = self.__name__.partition(".")[0]
+        if package in LOADED_FOR_OWN_MODULES and _importing_package() == package:
+            self._unit_p2p_load()
+            return getattr(self, name)
         stand_in = _DeferredName(
             name, (Exception,), {"__module__": self.__name__, "__qualname__": name}
         )
@@ -201,6 +212,17 @@ class _DeferredModule(types.ModuleType):
             except BaseException:
                 namespace["_unit_p2p_loaded"] = False  # the next use fails the same way
                 raise
+
+
+def _importing_package() -> str:
+    """Top-level package of the code that asked a deferred module for a name."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name != __name__ and not name.startswith(("importlib", "_frozen_importlib")):
+            return name.partition(".")[0]
+        frame = frame.f_back
+    return ""
 
 
 class _DeferredName(type):

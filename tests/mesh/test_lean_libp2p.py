@@ -106,6 +106,7 @@ def test_deferred_modules_load_on_first_use_and_then_behave_as_published():
         assert not loaded, loaded
         # Noise runs on PyNaCl (lean_noise.py): cryptography's Rust extension is never loaded.
         assert "cryptography.hazmat.bindings._rust" not in sys.modules
+        assert not sys.modules["cryptography.exceptions"].__dict__.get("_unit_p2p_loaded")
         import noise.backends.default
         assert noise.backends.default.noise_backend.__class__.__name__ == "NaclNoiseBackend"
 
@@ -126,6 +127,15 @@ def test_deferred_modules_load_on_first_use_and_then_behave_as_published():
         assert "dns.asyncresolver" not in sys.modules
         assert type(resolver._resolver).__module__ == "dns.asyncresolver"
         assert callable(resolver.resolve)
+
+        # cryptography's own modules get real names from its deferred ones (their except
+        # clauses must match), loading them when they first ask; foreign code got stand-ins.
+        import noise.connection
+        assert isinstance(noise.connection.InvalidTag, lean_libp2p._DeferredName)
+        from cryptography.hazmat.primitives.asymmetric import ec as crypto_ec
+        assert not isinstance(crypto_ec.UnsupportedAlgorithm, lean_libp2p._DeferredName)
+        import cryptography.exceptions
+        assert cryptography.exceptions.UnsupportedAlgorithm is crypto_ec.UnsupportedAlgorithm
 
         import psutil, cbor2
         assert psutil.net_if_addrs() and cbor2.loads(cbor2.dumps({"a": 1})) == {"a": 1}
