@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import trio
 import trio.testing
 
-from unit_p2p.errors import MeshError, UnitInvalidConfig, UnitUnreachable, WireError
+from unit_p2p.errors import (
+    MeshError,
+    UnitInvalidConfig,
+    UnitPathNotFound,
+    UnitUnreachable,
+    WireError,
+)
 
 END = b"\x00<end>"
 
@@ -118,11 +124,22 @@ class FakeUnit:
         self.reject_next = 0
         self.down = False
         self.puts = 0
+        #: paths read, in order
+        self.reads: list[str] = []
 
     async def get(self, path: str = "/config"):
         if self.down:
             raise UnitUnreachable("control socket is gone")
-        return copy.deepcopy(self.config)
+        self.reads.append(path)
+        node = self.config
+        for part in path.split("/")[2:]:  # below /config, as Unit's API addresses it
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise UnitPathNotFound(404, "Value doesn't exist.", method="GET", path=path)
+        return copy.deepcopy(node)
 
     async def put(self, path: str, value):
         if self.down:

@@ -192,3 +192,4 @@ async def test_a_peer_that_refuses_a_revision_as_too_large_tells_the_publisher(t
         assert c.unit.config == config(0) and c.rejected("too_large") >= 1
         assert b.unit.config == big
 
+

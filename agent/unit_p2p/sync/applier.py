@@ -12,6 +12,7 @@ A new Unit resource that needs its own handling on apply belongs here.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -21,15 +22,18 @@ from unit_p2p.errors import (
     RevisionRejected,
     SyncError,
     UnitError,
+    UnitPathNotFound,
     UnitRejected,
     UnitShortAnswer,
 )
 from unit_p2p.metrics import Metrics
-from unit_p2p.sync.revision import Document, merge_exclusions
+from unit_p2p.sync.revision import Document, merge_exclusions, with_excluded_values
 from unit_p2p.sync.store import StateStore
 
 log = logging.getLogger("unit_p2p.sync.applier")
 
+#: JSON pointers Unit's API can address as they are: object keys only, no escapes or indexes
+_PLAIN_POINTER = re.compile(r"(?:/(?!\d+(?:/|$))[A-Za-z0-9._:*@-]+)+")
 UNIT_POLL_INTERVAL = 5.0
 UNIT_RETRY_INTERVAL = 1.0
 #: the Unit poll waits at least this many times as long as the last poll took
@@ -72,16 +76,40 @@ class Applier:
         return (await trio.to_thread.run_sync(Document.from_config, config,
                                               self.exclusions)).digest
 
-    async def apply(self, doc: Document, label: str) -> None:
+    async def apply(self, doc: Document, label: str, current: Document | None = None) -> None:
         """Make Unit hold ``doc`` plus this host's excluded values.
+
+        ``current``: the document Unit was last seen holding (the head), if the caller has it.
+        While Unit is known to hold it, only the excluded values are read from Unit (they are
+        this host's own and may have been edited since), not the whole config: for a big config
+        on Unit's unix socket, which cuts big answers, a whole read is half an apply's cost.
 
         Raises UnitUnreachable (transient), RevisionRejected (Unit refused it, or the read-back
         differs), other UnitErrors (Unit answered a read with an error) or OSError (backup).
         """
-        local = await self.unit.get("/config")
+        local = None
+        if current is not None and self.reachable and self.local_digest == current.digest:
+            values = await self._read_excluded()
+            if values is not None:
+                local = with_excluded_values(current.tree, values)
+        if local is None:
+            local = await self.unit.get("/config")
         target = merge_exclusions(doc.tree, local, self.exclusions)
         await trio.to_thread.run_sync(self.store.save_backup, local, label)
         await self.put_verified(target, doc.digest, rollback=local)
+
+    async def _read_excluded(self) -> dict[str, Any] | None:
+        """Unit's values at the excluded pointers, each read by its own path; None when a
+        pointer is not a plain path (escapes, list positions): then the whole config is read."""
+        values = {}
+        for pointer in self.exclusions:
+            if not _PLAIN_POINTER.fullmatch(pointer):
+                return None
+            try:
+                values[pointer] = await self.unit.get("/config" + pointer)
+            except UnitPathNotFound:
+                continue  # not set on this host: nothing to keep
+        return values
 
     async def put_verified(self, target: Any, digest: str, rollback: Any) -> None:
         """PUT ``target`` and read it back; restore ``rollback`` if what Unit holds differs or

@@ -338,7 +338,8 @@ class Reconciler(ReconcilerViews):
             if self.head is not None and head.revision <= self.head.revision:
                 return  # a publish or another apply got further meanwhile
             started = time.monotonic()
-            await self.applier.apply(doc, f"before-{head.revision.counter}")
+            await self.applier.apply(doc, f"before-{head.revision.counter}",
+                                     current=await self._head_document())
             await trio.to_thread.run_sync(self.store.save_document, doc)
             await self._set_head(head)
             await self._clear_error()
@@ -396,10 +397,15 @@ class Reconciler(ReconcilerViews):
     # --- publishing ---------------------------------------------------------------------------
 
     async def head_config(self) -> Any:
+        doc = await self._head_document()
+        return doc.tree if doc is not None else None
+
+    async def _head_document(self) -> Document | None:
         if self.head is None:
             return None
         data = await trio.to_thread.run_sync(self.store.load_document_bytes, self.head.digest)
-        return Document.from_bytes(data, self.head.digest).tree if data else None
+        return None if data is None else await trio.to_thread.run_sync(
+            Document.from_bytes, data, self.head.digest)
 
     async def publish(
         self,

@@ -150,14 +150,26 @@ def merge_exclusions(shared: Any, local: Any, exclusions: tuple[str, ...]) -> An
     """
     if not exclusions:
         return shared
+    return with_excluded_values(shared, excluded_values(local, exclusions))
+
+
+def excluded_values(local: Any, exclusions: tuple[str, ...]) -> dict[str, Any]:
+    """This host's values at the excluded pointers (absent ones left out)."""
+    values = {}
+    for pointer in exclusions:
+        found = _lookup_parent(local, _split_pointer(pointer))
+        if found is not None:
+            container, key = found
+            values[pointer] = container[key]
+    return values
+
+
+def with_excluded_values(shared: Any, values: dict[str, Any]) -> Any:
+    """A copy of ``shared`` holding ``values`` (pointer -> value) at their pointers."""
     out = copy.deepcopy(shared)
-    for pointer in sorted(exclusions, key=lambda p: p.count("/")):
+    for pointer in sorted(values, key=lambda p: p.count("/")):
         parts = _split_pointer(pointer)
-        found = _lookup_parent(local, parts)
-        if found is None:
-            continue
-        container, key = found
-        value = copy.deepcopy(container[key])
+        value = copy.deepcopy(values[pointer])
         node = out
         for part in parts[:-1]:
             if isinstance(node, dict):

@@ -1,0 +1,53 @@
+"""What an apply reads from Unit: only the host-local values while Unit holds the head, and a cut
+answer (Unit 1.35 on a unix socket, for a big config) is neither an outage nor a rejected
+revision. The Unit watch reads when a cluster starts and then waits seconds, so every read these
+tests see is the apply's."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.sync.fakes import FakeUnit
+from tests.sync.test_reconciler import cluster, config
+from unit_p2p.errors import UnitShortAnswer
+
+
+class CutsAnswers(FakeUnit):
+    """Cuts its next answers to reads, as Unit 1.35 does on a unix socket for big configs."""
+
+    short = 0
+
+    async def get(self, path="/config"):
+        if self.short:
+            self.short -= 1
+            raise UnitShortAnswer("Unit sent 212992 of 1500000 bytes", path=path,
+                                  received=212992, expected=1500000)
+        return await super().get(path)
+
+
+async def test_a_cut_answer_before_the_put_is_retried_and_never_called_unreachable(tmp_path):
+    async with cluster(tmp_path) as (_, (a, b, _c)):
+        b.unit.__class__ = CutsAnswers
+        b.unit.short = 1
+        with trio.fail_after(15):
+            result = await a.rec.publish(config(1), wait=True, timeout=12)
+        assert result.converged and b.unit.config == config(1)
+        assert b.rec.status()["local"]["unit"] == "reachable"
+        assert b.metrics.applies_count("failed") == 0 and b.unit.short == 0
+
+
+async def test_an_apply_over_the_head_reads_only_the_host_local_values(tmp_path):
+    async with cluster(tmp_path, exclusions=("/listeners",)) as (_, (a, b, _c)):
+        shared = {k: v for k, v in config(1).items() if k != "listeners"}
+        with trio.fail_after(10):
+            await a.rec.publish(shared, wait=True, timeout=5)
+            # b's own listeners change by hand: host-local, not drift, and must survive
+            mine = {"127.0.0.1:9999": {"pass": "routes"}}
+            b.unit.config["listeners"] = mine
+            b.unit.reads.clear()
+            second = {**shared, "routes": [{"action": {"return": 299}}]}
+            result = await a.rec.publish(second, wait=True, timeout=5)
+        assert result.converged
+        assert b.unit.config == {**second, "listeners": mine}
+        # the excluded value by its own path, then the read-back: one whole read, not two
+        assert b.unit.reads == ["/config/listeners", "/config"]
