@@ -24,6 +24,7 @@ of named errors instead of every library's own.
     │   ├── BadDocument            a peer served bytes that are not the announced document
     │   ├── RevisionRejected       this host cannot apply it (Unit refused, read-back differs,
     │   │                          disk): given up until a newer revision arrives
+    │   ├── UnknownRevision        a wait names a revision this host has never heard of
     │   └── PublishRefused         a publish refused by a guard before anything changed (too
     │                              large; this host behind the mesh or holding an older config)
     ├── ApiError               the agent's local API answered with an error (docs/api.md)
@@ -162,6 +163,11 @@ class BadDocument(SyncError):
 
 class RevisionRejected(SyncError):
     """This host cannot apply the revision; it reports it failed and waits for a newer one."""
+
+
+class UnknownRevision(SyncError):
+    """A wait names a revision newer than anything this host has heard of: waiting on it would
+    report a convergence that never happened."""
 
 
 class PublishRefused(SyncError):

@@ -9,10 +9,12 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.settings.conftest import new_peer_id
 from tests.sync.fakes import FakeUnit
 from tests.sync.test_reconciler import cluster, config, digest_of, until
-from unit_p2p.errors import PublishRefused, UnitUnreachable
+from unit_p2p.errors import PublishRefused, UnitUnreachable, UnknownRevision
 from unit_p2p.sync import applier
+from unit_p2p.sync.revision import Revision
 
 
 @pytest.fixture(autouse=True)
@@ -193,3 +195,25 @@ async def test_a_peer_that_refuses_a_revision_as_too_large_tells_the_publisher(t
         assert b.unit.config == big
 
 
+
+
+async def test_a_wait_on_a_revision_nobody_announced_is_refused(tmp_path):
+    async with cluster(tmp_path) as (_, (a, _b, _c)):
+        with trio.fail_after(10):
+            result = await a.rec.publish(config(1), wait=True, timeout=5)
+            again = await a.rec.wait_revision(result.revision, timeout=1)
+            assert again.converged
+            never = Revision(result.revision.counter + 5, a.peer_id)
+            with pytest.raises(UnknownRevision):
+                await a.rec.wait_revision(never, timeout=1)
+
+
+async def test_peers_lists_allowlisted_peers_never_seen(tmp_path):
+    async with cluster(tmp_path) as (_, (a, b, _c)):
+        ghost = new_peer_id()
+        a.rec.settings = a.rec.settings.replace(
+            trusted_peers=(*a.rec.settings.trusted_peers, ghost))
+        views = {v["peer_id"]: v for v in a.rec.peer_views()}
+    assert views[ghost] == {"peer_id": ghost, "seen": False, "connected": False,
+                            "trusted": True, "addrs": [], "head": None, "report": None}
+    assert views[b.peer_id]["seen"] is True and a.peer_id not in views

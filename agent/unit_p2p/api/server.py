@@ -35,6 +35,7 @@ from unit_p2p.errors import (
     UnitError,
     UnitRejected,
     UnitUnreachable,
+    UnknownRevision,
 )
 from unit_p2p.metrics import CONTENT_TYPE_LATEST
 
@@ -118,6 +119,8 @@ class AgentApi:
                 code = 413 if exc.reason == "too_large" else 409
             elif isinstance(exc, RevisionRejected | BadDocument):  # cannot apply or publish it
                 code = 422
+            elif isinstance(exc, UnknownRevision):
+                code = 404
             elif isinstance(exc, SyncRetryLater):  # no holder now: the client may retry
                 code = 503
             else:

@@ -35,6 +35,7 @@ from unit_p2p.errors import (
     UnitError,
     UnitShortAnswer,
     UnitUnreachable,
+    UnknownRevision,
 )
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
@@ -499,13 +500,18 @@ class Reconciler(ReconcilerViews):
     async def wait_revision(self, revision: Revision, *, timeout: float,
                             min_peers: int | None = None,
                             require_all: bool = True) -> PublishResult:
-        """Where a revision stands in the mesh, waiting up to ``timeout`` for it to converge."""
+        """Where a revision stands in the mesh, waiting up to ``timeout`` for it to converge.
+        Raises UnknownRevision for one newer than the head that nobody ever announced here."""
         head = self.head
         if head is not None and head.revision == revision:
             digest, size = head.digest, head.size
         else:
             cand = self.candidates.get(revision)
             digest, size = (cand.head.digest, cand.head.size) if cand else ("", 0)
+            if (cand is None and (head is None or revision > head.revision)
+                    and revision not in self.candidates.failed
+                    and not self.convergence.reports.get(revision)):
+                raise UnknownRevision("unknown_revision", f"no peer announced {revision} here")
         result = PublishResult(changed=False, revision=revision, digest=digest, size=size)
         await self._wait(result, True, timeout, min_peers, require_all)
         return result

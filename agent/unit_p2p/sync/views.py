@@ -86,15 +86,23 @@ class ReconcilerViews:
         }
 
     def peer_views(self) -> list[dict]:
+        """Every peer the mesh knows, then every allowlisted peer it never saw (``seen``
+        false): a publisher's wait waits for those too, so the operator must see them."""
         out = []
-        for info in self.mesh.peers():
+        known = self.mesh.peers()
+        for info in known:
             head = self.candidates.peer_heads.get(info.peer_id)
             out.append({
                 "peer_id": info.peer_id,
+                "seen": True,
                 "connected": info.connected,
                 "trusted": self.trust.is_trusted(info.peer_id),
                 "addrs": list(info.addrs),
                 "head": {"revision": str(head.revision), "digest": head.digest} if head else None,
                 "report": self.convergence.last_report(info.peer_id),
             })
+        seen = {info.peer_id for info in known} | {self.peer_id}
+        for peer in sorted(set(self.settings.trusted_peers) - seen):
+            out.append({"peer_id": peer, "seen": False, "connected": False, "trusted": True,
+                        "addrs": [], "head": None, "report": None})
         return out
