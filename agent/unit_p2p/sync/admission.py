@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import OrderedDict
 from typing import Protocol
+
+import trio
 
 from unit_p2p.errors import WireError
 from unit_p2p.metrics import Metrics
@@ -37,12 +38,13 @@ class TrustLike(Protocol):
 
 
 class _TokenBucket:
+    # trio's clock, not the wall clock: under a simulator's mock clock rates are exact too.
     def __init__(self) -> None:
         self.tokens = RATE_BURST
-        self.stamp = time.monotonic()
+        self.stamp = trio.current_time()
 
     def take(self) -> bool:
-        now = time.monotonic()
+        now = trio.current_time()
         self.tokens = min(RATE_BURST, self.tokens + (now - self.stamp) * RATE_PER_S)
         self.stamp = now
         if self.tokens < 1.0:
@@ -69,7 +71,7 @@ class Admission:
         self.metrics.refused(reason)
         if quiet:
             return
-        now = time.monotonic()
+        now = trio.current_time()
         key = (peer, reason)
         if now - self._last_log.get(key, -math.inf) >= LOG_EVERY:
             self._last_log[key] = now
