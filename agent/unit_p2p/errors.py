@@ -24,9 +24,11 @@ of named errors instead of every library's own.
     │   ├── BadDocument            a peer served bytes that are not the announced document
     │   ├── RevisionRejected       this host cannot apply it (Unit refused, read-back differs,
     │   │                          disk): given up until a newer revision arrives
-    │   ├── UnknownRevision        a wait names a revision this host has never heard of
-    │   └── PublishRefused         a publish refused by a guard before anything changed (too
-    │                              large; this host behind the mesh or holding an older config)
+    │   ├── PublishRefused         a publish refused by a guard before anything changed (too
+    │   │                          large; this host behind the mesh or holding an older config;
+    │   │                          a blank config or one removing most of the head)
+    │   └── UnknownRevision        a wait names a revision this host has never heard of; a
+    │                              show/diff/rollback one it has no record or kept document of
     ├── ApiError               the agent's local API answered with an error (docs/api.md)
     ├── AgentUnreachable       the agent's API socket is missing, refused or timed out
     └── EmulatorError          the Unit emulator cannot start as asked
@@ -165,15 +167,18 @@ class RevisionRejected(SyncError):
     """This host cannot apply the revision; it reports it failed and waits for a newer one."""
 
 
-class UnknownRevision(SyncError):
-    """A wait names a revision newer than anything this host has heard of: waiting on it would
-    report a convergence that never happened."""
-
-
 class PublishRefused(SyncError):
     """A publish was refused before anything changed: the config is larger than
     ``max_config_bytes`` (``too_large``), or publishing this host's Unit config would undo a
-    newer revision (``behind_mesh``, ``stale_config``; ``force`` publishes anyway)."""
+    newer revision (``behind_mesh``, ``stale_config``), or the config serves nothing
+    (``blank_config``) or removes more than ``max_removed_share`` of the head's listeners,
+    routes or applications (``shrink``); ``force`` publishes anyway, except ``too_large``."""
+
+
+class UnknownRevision(SyncError):
+    """A wait names a revision newer than anything this host has heard of (waiting on it would
+    report a convergence that never happened), or a revision asked for by name (show, diff,
+    rollback) is not in this host's history or its document is no longer kept."""
 
 
 class ApiError(UnitP2PError):

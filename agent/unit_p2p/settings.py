@@ -118,6 +118,10 @@ class Settings:
         "apply (a Unit restarted from a stale state, reinstalled empty, edited by hand): repair "
         "re-applies the head; report leaves Unit alone and reports the host as drifted",
         metavar="ACTION"))
+    max_removed_share: float = field(default=0.5, metadata=_doc(
+        "a publish that removes more than this share of the head's listeners, routes or "
+        "applications is refused unless forced (0.01 to 1; 1 refuses only a blank config)",
+        metavar="SHARE"))
     announce_interval: float = field(default=10.0, metadata=_doc(
         "seconds between anti-entropy rounds (heads exchanged with up to 3 peers not known "
         "at our head; the head re-gossiped when a peer is behind, and every 6th round); "
@@ -498,6 +502,7 @@ _CHECKS: dict[str, Callable] = {
     "keep_configs": _at_most(10_000, "configs"),
     "max_config_bytes": _at_most(1024 ** 3, "bytes"),
     "announce_interval": _at_most(86_400, "seconds", low=0.1),
+    "max_removed_share": _at_most(1, "(1 is all of them)", low=0.01),
     "log_level": _enum(LOG_LEVELS, fold=True),
     "log_format": _enum(LOG_FORMATS),
 }

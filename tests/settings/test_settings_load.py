@@ -441,11 +441,12 @@ def test_flags_override_and_replace_lists(tmp_path, peer):
         "--max-config-bytes", "99", "--log-level", "debug", "--log-format", "json",
         "--bootstrap", f"/ip4/127.0.0.1/tcp/5/p2p/{peer}", "--trust", "allowlist",
         "--unit", "unix:/u.sock", "--api", "unix:/a.sock", "--on-drift", "report",
+        "--max-removed-share", "0.8",
     )
     assert set(flags_from_args(args)) == set(SETTING_NAMES)
     s = settings_from_args(args, env={})
     assert (s.mesh, s.mdns, s.dht) == ("m", True, False)
-    assert s.on_drift == "report"
+    assert s.on_drift == "report" and s.max_removed_share == 0.8
     assert s.listen == ("/ip4/127.0.0.1/tcp/2", "/ip4/127.0.0.1/tcp/3")
     assert s.trusted_peers == (other,) and s.exclusions == ("/settings",)
     assert (s.keep_configs, s.announce_interval, s.unit_timeout) == (7, 0.25, 3.0)
@@ -491,6 +492,7 @@ def test_print_config_round_trips_every_field(tmp_path, peer):
         trust="any", trusted_peers=(peer, new_peer_id()),
         exclusions=("/listeners", "/a~1b", "/"), keep_configs=1, max_config_bytes=12345,
         announce_interval=0.1, log_level="error", log_format="json", on_drift="report",
+        max_removed_share=0.75,
     )
     for name in SETTING_NAMES:
         assert getattr(changed, name) != getattr(Settings(), name), name
@@ -522,6 +524,7 @@ def test_field_names_and_defaults_are_the_contract():
         "api_token_file": None, "state_dir": Path("/var/lib/unit-p2p"), "key": None,
         "bootstrap": (), "mdns": True, "dht": True, "trust": "allowlist", "trusted_peers": (),
         "exclusions": (), "keep_configs": 10, "max_config_bytes": 8 * 1024 * 1024,
-        "on_drift": "repair", "announce_interval": 10.0, "log_level": "info",
+        "on_drift": "repair", "max_removed_share": 0.5, "announce_interval": 10.0,
+        "log_level": "info",
         "log_format": "text",
     }

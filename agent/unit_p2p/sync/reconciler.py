@@ -39,13 +39,14 @@ from unit_p2p.errors import (
 )
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
-from unit_p2p.sync import wire
+from unit_p2p.sync import changes, wire
 from unit_p2p.sync.admission import Admission, TrustLike
 from unit_p2p.sync.applier import UNIT_RETRY_INTERVAL, Applier, UnitLike
 from unit_p2p.sync.candidates import Candidate, Candidates
 from unit_p2p.sync.convergence import APPLIED, FAILED, Convergence, PublishResult
 from unit_p2p.sync.drift import Drift, Step
 from unit_p2p.sync.fetch import Fetcher
+from unit_p2p.sync.history import History, Revisions
 from unit_p2p.sync.revision import (
     Document,
     Head,
@@ -117,6 +118,8 @@ class Reconciler(ReconcilerViews):
         self.fetcher = Fetcher(peer_id, mesh, store, self.admission, metrics,
                                settings.max_config_bytes)
         self.convergence = Convergence(peer_id, self._wait_targets)
+        self.history = History(store.dir, peer_id)
+        self.revisions = Revisions(self.history, store, self.convergence, self.candidates)
         self._work_send, self._work_receive = trio.open_memory_channel[tuple](math.inf)
         self.spread = Spread(self.mesh_name, mesh, trust, self.candidates, metrics,
                              lambda: self.head,
@@ -132,6 +135,7 @@ class Reconciler(ReconcilerViews):
         self.head = head
         self.candidates.max_seen = max_seen
         self.last_error = await trio.to_thread.run_sync(self.store.load_last_error)
+        await trio.to_thread.run_sync(self.history.load, head, self.applied_at)
         if self.head:
             self.metrics.head_counter.set(self.head.revision.counter)
             log.info("loaded head %s digest=%s", self.head.revision, self.head.digest)
@@ -358,6 +362,7 @@ class Reconciler(ReconcilerViews):
         self.applier.local_digest = head.digest
         await trio.to_thread.run_sync(self.store.save_head, head, self.candidates.max_seen,
                                       self.applied_at)
+        await trio.to_thread.run_sync(self.history.record, head, self.applied_at)
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
 
@@ -444,6 +449,11 @@ class Reconciler(ReconcilerViews):
             # change: it must become the newest revision to win.
             changed = (self.head is None or doc.digest != self.head.digest
                        or self.candidates.max_seen > self.head.revision.counter)
+            if changed and not force:
+                # a blank config, or one without most of the head, is more often an accident
+                # (a template rendered from an empty source) than a plan
+                changes.check_publish(await self.head_config(), doc.tree,
+                                      self.settings.max_removed_share)
             if dry_run:
                 before = await self.head_config()
                 return PublishResult(changed=changed or local_change, revision=None,
@@ -496,6 +506,14 @@ class Reconciler(ReconcilerViews):
                 "stale_config", f"Unit holds {local_digest}, the config of an older revision, "
                 f"not the head {head.revision}; publishing it would roll the mesh back "
                 "(force to do so on purpose)")
+
+    async def rollback(self, revision: Revision | None = None, **options: Any) -> PublishResult:
+        """Publish the kept document of ``revision`` (None: the revision before the head in this
+        host's history) as a new revision, so every host, a late one too, moves forward to it
+        and never back to what came between. ``options`` are publish's. Raises UnknownRevision
+        and whatever publish raises."""
+        _, tree = await self.revisions.document(revision)
+        return await self.publish(tree, **options)
 
     async def wait_revision(self, revision: Revision, *, timeout: float,
                             min_peers: int | None = None,

@@ -1,0 +1,191 @@
+"""This host's history of heads: every revision it published or followed, newest last.
+
+The store keeps the documents (the last ``keep_configs`` by digest); this log keeps what they
+were: revision, origin, digest, size, when this host took it as its head, and whether it
+published it. The wire carries no publish time, so ``published_at`` is known only for
+revisions this host published; for the others ``applied_at`` (when this host applied it) is the
+time there is.
+
+Kept in ``<state_dir>/history.json`` (atomic writes, like the head), at most ``HISTORY_KEPT``
+entries; an entry outlives its document when the store pruned that (``kept: false``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from unit_p2p.errors import UnknownRevision
+from unit_p2p.fsutil import atomic_write
+from unit_p2p.sync import changes
+from unit_p2p.sync.convergence import APPLIED, FAILED
+from unit_p2p.sync.revision import DIGEST_RE, Document, Head, Revision
+
+#: entries kept in history.json; documents are kept separately (keep_configs)
+HISTORY_KEPT = 100
+
+PUBLISHED = "published"
+FOLLOWED = "followed"
+
+
+@dataclass(frozen=True)
+class Entry:
+    revision: str
+    digest: str
+    size: int
+    applied_at: float | None
+    role: str  # PUBLISHED or FOLLOWED
+    published_at: float | None = None  # only known for revisions this host published
+
+    @property
+    def rev(self) -> Revision:
+        return Revision.parse(self.revision)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Entry:
+        Revision.parse(raw["revision"])
+        if not DIGEST_RE.match(raw["digest"]) or raw.get("role") not in (PUBLISHED, FOLLOWED):
+            raise ValueError("bad history entry")
+        return cls(raw["revision"], raw["digest"], int(raw["size"]), raw.get("applied_at"),
+                   raw["role"], raw.get("published_at"))
+
+
+class History:
+    """Blocking file operations: the reconciler calls them through ``trio.to_thread``."""
+
+    def __init__(self, state_dir: Path, peer_id: str):
+        self.path = Path(state_dir) / "history.json"
+        self.peer_id = peer_id
+        self.entries: list[Entry] = []
+
+    def load(self, head: Head | None, applied_at: float | None) -> None:
+        """Read the log; a state dir from before the log existed starts it with its head."""
+        try:
+            raw = json.loads(self.path.read_bytes())
+            self.entries = [Entry.from_json(e) for e in raw["entries"]]
+        except FileNotFoundError:
+            self.entries = []
+        except (ValueError, KeyError, TypeError):
+            # An unreadable log loses the past, never the agent: the head is still known.
+            self.entries = []
+        if head is not None and (not self.entries
+                                 or self.entries[-1].revision != str(head.revision)):
+            self.record(head, applied_at)
+
+    def record(self, head: Head, applied_at: float | None) -> None:
+        """``head`` became this host's head at ``applied_at``."""
+        mine = head.revision.origin == self.peer_id
+        entry = Entry(str(head.revision), head.digest, head.size, applied_at,
+                      PUBLISHED if mine else FOLLOWED, applied_at if mine else None)
+        # a restart may record the loaded head again: one entry per revision
+        self.entries = [e for e in self.entries if e.revision != entry.revision] + [entry]
+        del self.entries[:-HISTORY_KEPT]
+        atomic_write(self.path, json.dumps(
+            {"entries": [asdict(e) for e in self.entries]}, indent=1).encode())
+
+    def find(self, revision: Revision | None) -> Entry:
+        """The entry of ``revision``; None means the one before the head (a rollback's default).
+        Raises UnknownRevision."""
+        if revision is None:
+            if len(self.entries) < 2:
+                raise UnknownRevision("unknown_revision",
+                                      "this host knows no revision before its head")
+            return self.entries[-2]
+        for entry in self.entries:
+            if entry.revision == str(revision):
+                return entry
+        raise UnknownRevision("unknown_revision",
+                              f"revision {revision} is not in this host's history")
+
+    def previous(self, entry: Entry) -> Entry | None:
+        i = self.entries.index(entry)
+        return self.entries[i - 1] if i > 0 else None
+
+    def views(self) -> list[dict[str, Any]]:
+        return [asdict(e) for e in self.entries]
+
+
+class Revisions:
+    """The history as the API shows it: each entry with what it changed against the one
+    before it on this host, and how the fleet took it as far as this host heard."""
+
+    def __init__(self, history: History, store: Any, convergence: Any, candidates: Any):
+        self.history = history
+        self.store = store
+        self.convergence = convergence
+        self.candidates = candidates
+        # (previous digest, digest) -> summary: documents do not change under a digest
+        self._summaries: dict[tuple[str | None, str], str] = {}
+
+    async def document(self, revision: Revision | None) -> tuple[Entry, dict]:
+        """The kept document of ``revision`` (None: the one before the head).
+        Raises UnknownRevision."""
+        entry = self.history.find(revision)
+        tree = await trio.to_thread.run_sync(self._load, entry.digest)
+        if tree is None:
+            raise UnknownRevision("unknown_revision", f"the document of revision "
+                                  f"{entry.revision} is no longer kept here (keep_configs)")
+        return entry, tree
+
+    def _load(self, digest: str) -> dict | None:
+        data = self.store.load_document_bytes(digest)
+        return Document.from_bytes(data, digest).tree if data is not None else None
+
+    async def views(self) -> list[dict[str, Any]]:
+        """Newest first."""
+        entries = list(self.history.entries)
+        kept = await trio.to_thread.run_sync(
+            lambda: {e.digest for e in entries if self.store.has_document(e.digest)})
+        out = []
+        for i, entry in enumerate(entries):
+            prev = entries[i - 1] if i > 0 else None
+            view = asdict(entry)
+            view["kept"] = entry.digest in kept
+            view["previous"] = prev.revision if prev else None
+            view["summary"] = await self._summary(prev, entry, kept)
+            view["fleet"] = self._fleet(entry.rev)
+            out.append(view)
+        out.reverse()
+        return out
+
+    async def _summary(self, prev: Entry | None, entry: Entry, kept: set[str]) -> str | None:
+        key = (prev.digest if prev else None, entry.digest)
+        if key in self._summaries:
+            return self._summaries[key]
+        if entry.digest not in kept or (prev is not None and prev.digest not in kept):
+            return None  # a document is gone: unknown, not "nothing changed"
+
+        def compute() -> str:
+            old = self._load(prev.digest) if prev else None
+            return changes.summary(old, self._load(entry.digest))
+
+        text = await trio.to_thread.run_sync(compute)
+        self._summaries[key] = text
+        return text
+
+    def _fleet(self, revision: Revision) -> dict | None:
+        """Counts from the reports this host holds (in memory: none after a restart). Reports
+        travel to the publisher; a follower counts the heads and reports it heard."""
+        reports = self.convergence.reports.get(revision)
+        if reports is None:
+            return None
+        peers = set(self.convergence.targets()) | set(reports)
+        counts = {"applied": 0, "failed": 0, "pending": 0, "moved_on": 0}
+        failed = {}
+        for peer in peers | {self.convergence.peer_id}:
+            status, reason = reports.get(peer, (None, None))
+            if status == APPLIED:
+                counts["applied"] += 1
+            elif status == FAILED:
+                counts["failed"] += 1
+                failed[peer] = reason or FAILED
+            elif peer != self.convergence.peer_id:
+                head = self.candidates.peer_heads.get(peer)
+                # on a newer revision and never said anything about this one
+                later = head is not None and head.revision > revision
+                counts["moved_on" if later else "pending"] += 1
+        return {**counts, "failed_peers": failed}
