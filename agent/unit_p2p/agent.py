@@ -53,6 +53,9 @@ class AgentView(Protocol):
                       require_all: bool = True, force: bool = False) -> PublishResult: ...
     async def wait(self, revision: Revision, *, timeout: float, min_peers: int | None = None,
                    require_all: bool = True) -> PublishResult: ...
+    async def revisions(self) -> list[dict]: ...
+    async def revision(self, spec: str) -> dict: ...
+    async def rollback(self, spec: str | None, **options: Any) -> tuple[str, PublishResult]: ...
 
 
 class Agent:
@@ -105,6 +108,15 @@ class Agent:
 
     async def wait(self, revision: Revision, **options: Any) -> PublishResult:
         return await self.reconciler.wait_revision(revision, **options)
+
+    async def revisions(self) -> list[dict]:
+        return await self.reconciler.revisions.views()
+
+    async def revision(self, spec: str) -> dict:
+        return await self.reconciler.revisions.show(spec)
+
+    async def rollback(self, spec: str | None, **options: Any) -> tuple[str, PublishResult]:
+        return await self.reconciler.rollback(spec, **options)
 
     def status(self) -> dict:
         out = self.reconciler.status()

@@ -4,6 +4,10 @@
     unit-p2p publish       publish this host's Unit config to the mesh (optionally wait for all)
     unit-p2p status        this agent's head, Unit, peers and counters at a glance
     unit-p2p peers         the peers this agent knows
+    unit-p2p history       the revisions this host took, what each changed, how the fleet took it
+    unit-p2p show REV      a kept revision's config
+    unit-p2p diff REV [REV]  what a revision changed (or the difference between two)
+    unit-p2p rollback [REV]  publish a kept revision's config again, as a new revision
     unit-p2p id            print (or create) an identity's peer ID
     unit-p2p unit-emulator run the NGINX Unit 1.35 control-API emulator (tests and demos)
     unit-p2p demo          a local demo mesh on loopback, with emulated Units
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -67,6 +72,21 @@ def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
 
+REVISION_HELP = "COUNTER@PEER_ID, a bare COUNTER, head or previous"
+
+
+def _publish_args(p: argparse.ArgumentParser, *, force: str) -> None:
+    """The flags of a publish (a rollback is one)."""
+    p.add_argument("--wait", action="store_true", help="wait until every peer applied it")
+    p.add_argument("--timeout", type=_seconds, default=30.0,
+                   help="seconds to wait for the agent's answer, which includes applying the "
+                        "config to the local Unit and, with --wait, the peers (default 30, "
+                        f"at most {MAX_WAIT_S:g})")
+    p.add_argument("--min-peers", type=_count, help="with --wait: enough when N peers applied")
+    p.add_argument("--dry-run", action="store_true", help="say whether it would change anything")
+    p.add_argument("--force", action="store_true", help=force)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unit_p2p.settings import add_agent_arguments
     from unit_p2p.unit.emulator import cli as emulator_cli
@@ -99,17 +119,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config to apply locally, then publish: one JSON object, strict JSON "
                         "(no comments, trailing commas or duplicate keys, which Unit itself "
                         "would accept or refuse differently)")
-    p.add_argument("--wait", action="store_true", help="wait until every peer applied it")
-    p.add_argument("--timeout", type=_seconds, default=30.0,
-                   help="seconds to wait for the agent's answer, which includes applying the "
-                        "config to the local Unit and, with --wait, the peers (default 30, "
-                        f"at most {MAX_WAIT_S:g})")
-    p.add_argument("--min-peers", type=_count, help="with --wait: enough when N peers applied")
-    p.add_argument("--dry-run", action="store_true", help="say whether it would change anything")
-    p.add_argument("--force", action="store_true",
-                   help="publish this host's Unit config even though the mesh has a newer "
-                        "revision or Unit holds an older revision's config (refused otherwise, "
-                        "since it would roll every host back)")
+    _publish_args(p, force="publish even though the mesh has a newer revision or Unit holds an "
+                           "older revision's config (refused otherwise, since it would roll "
+                           "every host back), or the config is blank or removes more than "
+                           "max_removed_share of the head's listeners, routes or applications")
+
+    p = add("history", help="list the revisions this host knows, newest first",
+                       description="The revisions this host published or followed (newest "
+                                   "first, * is the head): when, digest, size, what each "
+                                   "changed against the one before it here, and how the fleet "
+                                   "took it as far as this host heard.",
+                       epilog=EXIT_CODES + ".")
+    _api_args(p)
+
+    p = add("show", help="print a kept revision's config", epilog=EXIT_CODES + ".")
+    _api_args(p)
+    p.add_argument("revision", help=REVISION_HELP)
+
+    p = add("diff", help="show what a revision changed, or the difference between two",
+                    description="With one revision: what it changed against the revision before "
+                                "it on this host. With two: from the first to the second. A "
+                                "unified diff of the configs as indented JSON, keys sorted.",
+                    epilog=EXIT_CODES + ".")
+    _api_args(p)
+    p.add_argument("revision", help=REVISION_HELP)
+    p.add_argument("other", nargs="?", help="a second revision (the diff goes from REVISION "
+                                            "to it)")
+
+    p = add("rollback", help="publish a kept revision's config again, as a new revision",
+                        description="Publish the config of REVISION (default: the revision "
+                                    "before the head on this host) as a new revision, so every "
+                                    "host moves forward to it, a host that was down too.",
+                        epilog=EXIT_CODES + ".")
+    _api_args(p)
+    p.add_argument("revision", nargs="?", help=REVISION_HELP + " (default: previous)")
+    _publish_args(p, force="roll back even when the config is blank or removes more than "
+                           "max_removed_share of the head's listeners, routes or applications")
 
     p = add("status", help="show this agent's state",
                        description="Head revision, local Unit, last error, peers and counters.",
@@ -286,6 +331,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 answer = api.peers()
                 print(json.dumps(answer, indent=2) if args.json else _format_peers(answer))
                 return 0
+            if args.command in ("history", "show", "diff"):
+                return _cmd_history(api, args)
             return _cmd_publish(api, args, config)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             # an agent of another version, or not an agent at all
@@ -314,12 +361,17 @@ def _read_config_file(path: Path) -> dict:
 
 def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
     require_all = args.min_peers is None
+    if args.command == "rollback":
+        send = functools.partial(api.rollback, args.revision)
+    else:
+        send = functools.partial(api.publish, config=config)
     if args.wait and not args.json and not args.dry_run:
         # Publish, then follow the revision in one-second waits so the user sees progress.
-        published = api.publish(config=config, wait=False, timeout=args.timeout,
-                                force=args.force)
+        published = send(wait=False, timeout=args.timeout, force=args.force)
         result = published
-        print(f"published {result['revision']} (changed={str(result['changed']).lower()})",
+        what = (f"rolled back to {result['rolled_back_to']} as"
+                if "rolled_back_to" in result else "published")
+        print(f"{what} {result['revision']} (changed={str(result['changed']).lower()})",
               file=sys.stderr)
         deadline = time.monotonic() + args.timeout
         while True:
@@ -334,10 +386,11 @@ def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
         # a wait only knows where the revision stands; whether the publish changed anything
         # is the publish's answer
         result["changed"] = published["changed"]
+        if "rolled_back_to" in published:
+            result["rolled_back_to"] = published["rolled_back_to"]
     else:
-        result = api.publish(config=config, wait=args.wait, timeout=args.timeout,
-                             dry_run=args.dry_run, min_peers=args.min_peers,
-                             require_all=require_all, force=args.force)
+        result = send(wait=args.wait, timeout=args.timeout, dry_run=args.dry_run,
+                      min_peers=args.min_peers, require_all=require_all, force=args.force)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -352,9 +405,10 @@ def _short(peer_id: str | None) -> str:
 
 
 def _format_publish(r: dict, dry_run: bool) -> str:
+    back = f"roll back to {r['rolled_back_to']}: " if "rolled_back_to" in r else ""
     if dry_run:
-        return f"would change: {str(r['changed']).lower()}  digest {r['digest']}"
-    lines = [f"revision {r['revision']}  digest {r['digest']}  changed "
+        return f"{back}would change: {str(r['changed']).lower()}  digest {r['digest']}"
+    lines = [f"{back}revision {r['revision']}  digest {r['digest']}  changed "
              f"{str(r['changed']).lower()}"]
     p = r["peers"]
     lines.append(f"applied {len(p['applied'])}, failed {len(p['failed'])}, "
@@ -362,6 +416,58 @@ def _format_publish(r: dict, dry_run: bool) -> str:
     lines += [f"  failed  {peer}: {why}" for peer, why in p["failed"].items()]
     lines += [f"  pending {peer}" for peer in p["pending"]]
     return "\n".join(lines)
+
+
+def _cmd_history(api, args: argparse.Namespace) -> int:
+    if args.command == "history":
+        answer = api.revisions()
+        print(json.dumps(answer, indent=2) if args.json else _format_history(answer))
+        return 0
+    first = api.revision(args.revision)
+    if args.command == "show":
+        print(json.dumps(first if args.json else first["config"], indent=2))
+        return 0
+    if args.other is not None:
+        old, new = first, api.revision(args.other)
+    else:
+        old, new = (api.revision(first["previous"]) if first["previous"] else None), first
+    if args.json:
+        print(json.dumps({"from": old, "to": new}, indent=2))
+        return 0
+    print(_format_diff(old, new), end="")
+    return 0
+
+
+def _format_diff(old: dict | None, new: dict) -> str:
+    import difflib
+
+    def lines(doc: dict | None) -> list[str]:
+        if doc is None:
+            return []
+        return json.dumps(doc["config"], indent=2, sort_keys=True).splitlines(keepends=True)
+
+    diff = "".join(difflib.unified_diff(
+        lines(old), lines(new), fromfile=old["revision"] if old else "(nothing before it)",
+        tofile=new["revision"]))
+    if not diff:
+        return f"{old['revision'] if old else '-'} and {new['revision']}: same config\n"
+    return diff if diff.endswith("\n") else diff + "\n"
+
+
+def _format_history(answer: dict) -> str:
+    rows = ["  REVISION          ROLE       APPLIED (UTC)         SIZE  FLEET             CHANGES"]
+    for i, r in enumerate(answer.get("revisions", [])):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["applied_at"])) \
+            if r.get("applied_at") else "-"
+        fleet = r.get("fleet")
+        took = (f"{fleet['applied']} ok {fleet['failed']} failed {fleet['pending']} pending"
+                if fleet else "-")
+        summary = r.get("summary") or ("(document no longer kept)" if not r.get("kept")
+                                       else "-")
+        counter, _, origin = r["revision"].partition("@")
+        rows.append(f"{'*' if i == 0 else ' '} {counter + '@' + _short(origin):<16}  "
+                    f"{r['role']:<9}  {when:<19}  {r['size']:>6}  {took:<16}  {summary}")
+    return "\n".join(rows)
 
 
 def _format_status(s: dict) -> str:

@@ -92,7 +92,8 @@ async def test_rollback_publishes_the_previous_document_as_a_new_revision(tmp_pa
             r1 = await a.rec.publish(config(1), wait=True, timeout=5)
             r2 = await b.rec.publish(config(2), wait=True, timeout=5)
             # any host can roll back: c followed both
-            back = await c.rec.rollback(wait=True, timeout=5)
+            target, back = await c.rec.rollback(wait=True, timeout=5)
+        assert target == str(r1.revision)
         assert back.converged and back.changed
         assert back.revision.counter == r2.revision.counter + 1
         assert back.revision.origin == c.peer_id
@@ -103,9 +104,9 @@ async def test_rollback_publishes_the_previous_document_as_a_new_revision(tmp_pa
         assert views[0]["summary"] == "routes ~1"
         # to a named revision, with a dry run first
         with trio.fail_after(10):
-            dry = await a.rec.rollback(r2.revision, dry_run=True)
+            _, dry = await a.rec.rollback(str(r2.revision), dry_run=True)
             assert dry.changed and dry.revision is None and a.unit.config == config(1)
-            again = await a.rec.rollback(r2.revision, wait=True, timeout=5)
+            _, again = await a.rec.rollback(str(r2.revision.counter), wait=True, timeout=5)
         assert again.digest == r2.digest and all(n.unit.config == config(2) for n in (a, b, c))
 
 
@@ -116,13 +117,13 @@ async def test_rollback_of_an_unknown_or_pruned_revision_is_refused(tmp_path):
                 await a.rec.rollback()
             r1 = await a.rec.publish(config(1))
             with pytest.raises(UnknownRevision, match="not in this host's history"):
-                await a.rec.rollback(Revision(99, a.peer_id))
+                await a.rec.rollback(f"99@{a.peer_id}")
             await a.rec.publish(config(2))
             # the document is gone from the store (keep_configs pruned it)
             for path in (tmp_path / "n0" / "configs").glob(f"{r1.digest[7:]}.json"):
                 path.unlink()
             with pytest.raises(UnknownRevision, match="no longer kept"):
-                await a.rec.rollback(r1.revision)
+                await a.rec.rollback(str(r1.revision))
         assert a.unit.config == config(2)
 
 
@@ -182,7 +183,7 @@ async def test_a_rollback_passes_the_same_guards(tmp_path):
             await a.rec.publish(BIG)
             with pytest.raises(PublishRefused, match="remove 3 of 4 routes"):
                 await a.rec.rollback()
-            back = await a.rec.rollback(force=True)
+            _, back = await a.rec.rollback(force=True)
         assert back.changed and a.unit.config == without("routes", 1)
         await until(lambda: a.rec.head.digest == back.digest)
 

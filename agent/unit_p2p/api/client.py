@@ -13,6 +13,7 @@ import os
 import stat
 import time
 from typing import Any
+from urllib.parse import quote
 
 from unit_p2p.errors import AgentUnreachable, ApiError
 from unit_p2p.httpunix import Endpoint, parse_address
@@ -106,6 +107,35 @@ class ApiClient:
         # up to the agent's unit_timeout) and, with wait, the peers.
         read_timeout = self.timeout + timeout
         return self._json("POST", "/v1/publish", request, timeout=read_timeout)
+
+    def revisions(self) -> dict:
+        """``{"revisions": [...]}``: this host's history, newest first."""
+        return self._json("GET", "/v1/revisions")
+
+    def revision(self, spec: str) -> dict:
+        """One kept revision with its ``config``: ``COUNTER@PEER_ID``, ``COUNTER``, ``head`` or
+        ``previous``."""
+        return self._json("GET", "/v1/revisions/" + quote(spec, safe="@"))
+
+    def rollback(
+        self,
+        revision: str | None = None,
+        wait: bool = False,
+        timeout: float = 30,
+        dry_run: bool = False,
+        min_peers: int | None = None,
+        require_all: bool = True,
+        diff: bool = False,
+        force: bool = False,
+    ) -> dict:
+        """Publish the kept document of ``revision`` (default: the one before the head) as a
+        new revision; the publish's answer plus ``rolled_back_to``."""
+        request: dict[str, Any] = {"wait": wait, "timeout": timeout, "dry_run": dry_run,
+                                   "min_peers": min_peers, "require_all": require_all,
+                                   "diff": diff, "force": force}
+        if revision is not None:
+            request["revision"] = revision
+        return self._json("POST", "/v1/rollback", request, timeout=self.timeout + timeout)
 
     def wait(
         self,

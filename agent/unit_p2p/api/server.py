@@ -19,6 +19,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import trio
 
@@ -69,13 +70,16 @@ class AgentApi:
             ("GET", "/v1/config"): self.config,
             ("POST", "/v1/publish"): self.publish,
             ("POST", "/v1/wait"): self.wait,
+            ("GET", "/v1/revisions"): self.revisions,
+            ("GET", REVISION_ROUTE): self.revision,
+            ("POST", "/v1/rollback"): self.rollback,
         }
 
     # --- the server's side ----------------------------------------------------------------------
 
     def admit(self, request: Request) -> Response | None:
         """404/405 before any body is read."""
-        path = _route_path(request)
+        path, _ = _route_path(request)
         if (request.method, path) in self.routes or (request.method, path) == ("GET", "/metrics"):
             return None
         if path == "/metrics" or any(p == path for _, p in self.routes):
@@ -84,7 +88,7 @@ class AgentApi:
         return problem(404, "not_found", f"no such endpoint: {jsonstrict.clip(path)}")
 
     async def respond(self, request: Request) -> Response:
-        path = _route_path(request)
+        path, param = _route_path(request)
         if path == "/metrics":
             return Response(200, self.agent.metrics.render(), CONTENT_TYPE_LATEST)
         try:
@@ -102,6 +106,8 @@ class AgentApi:
                         from None
                 if not isinstance(body, dict):
                     raise ApiProblem(400, "bad_request", "body must be a JSON object")
+            if param is not None:
+                body = {"revision": param}
             status, payload = await self.routes[(request.method, path)](body)
         except ApiProblem as exc:
             status, payload = exc.status, {"error": exc.error, "detail": exc.detail}
@@ -148,24 +154,27 @@ class AgentApi:
         return 200, await self.agent.local_config()
 
     async def publish(self, req: dict) -> tuple[int, Any]:
-        known = {"config", "wait", "timeout", "dry_run", "min_peers", "require_all", "diff",
-                 "force"}
-        unknown = set(req) - known
-        if unknown:
-            raise ApiProblem(400, "bad_request", _unknown_fields(unknown))
+        options = _publish_options(req, "config")
         config = req.get("config")
         if config is not None and not isinstance(config, dict):
             raise ApiProblem(422, "not_an_object", "config must be a JSON object")
-        for name in ("wait", "dry_run", "require_all", "diff", "force"):
-            if name in req and not isinstance(req[name], bool):
-                raise ApiProblem(400, "bad_request", f"{name} must be true or false")
-        timeout, min_peers = _wait_args(req)
-        dry_run = req.get("dry_run", False)
-        result = await self.agent.publish(
-            config, dry_run=dry_run, wait=req.get("wait", False), timeout=timeout,
-            min_peers=min_peers, require_all=req.get("require_all", True),
-            force=req.get("force", False))
-        return 200, result.to_json(with_diff=dry_run or req.get("diff", False))
+        result = await self.agent.publish(config, **options)
+        return 200, result.to_json(with_diff=options["dry_run"] or req.get("diff", False))
+
+    async def revisions(self, _: dict) -> tuple[int, Any]:
+        return 200, {"revisions": await self.agent.revisions()}
+
+    async def revision(self, req: dict) -> tuple[int, Any]:
+        return 200, await self.agent.revision(req["revision"])
+
+    async def rollback(self, req: dict) -> tuple[int, Any]:
+        options = _publish_options(req, "revision")
+        revision = req.get("revision")
+        if revision is not None and not isinstance(revision, str):
+            raise ApiProblem(400, "bad_request", "revision must be a string")
+        target, result = await self.agent.rollback(revision, **options)
+        answer = result.to_json(with_diff=options["dry_run"] or req.get("diff", False))
+        return 200, {**answer, "rolled_back_to": target}
 
     async def wait(self, req: dict) -> tuple[int, Any]:
         from unit_p2p.sync.revision import Revision
@@ -188,6 +197,22 @@ class AgentApi:
         return 200, result.to_json(with_diff=False)
 
 
+def _publish_options(req: dict, subject: str) -> dict[str, Any]:
+    """The options a publish and a rollback share, checked; ``subject`` is the one other
+    field the request may have (the config, the revision)."""
+    unknown = set(req) - {subject, "wait", "timeout", "dry_run", "min_peers", "require_all",
+                          "diff", "force"}
+    if unknown:
+        raise ApiProblem(400, "bad_request", _unknown_fields(unknown))
+    for name in ("wait", "dry_run", "require_all", "diff", "force"):
+        if name in req and not isinstance(req[name], bool):
+            raise ApiProblem(400, "bad_request", f"{name} must be true or false")
+    timeout, min_peers = _wait_args(req)
+    return {"dry_run": req.get("dry_run", False), "wait": req.get("wait", False),
+            "timeout": timeout, "min_peers": min_peers,
+            "require_all": req.get("require_all", True), "force": req.get("force", False)}
+
+
 def _wait_args(req: dict) -> tuple[float, int | None]:
     timeout = req.get("timeout", 30)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
@@ -205,8 +230,17 @@ def _unknown_fields(names: set[str]) -> str:
     return f"unknown fields: {shown}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def _route_path(request: Request) -> str:
-    return request.path.rstrip("/") or "/"
+#: the one route with a parameter: GET /v1/revisions/<COUNTER@PEER_ID | COUNTER | head | previous>
+REVISION_ROUTE = "/v1/revisions/{revision}"
+
+
+def _route_path(request: Request) -> tuple[str, str | None]:
+    """The route's path and its parameter, if it has one."""
+    path = request.path.rstrip("/") or "/"
+    prefix, _, rest = path.partition("/v1/revisions/")
+    if not prefix and rest and "/" not in rest:
+        return REVISION_ROUTE, unquote(rest)
+    return path, None
 
 
 class TokenGuard:

@@ -87,19 +87,28 @@ class History:
         atomic_write(self.path, json.dumps(
             {"entries": [asdict(e) for e in self.entries]}, indent=1).encode())
 
-    def find(self, revision: Revision | None) -> Entry:
-        """The entry of ``revision``; None means the one before the head (a rollback's default).
-        Raises UnknownRevision."""
-        if revision is None:
-            if len(self.entries) < 2:
-                raise UnknownRevision("unknown_revision",
-                                      "this host knows no revision before its head")
-            return self.entries[-2]
-        for entry in self.entries:
-            if entry.revision == str(revision):
-                return entry
-        raise UnknownRevision("unknown_revision",
-                              f"revision {revision} is not in this host's history")
+    def find(self, spec: str | None) -> Entry:
+        """The entry named by ``spec``: ``COUNTER@PEER_ID``, a bare ``COUNTER`` (when one entry
+        has it), ``head``, or ``previous`` / None (the one before the head: a rollback's
+        default). Raises UnknownRevision."""
+        spec = "previous" if spec is None else str(spec)
+        if spec in ("head", "previous"):
+            index = -1 if spec == "head" else -2
+            if len(self.entries) < -index:
+                raise UnknownRevision("unknown_revision", "this host knows no revision "
+                                      + ("yet" if spec == "head" else "before its head"))
+            return self.entries[index]
+        if spec.isdigit():
+            found = [e for e in self.entries if e.revision.split("@")[0] == str(int(spec))]
+            if len(found) > 1:
+                raise UnknownRevision("unknown_revision", f"counter {spec} names "
+                                      f"{len(found)} revisions here: give COUNTER@PEER_ID")
+        else:
+            found = [e for e in self.entries if e.revision == spec]
+        if not found:
+            raise UnknownRevision("unknown_revision",
+                                  f"revision {spec[:120]} is not in this host's history")
+        return found[0]
 
     def previous(self, entry: Entry) -> Entry | None:
         i = self.entries.index(entry)
@@ -121,10 +130,10 @@ class Revisions:
         # (previous digest, digest) -> summary: documents do not change under a digest
         self._summaries: dict[tuple[str | None, str], str] = {}
 
-    async def document(self, revision: Revision | None) -> tuple[Entry, dict]:
-        """The kept document of ``revision`` (None: the one before the head).
+    async def document(self, spec: str | None) -> tuple[Entry, dict]:
+        """The entry named by ``spec`` (see History.find) and its kept document.
         Raises UnknownRevision."""
-        entry = self.history.find(revision)
+        entry = self.history.find(spec)
         tree = await trio.to_thread.run_sync(self._load, entry.digest)
         if tree is None:
             raise UnknownRevision("unknown_revision", f"the document of revision "
@@ -134,6 +143,12 @@ class Revisions:
     def _load(self, digest: str) -> dict | None:
         data = self.store.load_document_bytes(digest)
         return Document.from_bytes(data, digest).tree if data is not None else None
+
+    async def show(self, spec: str | None) -> dict[str, Any]:
+        """One revision's entry with its document and the revision before it here."""
+        entry, tree = await self.document(spec)
+        prev = self.history.previous(entry)
+        return {**asdict(entry), "previous": prev.revision if prev else None, "config": tree}
 
     async def views(self) -> list[dict[str, Any]]:
         """Newest first."""

@@ -507,13 +507,15 @@ class Reconciler(ReconcilerViews):
                 f"not the head {head.revision}; publishing it would roll the mesh back "
                 "(force to do so on purpose)")
 
-    async def rollback(self, revision: Revision | None = None, **options: Any) -> PublishResult:
-        """Publish the kept document of ``revision`` (None: the revision before the head in this
-        host's history) as a new revision, so every host, a late one too, moves forward to it
-        and never back to what came between. ``options`` are publish's. Raises UnknownRevision
-        and whatever publish raises."""
-        _, tree = await self.revisions.document(revision)
-        return await self.publish(tree, **options)
+    async def rollback(self, revision: str | None = None,
+                       **options: Any) -> tuple[str, PublishResult]:
+        """Publish the kept document of ``revision`` (History.find: COUNTER@PEER_ID, COUNTER;
+        None is the revision before the head in this host's history) as a new revision, so
+        every host, a late one too, moves forward to it and never back to what came between.
+        ``options`` are publish's. Returns the revision rolled back to and the publish's
+        result. Raises UnknownRevision and whatever publish raises."""
+        entry, tree = await self.revisions.document(revision)
+        return entry.revision, await self.publish(tree, **options)
 
     async def wait_revision(self, revision: Revision, *, timeout: float,
                             min_peers: int | None = None,
