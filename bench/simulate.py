@@ -619,8 +619,15 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(results: dict, name: str) -> Path:
+def write_results(results: dict, name: str, label: str | None = None) -> Path:
+    """Write the results; with ``label``, only that run is replaced in what is on disk, so runs
+    of other labels (possibly written meanwhile by another invocation) are kept."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    if label is not None and path.exists():
+        on_disk = json.loads(path.read_text())
+        on_disk["runs"][label] = results["runs"][label]
+        results = on_disk
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     (RESULTS / f"{name}.md").write_text(render(results))
     write_csv(results, RESULTS / f"{name}.csv")
@@ -671,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=None,
                     help="wall-clock s per size; a size over it stops and is reported as such")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--commit", default=None,
+                    help="the commit the sync code under test is from, when it is not this "
+                         "checkout's (e.g. PYTHONPATH=<export of an older commit>/agent)")
     ap.add_argument("--out", default="simulate", help="results name under bench/results/")
     ap.add_argument("--replot", action="store_true", help="rewrite md/csv/png from the JSON")
     ap.add_argument("--not-run", metavar="REASON", default=None,
@@ -685,12 +695,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.common import machine, machine_line
 
-    label = args.label or commit()
+    code_commit = args.commit or commit()
+    label = args.label or code_commit
     topo = Topology(peer_target=args.peer_target, d=gossip.degree, d_lo=gossip.degree_low,
                     d_hi=gossip.degree_high, heartbeat=float(gossip.heartbeat_interval),
                     gossip_window=gossip.gossip_window)
     latency = Latency.parse(args.latency)
-    run_ = {"commit": commit(), "machine": machine(), "machine_line": machine_line(machine()),
+    run_ = {"commit": code_commit, "machine": machine(), "machine_line": machine_line(machine()),
             "params": {"latency": str(latency), "loss": args.loss,
                        "cpu_per_msg_ms": args.cpu_per_msg, "peer_target": topo.peer_target,
                        "d": topo.d, "d_lo": topo.d_lo, "d_hi": topo.d_hi,
@@ -719,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.n:
         if args.not_run:
             run_["sizes"][str(n)] = {"n": n, "publishes": [], "wall_s": 0.0, "peak_rss_mib": 0.0,
-                                     "error": f"not run: {args.not_run}", "commit": commit()}
+                                     "error": f"not run: {args.not_run}", "commit": code_commit}
             continue
         print(f"N={n} ({label})", flush=True)
         p = SimParams(n=n, seed=args.seed, latency=latency, loss=args.loss, topo=topo,
@@ -730,14 +741,14 @@ def main(argv: list[str] | None = None) -> int:
                       scenarios=tuple(args.scenarios))
         size = run(p, progress)
         size.pop("at", None)
-        size["commit"] = run_["commit"]
+        size["commit"] = code_commit
         size["loadavg"] = machine()["loadavg"]
         run_["sizes"][str(n)] = size
         run_["machine"]["loadavg_end"] = machine()["loadavg"]
-        write_results(results, args.out)
+        write_results(results, args.out, label)
         print(f"  {size['wall_s']:.0f} s wall, peak RSS {size['peak_rss_mib']:.0f} MiB"
               + (f", STOPPED: {size['error']}" if size.get("error") else ""), flush=True)
-    print(write_results(results, args.out).read_text())
+    print(write_results(results, args.out, label).read_text())
     return 0
 
 
