@@ -486,6 +486,7 @@ def render(results: dict) -> str:
               "KiB / publish", "per host mean", "per host max (publisher)",
               "per host max (others)", "all applied s", "publisher saw all s",
               "hops max (mean)", "misses", "wall s (size)"]
+    lines += [*summary_table(runs), ""]
     for scenario in ("steady", "churn", "partition"):
         rows = []
         growth = []
@@ -495,6 +496,8 @@ def render(results: dict) -> str:
                 size = run_["sizes"][n_key]
                 n = int(n_key)
                 s = summarize(size, scenario)
+                if s is None and scenario not in run_["params"].get("scenarios", [scenario]):
+                    continue
                 if s is None:
                     note = size.get("error") or "not run"
                     rows.append([f"{n:,}", label, note] + [""] * (len(header) - 3))
@@ -508,7 +511,9 @@ def render(results: dict) -> str:
                              _fmt(s["msgs_sync"] / n, 1) if s["msgs_sync"] is not None else "-",
                              _fmt(s["bytes"] / 1024), _fmt(s["msgs_per_host_mean"], 1),
                              _fmt(s["sent_by_origin"] + s["recv_by_origin"]),
-                             _fmt(s["msgs_per_host_max_others"]),
+                             _fmt(s["msgs_per_host_max_others"])
+                             if s["msgs_per_host_max_others"] is not None
+                             else _fmt(s["msgs_per_host_max"]) + " (any host)",
                              _fmt(s["t_all_applied_s"], 2), _fmt(s["t_reports_s"], 2),
                              f"{_fmt(s['hops_max'])} ({_fmt(s['hops_mean'], 1)})", miss,
                              _fmt(size["wall_s"]) + ("" if not size.get("error")
@@ -557,6 +562,32 @@ def render(results: dict) -> str:
                          f"{size.get('degree', {}).get('mean', 0):.1f}, gossip mesh degree mean "
                          f"{size.get('gossip_degree', {}).get('mean', 0):.1f}{extra}")
     return "\n".join(lines) + "\n"
+
+
+def summary_table(runs: dict) -> list[str]:
+    """Steady publishes, the policies side by side: messages per publish (per host), the
+    busiest host other than the publisher, simulated seconds until all applied."""
+    sizes = sorted({int(n) for run_ in runs.values() for n in run_["sizes"]})
+    header = ["N"]
+    for label in runs:
+        header += [f"{label}: msgs / publish (/ N)", f"{label}: busiest other host",
+                   f"{label}: all applied s"]
+    rows = []
+    for n in sizes:
+        row = [f"{n:,}"]
+        for run_ in runs.values():
+            size = run_["sizes"].get(str(n))
+            s = summarize(size, "steady") if size else None
+            if s is None:
+                row += [(size or {}).get("error") or "not run", "", ""]
+                continue
+            others = s["msgs_per_host_max_others"]
+            row += [f"{_fmt(s['msgs'])} ({_fmt(s['msgs'] / n, 1)})",
+                    _fmt(others) if others is not None
+                    else f"{_fmt(s['msgs_per_host_max'])} (any host)",
+                    _fmt(s["t_all_applied_s"], 2)]
+        rows.append(row)
+    return ["## Summary: steady publishes", "", md_table(header, rows)]
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
