@@ -37,6 +37,7 @@ import math
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -481,7 +482,7 @@ def _slope(points: list[tuple[int, float]]) -> str:
 
 def render(results: dict) -> str:
     lines = ["# Fleet simulator", ""]
-    runs = results["runs"]
+    runs = _ordered(results["runs"])
     header = ["N", "policy", "msgs / publish", "msgs / N", "without gossipsub control / N",
               "KiB / publish", "per host mean", "per host max (publisher)",
               "per host max (others)", "all applied s", "publisher saw all s",
@@ -520,6 +521,8 @@ def render(results: dict) -> str:
                                                      else " (stopped)")])
                 if size.get("error"):
                     rows[-1][-1] += f": {size['error']}"
+            if not pts_msgs:
+                continue
             growth.append(f"{label}: messages per publish grow as {_slope(pts_msgs)}, "
                           f"the busiest host's (publisher aside) as {_slope(pts_host)}")
         if not rows:
@@ -564,9 +567,15 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ordered(runs: dict) -> dict:
+    """"before" first, then the other labels alphabetically."""
+    return {label: runs[label] for label in sorted(runs, key=lambda x: (x != "before", x))}
+
+
 def summary_table(runs: dict) -> list[str]:
     """Steady publishes, the policies side by side: messages per publish (per host), the
     busiest host other than the publisher, simulated seconds until all applied."""
+    runs = _ordered(runs)
     sizes = sorted({int(n) for run_ in runs.values() for n in run_["sizes"]})
     header = ["N"]
     for label in runs:
@@ -579,7 +588,8 @@ def summary_table(runs: dict) -> list[str]:
             size = run_["sizes"].get(str(n))
             s = summarize(size, "steady") if size else None
             if s is None:
-                row += [(size or {}).get("error") or "not run", "", ""]
+                error = (size or {}).get("error") or "not run"
+                row += ["not run (see the notes)" if error.startswith("not run") else error, "", ""]
                 continue
             others = s["msgs_per_host_max_others"]
             row += [f"{_fmt(s['msgs'])} ({_fmt(s['msgs'] / n, 1)})",
@@ -629,7 +639,7 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     all_n: set[int] = set()
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for label, run_ in results["runs"].items():
+        for color, (label, run_) in enumerate(_ordered(results["runs"]).items()):
             for scenario, style in (("steady", "o-"), ("churn", "s--"), ("partition", "^:")):
                 pts = []
                 for n_key in sorted(run_["sizes"], key=int):
@@ -642,7 +652,7 @@ def plot(results: dict, path: Path) -> None:
                 if pts:
                     all_n.update(n for n, _ in pts)
                     ax.plot([x for x, _ in pts], [y for _, y in pts], style,
-                            label=f"{label} {scenario}")
+                            color=f"C{color}", label=f"{label} {scenario}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("hosts N")
@@ -678,8 +688,9 @@ def write_results(results: dict, name: str, label: str | None = None) -> Path:
 def commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                             capture_output=True, check=True).stdout.strip()
+        # the last commit of the sync code under test (stable across rebases of this branch)
+        sha = subprocess.run(["git", "log", "-1", "--format=%h", "--", "agent/unit_p2p/sync"],
+                             cwd=root, text=True, capture_output=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent"], cwd=root,
                                text=True, capture_output=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -728,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
                          "machine cannot afford under this policy), instead of running them")
     args = ap.parse_args(argv)
 
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # so the fleet's state dir on /dev/shm is removed on the way out
+
+    signal.signal(signal.SIGTERM, interrupted)
     path = RESULTS / f"{args.out}.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     if args.replot:
