@@ -115,7 +115,8 @@ def test_publish_check_wait_idempotent_and_ad_hoc(agent_fleet, ansible_env, tmp_
 
     # 5. the real failure paths: Unit rejects the given config, then Unit is down
     bad = json.dumps({"socket": str(nodes[1].api_sock),
-                      "config": {"listeners": {"127.0.0.1:28080": {"pass": "nowhere"}}}})
+                      "config": dict(NEW_CONFIG,
+                                     listeners={"127.0.0.1:28080": {"pass": "nowhere"}})})
     status, rejected = ad_hoc_result(run_ansible(_ad_hoc_json(bad), ansible_env))
     assert status == "FAILED!"
     assert rejected["msg"].startswith("NGINX Unit rejected the given config"), rejected

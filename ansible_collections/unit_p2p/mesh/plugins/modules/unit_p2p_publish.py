@@ -61,6 +61,23 @@ options:
       - Set to V(false) together with O(min_peers) to wait for a quorum only.
     type: bool
     default: true
+  rollback:
+    description:
+      - Instead of a configuration, publish again the kept configuration of this revision of
+        the agent's history, as a new revision (so a host that was down during a bad revision
+        goes straight to the rollback).
+      - V(previous) is the revision before the agent's head; otherwise C(<counter>@<peer id>)
+        or a bare counter. M(unit_p2p.mesh.unit_p2p_info) lists the history.
+      - Mutually exclusive with O(config).
+    type: str
+  force:
+    description:
+      - Publish even when the agent's guards refuse it, that is when the configuration has no
+        listeners, routes or applications, removes more than the agent's C(max_removed_share)
+        of the head's listeners, routes or applications, or would undo a newer revision.
+      - Without it such a publish fails, naming what would be removed, and changes nothing.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -72,7 +89,8 @@ attributes:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
-      - Shows the configuration at the mesh head before and the configuration that is published after.
+      - Shows the configuration at the mesh head before and the configuration that is published
+        (or rolled back to) after.
   platform:
     description: Target OS/families that can be operated against.
     support: N/A
@@ -126,6 +144,18 @@ EXAMPLES = r"""
     wait: true
     require_all: false
     min_peers: 2
+
+- name: Undo the last revision everywhere (see the diff first with --check --diff)
+  unit_p2p.mesh.unit_p2p_publish:
+    rollback: previous
+    wait: true
+  run_once: true
+
+- name: Publish a config that removes most of the routes, on purpose
+  unit_p2p.mesh.unit_p2p_publish:
+    config: "{{ lookup('file', 'small.json') | from_json }}"
+    force: true
+  run_once: true
 
 - name: Set the agent socket once for every module of the collection
   module_defaults:
@@ -190,6 +220,11 @@ peers:
       elements: str
       returned: always
       sample: []
+rolled_back_to:
+  description: With O(rollback), the revision whose configuration was published again.
+  returned: when O(rollback) is set
+  type: str
+  sample: "7@12D3KooWQxo5yGk3Q7ErBDvCE7fS7kb3AJhEU3gRpvGZhSdbPkwT"
 msg:
   description: One readable sentence about what happened.
   returned: always
@@ -197,14 +232,11 @@ msg:
   sample: "published revision 8@12D3KooW... (sha256:9f2c...); applied on 3 of 3 peers"
 """
 
-import json
-import os
-import socket
-import stat
-from urllib.error import HTTPError, URLError
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import Request
+from ansible_collections.unit_p2p.mesh.plugins.module_utils.agent_api import (
+    AgentAPI,
+    AgentError,
+)
 
 # The one list of options and defaults: main() hands it to AnsibleModule, and run() fills the
 # same defaults when it is called without Ansible (the unit tests).
@@ -215,22 +247,14 @@ ARGUMENT_SPEC = dict(
     timeout=dict(type="int", default=30),
     min_peers=dict(type="int"),
     require_all=dict(type="bool", default=True),
+    rollback=dict(type="str"),
+    force=dict(type="bool", default=False),
 )
+MUTUALLY_EXCLUSIVE = [("config", "rollback")]
 # Extra seconds on top of the agent's own wait so the agent, not the HTTP client, reports
 # a timeout (its answer lists the pending peers). A dry run never waits for peers, so the
 # margin alone bounds it.
 REQUEST_MARGIN = 15
-PERMISSION_DENIED = ("permission denied on agent socket %s: run the task as root (become) or as "
-                     "a member of the agent's api_group")
-
-
-class AgentError(Exception):
-    """The agent could not be reached or answered with an error; str() is the task's message."""
-
-    def __init__(self, msg, status=None, code=None):
-        super(AgentError, self).__init__(msg)
-        self.status = status
-        self.code = code
 
 
 class PublishFailed(Exception):
@@ -239,78 +263,6 @@ class PublishFailed(Exception):
     def __init__(self, msg, result):
         super(PublishFailed, self).__init__(msg)
         self.result = result
-
-
-def _error_message(socket_path, status, code, detail):
-    if status == 503 and code == "unit_unreachable":
-        return "the unit-p2p agent cannot reach NGINX Unit (nothing was published): %s" % detail
-    if status == 422:
-        return ("NGINX Unit rejected the given config; Unit keeps its current config and nothing "
-                "was published: %s" % detail)
-    if status == 400:
-        return "the unit-p2p agent refused the request: %s" % detail
-    return "the unit-p2p agent at %s answered %s %s: %s" % (socket_path, status, code, detail)
-
-
-class AgentAPI:
-    """HTTP over the agent's unix socket, JSON in and out."""
-
-    def __init__(self, socket_path):
-        self.socket_path = socket_path
-
-    def _check_socket(self):
-        try:
-            mode = os.stat(self.socket_path).st_mode
-        except FileNotFoundError:
-            raise AgentError("agent socket %s not found: is unit-p2p running?" % self.socket_path)
-        except PermissionError:
-            raise AgentError(PERMISSION_DENIED % self.socket_path)
-        if not stat.S_ISSOCK(mode):
-            raise AgentError("%s is not a unix socket: check the socket option (the agent's "
-                             "api setting)" % self.socket_path)
-
-    def call(self, method, path, body, timeout):
-        self._check_socket()
-        data = None if body is None else json.dumps(body)
-        try:
-            response = Request(unix_socket=self.socket_path).open(
-                method, "http://localhost" + path, data=data,
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-                timeout=timeout)
-            raw = response.read()
-        except HTTPError as exc:
-            code, detail = "error", ""
-            try:
-                err = json.loads(exc.read())
-                code = err.get("error", code)
-                detail = err.get("detail", "")
-            except (ValueError, AttributeError, TypeError):
-                detail = str(exc.reason)
-            raise AgentError(_error_message(self.socket_path, exc.code, code, detail),
-                             status=exc.code, code=code)
-        except URLError as exc:
-            if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-                raise AgentError("the unit-p2p agent at %s did not answer within %s s"
-                                 % (self.socket_path, timeout))
-            reason = str(exc.reason)
-            if "Permission denied" in reason:
-                raise AgentError(PERMISSION_DENIED % self.socket_path)
-            raise AgentError("cannot connect to agent socket %s (%s): is unit-p2p running?"
-                             % (self.socket_path, reason))
-        except (socket.timeout, TimeoutError):
-            raise AgentError("the unit-p2p agent at %s did not answer within %s s"
-                             % (self.socket_path, timeout))
-        except (ConnectionError, OSError) as exc:
-            raise AgentError("connection to the unit-p2p agent at %s failed: %s"
-                             % (self.socket_path, exc))
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise AgentError("the unit-p2p agent at %s answered something that is not JSON: %r"
-                             % (self.socket_path, raw[:200]))
-
-    def publish(self, body, timeout):
-        return self.call("POST", "/v1/publish", body, timeout=timeout)
 
 
 def _peers(answer):
@@ -342,6 +294,8 @@ def _validate(params):
         if params["require_all"]:
             raise AgentError("min_peers needs require_all=false (require_all=true waits for "
                              "every trusted peer)")
+    if params["config"] is not None and params["rollback"] is not None:
+        raise AgentError("parameters are mutually exclusive: config|rollback")
 
 
 def _with_defaults(params):
@@ -360,6 +314,8 @@ def _result(answer, diff):
     }
     if answer.get("size") is not None:
         result["size"] = answer["size"]
+    if answer.get("rolled_back_to"):
+        result["rolled_back_to"] = answer["rolled_back_to"]
     if diff and result["changed"] and "before" in answer:
         result["diff"] = {
             "before": answer.get("before") or {},
@@ -380,11 +336,22 @@ def run(params, api, check_mode=False, diff=False):
         body["diff"] = True
     if params["config"] is not None:
         body["config"] = params["config"]
+    if params["force"]:
+        body["force"] = True
+    send = api.publish
+    if params["rollback"] is not None:
+        send = api.rollback
+        if params["rollback"] != "previous":
+            body["revision"] = params["rollback"]
 
     if check_mode:
         body["dry_run"] = True
-        result = _result(api.publish(body, timeout=REQUEST_MARGIN), diff)
-        if result["changed"]:
+        result = _result(send(body, timeout=REQUEST_MARGIN), diff)
+        if result.get("rolled_back_to"):
+            result["msg"] = ("a rollback to %s would %s; check mode published nothing"
+                             % (result["rolled_back_to"], "create a new revision"
+                                if result["changed"] else "change nothing (it is the head)"))
+        elif result["changed"]:
             result["msg"] = ("a publish would create a new revision (config %s differs from the "
                              "mesh head); check mode published nothing" % result["digest"])
         else:
@@ -395,9 +362,12 @@ def run(params, api, check_mode=False, diff=False):
     body.update(wait=wait, timeout=timeout, require_all=params["require_all"])
     if params["min_peers"] is not None:
         body["min_peers"] = params["min_peers"]
-    answer = api.publish(body, timeout=(timeout if wait else 0) + REQUEST_MARGIN)
+    answer = send(body, timeout=(timeout if wait else 0) + REQUEST_MARGIN)
     result = _result(answer, diff)
-    if result["changed"]:
+    if result["changed"] and result.get("rolled_back_to"):
+        msg = "rolled back to %s as revision %s (%s)" % (
+            result["rolled_back_to"], result["revision"], result["digest"])
+    elif result["changed"]:
         msg = "published revision %s (%s)" % (result["revision"], result["digest"])
     else:
         msg = "nothing changed: the config already is the mesh head %s" % result["revision"]
@@ -413,7 +383,8 @@ def run(params, api, check_mode=False, diff=False):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, mutually_exclusive=MUTUALLY_EXCLUSIVE,
+                           supports_check_mode=True)
     api = AgentAPI(module.params["socket"])
     try:
         result = run(module.params, api, check_mode=module.check_mode, diff=module._diff)

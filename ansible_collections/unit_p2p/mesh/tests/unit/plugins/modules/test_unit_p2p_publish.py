@@ -298,8 +298,13 @@ def test_path_that_is_not_a_socket(tmp_path):
 def _main(agent, tmp_path, args):
     args_file = tmp_path / "args.json"
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, socket=agent.socket)}))
+    # run as a script, the module finds the collection's module_utils the way Ansible's
+    # bundling would: from the directory holding ansible_collections/
+    root = os.path.abspath(os.path.join(os.path.dirname(mod.__file__), *[".."] * 5))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run([sys.executable, mod.__file__, str(args_file)], capture_output=True,
-                          text=True, timeout=60, check=False, env=dict(os.environ))
+                          text=True, timeout=60, check=False, env=env)
     return proc.returncode, json.loads(proc.stdout)
 
 
