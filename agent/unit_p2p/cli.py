@@ -455,18 +455,19 @@ def _format_diff(old: dict | None, new: dict) -> str:
 
 
 def _format_history(answer: dict) -> str:
-    rows = ["  REVISION          ROLE       APPLIED (UTC)         SIZE  FLEET             CHANGES"]
+    rows = ["  REVISION          ROLE       APPLIED (UTC)          SIZE  FLEET               "
+            "CHANGES"]
     for i, r in enumerate(answer.get("revisions", [])):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["applied_at"])) \
             if r.get("applied_at") else "-"
         fleet = r.get("fleet")
-        took = (f"{fleet['applied']} ok {fleet['failed']} failed {fleet['pending']} pending"
-                if fleet else "-")
+        took = " ".join([f"{fleet['applied']} ok"] + [
+            f"{fleet[k]} {k}" for k in ("failed", "pending") if fleet[k]]) if fleet else "-"
         summary = r.get("summary") or ("(document no longer kept)" if not r.get("kept")
                                        else "-")
         counter, _, origin = r["revision"].partition("@")
         rows.append(f"{'*' if i == 0 else ' '} {counter + '@' + _short(origin):<16}  "
-                    f"{r['role']:<9}  {when:<19}  {r['size']:>6}  {took:<16}  {summary}")
+                    f"{r['role']:<9}  {when:<19}  {r['size']:>6}  {took:<18}  {summary}")
     return "\n".join(rows)
 
 
