@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -47,9 +48,14 @@ class GossipParams:
     # Message cache: gossip IHAVE for the last 3 heartbeats, keep 5 for IWANT (spec defaults).
     gossip_window: int = 3
     gossip_history: int = 5
-    # py-libp2p's default heartbeat is 120 s; 1 s keeps mesh repair and IHAVE gossip prompt.
+    # py-libp2p's default heartbeat is 120 s; 1 s keeps mesh repair and IHAVE gossip prompt
+    # while there is something to repair or gossip. With nothing to do (no message in the cache,
+    # the mesh within its degree bounds) the heartbeat waits up to heartbeat_idle_interval, or
+    # until a peer, a GRAFT/PRUNE or a message wakes it (QuietGossipSub): its own work is ~0.1 ms,
+    # the cost at idle was 60 wake-ups a minute.
     heartbeat_initial_delay: float = 0.1
     heartbeat_interval: int = 1
+    heartbeat_idle_interval: float = 10.0
     # Peer exchange off: PX would let a peer point us at arbitrary addresses; discovery is ours.
     do_px: bool = False
     # Backoff after PRUNE/unsubscribe (s). The spec's 60 s makes a restarted peer wait a minute
@@ -85,12 +91,95 @@ def announcement_topic(mesh: str) -> str:
     return f"/unit-p2p/announce/1/{digest}"
 
 
+class QuietGossipSub(GossipSub):
+    """GossipSub whose heartbeat sleeps while it has nothing to do.
+
+    py-libp2p 0.8.1's heartbeat ticks every ``heartbeat_interval`` forever. This one ticks at
+    that rate while a tick has work: messages in the cache (IHAVE gossip for the last
+    ``gossip_window`` ticks, and shifting them out), or a mesh outside [D_low, D_high] with
+    peers to graft or prune. Otherwise it waits up to ``idle_interval`` or until something
+    that changes the mesh or the cache happens (a peer added or removed, a GRAFT, a PRUNE, a
+    message published or forwarded). A tick is never closer than ``heartbeat_interval`` to the
+    one before, so the gossip windows keep their length in ticks and at least that in seconds.
+    The tick itself is the library's (``_tick``: the same steps, in the same order, as its
+    ``heartbeat`` loop with adaptive gossip and eclipse protection off, as we run it).
+    """
+
+    def __init__(self, *args, idle_interval: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.idle_interval = idle_interval
+        self._wake = trio.Event()
+        #: ticks run (a count for tests and the footprint benchmark)
+        self.ticks = 0
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    def add_peer(self, peer_id, protocol_id) -> None:
+        super().add_peer(peer_id, protocol_id)
+        self._poke()
+
+    def remove_peer(self, peer_id) -> None:
+        super().remove_peer(peer_id)
+        self._poke()
+
+    async def publish(self, msg_forwarder, pubsub_msg) -> None:
+        await super().publish(msg_forwarder, pubsub_msg)
+        self._poke()
+
+    async def handle_graft(self, graft_msg, sender_peer_id) -> None:
+        await super().handle_graft(graft_msg, sender_peer_id)
+        self._poke()
+
+    async def handle_prune(self, prune_msg, sender_peer_id) -> None:
+        await super().handle_prune(prune_msg, sender_peer_id)
+        self._poke()
+
+    def busy(self) -> bool:
+        """Would the next tick do anything but housekeeping?"""
+        if any(self.mcache.history):
+            return True
+        for topic, mesh in self.mesh.items():
+            subscribed = self.pubsub.peer_topics.get(topic, ()) if self.pubsub else ()
+            if len(mesh) > self.degree_high:
+                return True
+            if len(mesh) < self.degree_low and any(p not in mesh for p in subscribed):
+                return True
+        return False
+
+    async def heartbeat(self) -> None:
+        await trio.sleep(self.heartbeat_initial_delay)
+        while True:
+            self._wake = trio.Event()
+            last = trio.current_time()
+            await self._tick()
+            self.ticks += 1
+            if not self.busy():
+                with trio.move_on_after(self.idle_interval):
+                    await self._wake.wait()
+            await trio.sleep_until(last + self.heartbeat_interval)
+
+    async def _tick(self) -> None:
+        peers_to_graft, peers_to_prune = self.mesh_heartbeat()
+        self.fanout_heartbeat()
+        peers_to_gossip = self.gossip_heartbeat()
+        await self._emit_control_msgs(peers_to_graft, peers_to_prune, peers_to_gossip)
+        self.mcache.shift()
+        if self.scorer is not None:
+            self.scorer.on_heartbeat()
+        self._periodic_security_cleanup()
+        for topic in list(self.mesh):
+            await self._maintain_mesh_quality(topic)
+        self._prune_idontwant_entries()
+
+
 def build_pubsub(
     host, topic: str, trust: TrustPolicy, stats, params: GossipParams = GossipParams(),
     check: Callable[[str, bytes], bool] | None = None,
 ) -> tuple[Pubsub, GossipSub]:
     """Pubsub + GossipSub for ``host``; both still need to be run as services."""
-    router = GossipSub(
+    router = QuietGossipSub(
+        idle_interval=params.heartbeat_idle_interval,
         protocols=list(params.protocols),
         degree=params.degree,
         degree_low=params.degree_low,

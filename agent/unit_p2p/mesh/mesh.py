@@ -141,6 +141,8 @@ class MeshTuning:
     gossip: GossipParams = field(default_factory=GossipParams)
     #: longest pause between DHT rendezvous rounds while they find nothing new (discovery.py)
     dht_idle_interval: float = 60.0
+    #: ... and while the connected peers stay the same and no lost peer is missing
+    dht_stable_interval: float = 300.0
     #: discovery (DHT rendezvous, mDNS) dials new peers only while fewer than this many are
     #: connected; bootstrap peers and peers we lost are always redialled (docs/mesh.md)
     peer_target: int = 8
@@ -340,7 +342,8 @@ class Mesh:
         if dht is not None:
             await nursery.start(_run_service, dht)
             self.rendezvous = Rendezvous(self, dht, self.settings.mesh,
-                                         idle_interval=self.tuning.dht_idle_interval)
+                                         idle_interval=self.tuning.dht_idle_interval,
+                                         stable_interval=self.tuning.dht_stable_interval)
             await nursery.start(self.rendezvous.serve)
         self.bootstrap = bootstrap
         await nursery.start(bootstrap.serve)
