@@ -8,6 +8,8 @@
 - ``max_connections_per_peer=1``: otherwise every dial pays the 250 ms happy-eyeballs delay
   (measured: 5-9 ms per dial with it).
 - ``RetryConfig(max_retries=0)``: one dial = one attempt; discovery owns backoff.
+- Muxer-level liveness pings (``PingingYamux``): liveness.py probes with yamux PING frames,
+  and py-libp2p's own RTT ping every 30 s per connection is off (the probes measure the RTT).
 - No mDNS/bootstrap/UPnP inside the host: discovery.py runs its own, off the trio loop.
 - Listening is verified: the TCP listener sets SO_REUSEPORT, so a second daemon on a taken port
   "starts" with no addresses and is unreachable. ``probe_ports`` binds each fixed port first
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from collections.abc import Callable, Sequence
 
 import multiaddr
+import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -33,8 +37,15 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore
 from libp2p.rcmgr.manager import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import (
+    FLAG_ACK,
+    FLAG_SYN,
+    HEADER_SIZE,
+    TYPE_PING,
+    YAMUX_HEADER_FORMAT,
+    Yamux,
+)
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.manager import TransportManager
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.upgrader import TransportUpgrader
@@ -110,6 +121,46 @@ def check_listening(host: BasicHost, wanted: Sequence[multiaddr.Multiaddr]) -> l
     return [f"{a}/p2p/{peer}" for a in actual]
 
 
+class PingingYamux(Yamux):
+    """Yamux whose PING frames are the liveness probe.
+
+    A yamux PING is one 12-byte header each way, answered by the peer's muxer itself (every
+    yamux speaks it, go's and js's too). The ``/ipfs/ping/1.0.0`` stream it replaces cost four
+    Noise frames a ping (py-libp2p's yamux answers each 32-byte ping and pong with a window
+    update) and a dozen task steps on each side: at idle, pings were almost half an agent's CPU.
+    py-libp2p's own RTT loop (a PING every 30 s, never acting on a missing answer) is off:
+    ``ping`` records the same smoothed RTT the muxer's flow control reads.
+    """
+
+    #: called when the peer pinged us (we are sending the answer): the link works
+    on_pinged: Callable[[], None] | None = None
+
+    async def _measure_rtt_loop(self) -> None:
+        return None
+
+    async def ping(self) -> float:
+        """Send a PING and wait for its answer (the caller bounds the wait); the RTT, seconds.
+
+        The muxer's reader sets ``_ping_event`` on any PING answer; one probe per connection
+        is in flight at a time (one pinger per peer, one connection per peer)."""
+        if self.event_shutting_down.is_set():
+            raise ConnectionError("yamux connection is closing")
+        self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
+        self._ping_event = answered = trio.Event()
+        await self._write_frame(
+            struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_PING, FLAG_SYN, 0, self._ping_id))
+        self._ping_sent_time = sent = trio.current_time()
+        await answered.wait()
+        return trio.current_time() - sent
+
+    async def _write_frame(self, data: bytes) -> None:
+        # The reader answers a peer's PING with a PING|ACK through here; it has no other hook.
+        if (self.on_pinged is not None and len(data) == HEADER_SIZE and data[1] == TYPE_PING
+                and struct.unpack_from("!H", data, 2)[0] & FLAG_ACK):
+            self.on_pinged()
+        await super()._write_frame(data)
+
+
 def connection_config() -> ConnectionConfig:
     return ConnectionConfig(
         max_connections_per_peer=1,
@@ -140,7 +191,7 @@ def build_host(
     )
     upgrader = TransportUpgrader(
         secure_transports_by_protocol={TProtocol(NOISE_PROTOCOL_ID): noise},
-        muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): PingingYamux},
     )
     peer_id = ID.from_pubkey(keypair.public_key)
     peerstore = PeerStore()

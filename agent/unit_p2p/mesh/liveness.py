@@ -1,35 +1,36 @@
 """Notice peers that vanish without closing (link cut, host frozen, power loss).
 
-py-libp2p 0.8.1's yamux sends a PING every few seconds to measure RTT but never acts on a
-missing pong, and TCP without traffic does not notice a dead path for many minutes. So we keep
-one ``/ipfs/ping/1.0.0`` stream per connected peer and ping it every ``interval`` seconds with a
-``timeout``; after ``misses`` consecutive failures the connection is closed, which fires the
-normal disconnect path (notifee -> MeshEvents.on_peer_disconnected). A healthy peer is probed
-``interval`` after it was last heard; a missed probe is retried as soon as its ``timeout`` has
-passed (at once after a probe that used it all), so the worst-case detection time is
-``interval + misses * timeout`` (defaults: 10 + 3 x 5 = 25 s), counted from the last time the
-peer was heard. Retrying a miss at once rather than an interval later is what lets the
-interval (and so the idle cost) double for 5 s more detection time, with the same tolerance of
-a stalled but healthy peer (three timeouts in a row).
+py-libp2p 0.8.1's yamux sends a PING every 30 s to measure RTT but never acts on a missing
+answer, and TCP without traffic does not notice a dead path for many minutes. So we ping every
+connected peer with a yamux PING frame (``host.PingingYamux``: one 12-byte header each way,
+answered by the peer's muxer) every ``interval`` seconds with a ``timeout``; after ``misses``
+consecutive failures the connection is closed, which fires the normal disconnect path (notifee
+-> MeshEvents.on_peer_disconnected). A healthy peer is probed ``interval`` after it was last
+heard; a missed probe is retried as soon as its ``timeout`` has passed (at once after a probe
+that used it all), so the worst-case detection time is ``interval + misses * timeout``
+(defaults: 10 + 3 x 5 = 25 s), counted from the last time the peer was heard. Retrying a miss
+at once rather than an interval later is what lets the interval (and so the idle cost) double
+for 5 s more detection time, with the same tolerance of a stalled but healthy peer (three
+timeouts in a row).
 
-A peer that pinged *us* was heard: our own ping handler echoes and notes it, and our next probe
+A peer that pinged *us* was heard: our muxer answers its PING and tells us, and our next probe
 of that peer waits until ``interval`` after it. Both ends run the same rule, so on a healthy
 link one side's pings keep the other quiet: one ping per interval per connection instead of two
 (pings were half the idle CPU of a 30-agent full mesh). Traffic counts as well: a stream opened
 to or from the peer (a heads exchange, a pull, an announcement push) is heard too, so a busy
 link carries no pings at all. A cut link silences both directions, so each end still probes and
-drops within the bound.
+drops within the bound. Peers that ping with ``/ipfs/ping/1.0.0`` streams (agents before the
+muxer-level ping, other libp2p nodes) are answered by ``handle_ping`` and count as heard too.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
-from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import ID as PING_PROTOCOL  # noqa: F401  (the mesh serves handle_ping)
 from libp2p.host.ping import PING_LENGTH
 from libp2p.io.utils import read_exactly
 from libp2p.peer.id import ID
@@ -76,7 +77,6 @@ class Liveness:
         self._stats = stats
         self._count = count
         self.params = params
-        self._streams: dict[str, object] = {}
         self._misses: dict[str, int] = {}
         self._inflight: set[str] = set()
         #: trio time each peer was last heard (its ping to us, or its answer to ours)
@@ -114,7 +114,8 @@ class Liveness:
         self._misses.pop(peer, None)
 
     async def handle_ping(self, stream) -> None:
-        """The ``/ipfs/ping/1.0.0`` responder: echo each 32-byte ping and note the peer heard."""
+        """The ``/ipfs/ping/1.0.0`` responder (for peers that ping with streams): echo each
+        32-byte ping and note the peer heard."""
         peer = remote_peer(stream)
         try:
             while True:
@@ -128,6 +129,7 @@ class Liveness:
             await reset_quietly(stream)
 
     async def _pinger(self, peer: str) -> None:
+        self._listen(peer)
         try:
             while peer in self._connected():
                 due = self._heard.get(peer, -float("inf")) + self.params.interval
@@ -146,36 +148,41 @@ class Liveness:
             self._inflight.discard(peer)
             self._forget(peer)
 
-    async def _ping(self, peer: str) -> None:
-        stream = self._streams.get(peer)
-        if stream is None:
-            stream = await self._host.new_stream(ID.from_base58(peer), [PING_PROTOCOL])
-            self._streams[peer] = stream
-        payload = secrets.token_bytes(PING_LENGTH)
-        await stream.write(payload)
+    def _muxers(self, peer: str) -> list:
+        conns = self._host.get_network().get_connections(ID.from_base58(peer))
+        return [c.muxed_conn for c in conns if hasattr(c.muxed_conn, "ping")]
+
+    def _listen(self, peer: str) -> None:
+        """Have the peer's muxer tell us when the peer pings us (it answers by itself)."""
+        for muxer in self._muxers(peer):
+            muxer.on_pinged = lambda peer=peer: self._pinged(peer)
+
+    def _pinged(self, peer: str) -> None:
+        self._count("ping", "received")
+        self._count("pong", "sent")
+        self.heard(peer)
+
+    async def _ping(self, peer: str) -> float:
+        muxers = self._muxers(peer)
+        if not muxers:
+            raise ConnectionError("no muxed connection to ping")
         self._count("ping", "sent")
-        answer = await read_exactly(stream, PING_LENGTH)
+        rtt = await muxers[0].ping()
         self._count("pong", "received")
-        if answer != payload:
-            raise ValueError("ping payload mismatch")
+        return rtt
 
     def _forget(self, peer: str) -> None:
-        self._streams.pop(peer, None)
         self._misses.pop(peer, None)
         self._heard.pop(peer, None)
         self.rtt.pop(peer, None)
 
     async def _probe_once(self, peer: str) -> bool:
         """One ping; False once the peer has been dropped."""
-        started = trio.current_time()
         try:
-            # Abandonable: a failed new_stream over a dead path blocks in a shielded reset that
-            # no deadline reaches (bounded.py); the miss must still count on time.
-            await call_abandonable(self._nursery, self.params.timeout, self._ping, peer)
-        except Exception as exc:  # timeout, reset, refused: all count as one miss
-            stream = self._streams.pop(peer, None)
-            if stream is not None:
-                self._nursery.start_soon(reset_quietly, stream)
+            # Abandonable: a write over a dead path can block where no deadline reaches
+            # (bounded.py); the miss must still count on time.
+            rtt = await call_abandonable(self._nursery, self.params.timeout, self._ping, peer)
+        except Exception as exc:  # timeout, connection closing: each counts as one miss
             misses = self._misses.get(peer, 0) + 1
             self._misses[peer] = misses
             log.debug("ping %s missed (%d/%d): %s", peer, misses, self.params.misses, exc)
@@ -186,6 +193,6 @@ class Liveness:
                 return False
             return True
         self.heard(peer)
-        self.rtt[peer] = trio.current_time() - started
+        self.rtt[peer] = rtt
         self._on_alive(peer, self.rtt[peer])
         return True
