@@ -161,6 +161,24 @@ class PingingYamux(Yamux):
         await super()._write_frame(data)
 
 
+def _build_yamux_as(upgrader: TransportUpgrader, cls: type[Yamux]) -> None:
+    """Make the upgrader build ``cls`` for yamux connections.
+
+    py-libp2p 0.8.1's ``MuxerMultistream.new_conn`` builds a plain ``Yamux`` whenever yamux is
+    negotiated, whatever class was registered for it; this is the same method building ours
+    (yamux is the only muxer we offer, so the negotiated protocol is yamux).
+    """
+    muxers = upgrader.muxer_multistream
+
+    async def new_conn(conn, peer_id: ID):
+        protocol, _ = await muxers._selector.select(
+            conn, conn.is_initiator, muxers.negotiate_timeout)
+        muxed = cls(conn, peer_id, is_initiator=conn.is_initiator)
+        return muxers._annotate_connection(muxed, conn, protocol)
+
+    muxers.new_conn = new_conn
+
+
 def connection_config() -> ConnectionConfig:
     return ConnectionConfig(
         max_connections_per_peer=1,
@@ -193,6 +211,7 @@ def build_host(
         secure_transports_by_protocol={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): PingingYamux},
     )
+    _build_yamux_as(upgrader, PingingYamux)
     peer_id = ID.from_pubkey(keypair.public_key)
     peerstore = PeerStore()
     peerstore.add_key_pair(peer_id, keypair)
