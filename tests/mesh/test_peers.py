@@ -245,3 +245,24 @@ async def test_explicit_disconnect_is_not_undone_by_background_tasks(nursery):
     # explicit dials still work
     with trio.fail_after(10):
         await b.mesh.connect(a.addr)
+
+
+async def test_pings_are_muxer_frames_and_the_pinged_side_hears_them(nursery):
+    a = await start_node(nursery, tuning=FAST_LIVENESS)
+    b = await start_node(nursery, tuning=FAST_LIVENESS)
+    counted: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    for name, node in (("a", a), ("b", b)):
+        node.mesh.on_message = (lambda protocol, kind, way, n=1, name=name:
+                                counted[name].append((kind, way)) if protocol == "ping" else None)
+    with trio.fail_after(10):
+        await b.mesh.connect(a.addr)
+        # one side's pings keep the other quiet: wait for a ping answered and one received
+        await wait_for(lambda: any(("ping", "received") in c for c in counted.values())
+                       and any(("pong", "received") in c for c in counted.values()))
+    # a PING frame answered by the peer's muxer: no /ipfs/ping/1.0.0 stream was opened
+    for node, other in ((a, b), (b, a)):
+        conns = node.mesh._host.get_network().get_connections(ID.from_base58(other.peer_id))
+        assert conns
+        protocols = {s.get_protocol() for c in conns for s in c.get_streams()}
+        assert "/ipfs/ping/1.0.0" not in protocols, protocols
+        assert conns[0].muxed_conn.rtt() > 0  # the probes feed the muxer's RTT
