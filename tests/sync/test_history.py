@@ -66,6 +66,12 @@ async def test_history_survives_a_restart_and_starts_from_an_older_state_dir(tmp
         await again.rec.load()
     assert [e.revision for e in again.rec.history.entries] == [str(r1.revision),
                                                                str(r2.revision)]
+    # how the fleet took a replaced head outlives the reports, which are kept in memory only
+    with trio.fail_after(10):
+        views = await again.rec.revisions.views()
+    assert views[1]["fleet"] == {"applied": 1, "failed": 0, "pending": 0, "moved_on": 0,
+                                 "failed_peers": {}}
+    assert views[0]["fleet"] is None
     # a state dir from before the history existed: its head is the first entry
     (tmp_path / "n0" / "history.json").unlink()
     older = Node(a.mesh.net, tmp_path, "n0", a.keys, [a.peer_id], unit=a.unit)

@@ -13,7 +13,7 @@ entries; an entry outlives its document when the store pruned that (``kept: fals
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class Entry:
     applied_at: float | None
     role: str  # PUBLISHED or FOLLOWED
     published_at: float | None = None  # only known for revisions this host published
+    # how the fleet took it when a newer head replaced it here (reports live in memory only)
+    fleet: dict | None = None
 
     @property
     def rev(self) -> Revision:
@@ -50,8 +52,9 @@ class Entry:
         Revision.parse(raw["revision"])
         if not DIGEST_RE.match(raw["digest"]) or raw.get("role") not in (PUBLISHED, FOLLOWED):
             raise ValueError("bad history entry")
+        fleet = raw.get("fleet")
         return cls(raw["revision"], raw["digest"], int(raw["size"]), raw.get("applied_at"),
-                   raw["role"], raw.get("published_at"))
+                   raw["role"], raw.get("published_at"), fleet if isinstance(fleet, dict) else None)
 
 
 class History:
@@ -76,8 +79,12 @@ class History:
                                  or self.entries[-1].revision != str(head.revision)):
             self.record(head, applied_at)
 
-    def record(self, head: Head, applied_at: float | None) -> None:
-        """``head`` became this host's head at ``applied_at``."""
+    def record(self, head: Head, applied_at: float | None,
+               fleet_before: dict | None = None) -> None:
+        """``head`` became this host's head at ``applied_at``; ``fleet_before``: how the fleet
+        took the head it replaces, kept with that entry."""
+        if self.entries and fleet_before is not None:
+            self.entries[-1] = replace(self.entries[-1], fleet=fleet_before)
         mine = head.revision.origin == self.peer_id
         entry = Entry(str(head.revision), head.digest, head.size, applied_at,
                       PUBLISHED if mine else FOLLOWED, applied_at if mine else None)
@@ -162,7 +169,7 @@ class Revisions:
             view["kept"] = entry.digest in kept
             view["previous"] = prev.revision if prev else None
             view["summary"] = await self._summary(prev, entry, kept)
-            view["fleet"] = self._fleet(entry.rev)
+            view["fleet"] = self._fleet(entry.rev) or entry.fleet
             out.append(view)
         out.reverse()
         return out
@@ -182,8 +189,14 @@ class Revisions:
         self._summaries[key] = text
         return text
 
+    def head_fleet(self) -> dict | None:
+        """How the fleet took this host's head so far (kept when a newer head replaces it)."""
+        entries = self.history.entries
+        return self._fleet(entries[-1].rev) if entries else None
+
     def _fleet(self, revision: Revision) -> dict | None:
-        """Counts from the reports this host holds (in memory: none after a restart). Reports
+        """Counts from the reports this host holds (in memory, so after a restart only what
+        History kept for the revisions a newer head replaced). Reports
         travel to the publisher; a follower counts the heads and reports it heard."""
         reports = self.convergence.reports.get(revision)
         if reports is None:

@@ -362,7 +362,8 @@ class Reconciler(ReconcilerViews):
         self.applier.local_digest = head.digest
         await trio.to_thread.run_sync(self.store.save_head, head, self.candidates.max_seen,
                                       self.applied_at)
-        await trio.to_thread.run_sync(self.history.record, head, self.applied_at)
+        await trio.to_thread.run_sync(self.history.record, head, self.applied_at,
+                                      self.revisions.head_fleet())
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
 
