@@ -453,8 +453,8 @@ class Reconciler(ReconcilerViews):
             if changed and not force:
                 # a blank config, or one without most of the head, is more often an accident
                 # (a template rendered from an empty source) than a plan
-                changes.check_publish(await self.head_config(), doc.tree,
-                                      self.settings.max_removed_share)
+                await trio.to_thread.run_sync(changes.check_publish, await self.head_config(),
+                                              doc.tree, self.settings.max_removed_share)
             if dry_run:
                 before = await self.head_config()
                 return PublishResult(changed=changed or local_change, revision=None,
