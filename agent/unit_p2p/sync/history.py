@@ -23,7 +23,7 @@ from unit_p2p.errors import UnknownRevision
 from unit_p2p.fsutil import atomic_write
 from unit_p2p.sync import changes
 from unit_p2p.sync.convergence import APPLIED, FAILED
-from unit_p2p.sync.revision import DIGEST_RE, Document, Head, Revision
+from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
 
 #: entries kept in history.json; documents are kept separately (keep_configs)
 HISTORY_KEPT = 100
@@ -148,8 +148,9 @@ class Revisions:
         return entry, tree
 
     def _load(self, digest: str) -> dict | None:
+        # load_document_bytes verified the bytes against the digest: parsing once more is all
         data = self.store.load_document_bytes(digest)
-        return Document.from_bytes(data, digest).tree if data is not None else None
+        return json.loads(data) if data is not None else None
 
     async def show(self, spec: str | None) -> dict[str, Any]:
         """One revision's entry with its document and the revision before it here."""
@@ -160,34 +161,39 @@ class Revisions:
     async def views(self) -> list[dict[str, Any]]:
         """Newest first."""
         entries = list(self.history.entries)
-        kept = await trio.to_thread.run_sync(
-            lambda: {e.digest for e in entries if self.store.has_document(e.digest)})
+        pairs = [(entries[i - 1] if i else None, e) for i, e in enumerate(entries)]
+        kept, summaries = await trio.to_thread.run_sync(self._summaries_of, pairs)
         out = []
-        for i, entry in enumerate(entries):
-            prev = entries[i - 1] if i > 0 else None
+        for prev, entry in reversed(pairs):
             view = asdict(entry)
             view["kept"] = entry.digest in kept
             view["previous"] = prev.revision if prev else None
-            view["summary"] = await self._summary(prev, entry, kept)
+            view["summary"] = summaries.get((prev.digest if prev else None, entry.digest))
             view["fleet"] = self._fleet(entry.rev) or entry.fleet
             out.append(view)
-        out.reverse()
         return out
 
-    async def _summary(self, prev: Entry | None, entry: Entry, kept: set[str]) -> str | None:
-        key = (prev.digest if prev else None, entry.digest)
-        if key in self._summaries:
-            return self._summaries[key]
-        if entry.digest not in kept or (prev is not None and prev.digest not in kept):
-            return None  # a document is gone: unknown, not "nothing changed"
+    def _summaries_of(self, pairs: list[tuple[Entry | None, Entry]]
+                      ) -> tuple[set[str], dict[tuple[str | None, str], str]]:
+        """The kept digests, and a summary per (previous, entry) whose documents are both
+        kept (a document gone is unknown, not "nothing changed"). Each document is read once;
+        summaries are cached, since nothing changes under a digest."""
+        kept = {e.digest for _, e in pairs if self.store.has_document(e.digest)}
+        trees: dict[str, dict | None] = {}
 
-        def compute() -> str:
-            old = self._load(prev.digest) if prev else None
-            return changes.summary(old, self._load(entry.digest))
+        def tree(digest: str) -> dict | None:
+            if digest not in trees:
+                trees[digest] = self._load(digest)
+            return trees[digest]
 
-        text = await trio.to_thread.run_sync(compute)
-        self._summaries[key] = text
-        return text
+        for prev, entry in pairs:
+            key = (prev.digest if prev else None, entry.digest)
+            if key in self._summaries or not {d for d in key if d} <= kept:
+                continue
+            new, old = tree(entry.digest), tree(prev.digest) if prev else None
+            if new is not None and (prev is None or old is not None):
+                self._summaries[key] = changes.summary(old, new)
+        return kept, self._summaries
 
     def head_fleet(self) -> dict | None:
         """How the fleet took this host's head so far (kept when a newer head replaces it)."""
