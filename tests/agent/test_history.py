@@ -91,9 +91,10 @@ async def test_rollback_converges_everywhere_and_a_host_down_during_the_bad_revi
             missing = await cli(a, "show", "999")
             assert missing.returncode == 1
             assert "404 unknown_revision" in missing.stderr
-            # the publisher heard every host apply the rollback
-            views = (await a.call("revisions"))["revisions"]
-            assert views[0]["fleet"]["applied"] == 3, views[0]
+            # the publisher hears every host apply the rollback (the late one's report may
+            # still be on its way)
+            while (await a.call("revisions"))["revisions"][0]["fleet"]["applied"] < 3:  # noqa: ASYNC110
+                await trio.sleep(0.1)
 
 
 async def test_a_shrinking_publish_is_refused_by_name_and_forced(tmp_path):
