@@ -157,7 +157,8 @@ async def main(args: argparse.Namespace) -> int:
         f"**{base['put_get_ms']:.0f} ms**; with whole answers the PUT + read-back takes "
         f"{whole['put_get_ms']:.0f} ms. For scale: real NGINX Unit takes about 70-145 ms "
         f"for a 1.5 MB PUT (../shared/unit-fixtures, measured on an idle machine). Every "
-        f"agent's apply reads the whole config before and after its PUT, "
+        f"agent's apply reads the whole config after its PUT (before it, only its host-local "
+        f"values, once it holds the head; round 1 reads the small base config whole), "
         + ("and the agents' Units send whole answers (`--whole-answers`, as over TCP): the "
            "target is against the baseline with whole answers."
            if args.whole_answers else "each read in pieces."),

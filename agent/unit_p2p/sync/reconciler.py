@@ -212,6 +212,8 @@ class Reconciler(ReconcilerViews):
         msg = self.admission.message(peer, data, protocol)
         if isinstance(msg, wire.Announce):
             self._consider(peer, msg.head)
+        elif isinstance(msg, wire.Have):
+            self._consider(peer, msg.head, holds_only=True)
         elif isinstance(msg, wire.NoHead):
             self.candidates.note_peer(peer, None)
             self.spread.behind(peer)
@@ -231,8 +233,17 @@ class Reconciler(ReconcilerViews):
         if report.revision.origin != self.peer_id and protocol == NOTIFY:
             self._spawn(self.spread.forward, report, sender)
 
-    def _consider(self, peer: str, head: Head) -> None:
+    def _consider(self, peer: str, head: Head, holds_only: bool = False) -> None:
+        """``peer`` announced ``head`` as its own head, or (``holds_only``) as a document it
+        holds: then it is a holder, and nothing is known about its own head."""
         rev = head.revision
+        if rev.counter > self.candidates.max_seen + MAX_COUNTER_STEP:
+            # Counters only ever grow, so one revision near the top of the wire's range would
+            # stop every later publish (it could not count past it). No honest mesh jumps this
+            # far: refused, as if it were never said.
+            self.admission.refuse(peer, "counter_jump",
+                                  f"revision {rev} jumps over {MAX_COUNTER_STEP} counters")
+            return
         why = self.admission.refusal(peer, head)
         if why == "too_large" and rev not in self.candidates.failed and (
                 self.head is None or rev > self.head.revision):
@@ -244,22 +255,15 @@ class Reconciler(ReconcilerViews):
             self._spawn(self.spread.report, rev, head.digest, FAILED, reason)
         if why is not None:
             return
-        if rev.counter > self.candidates.max_seen + MAX_COUNTER_STEP:
-            # Counters only ever grow, so one revision near the top of the wire's range would
-            # stop every later publish (it could not count past it). No honest mesh jumps this
-            # far: refused, as if it were never said.
-            self.admission.refuse(peer, "counter_jump",
-                                  f"revision {rev} jumps over {MAX_COUNTER_STEP} counters")
-            return
-        self.candidates.note_peer(peer, head)
-        self.convergence.record(peer, rev, APPLIED, None, implied=True)
+        if not holds_only:
+            self.candidates.note_peer(peer, head)
+            self.convergence.record(peer, rev, APPLIED, None, implied=True)
         mine = self.head.revision if self.head else None
-        if mine is not None and rev == mine:
-            return
-        if mine is not None and rev < mine:
-            # A peer behind us (or a replay): tell it where the mesh is, apply nothing.
-            self.admission.refuse(peer, "stale_revision", f"revision {rev}", quiet=True)
-            self.spread.behind(peer)
+        if mine is not None and rev <= mine:
+            if rev < mine and not holds_only:
+                # A peer behind us (or a replay): tell it where the mesh is, apply nothing.
+                self.admission.refuse(peer, "stale_revision", f"revision {rev}", quiet=True)
+                self.spread.behind(peer)
             return
         if rev in self.candidates.failed:
             return
@@ -339,6 +343,11 @@ class Reconciler(ReconcilerViews):
     async def _apply(self, cand: Candidate) -> None:
         head = cand.head
         doc = await self.fetcher.fetch(cand)
+        # Held and verified: servable now, while our Unit applies it (the head's own document
+        # stays, should this apply fail).
+        await trio.to_thread.run_sync(self.store.save_document, doc,
+                                      self.head.digest if self.head else None)
+        self.spread.fetched(head, cand.holders)
         async with self.applier.lock:
             if self.head is not None and head.revision <= self.head.revision:
                 return  # a publish or another apply got further meanwhile

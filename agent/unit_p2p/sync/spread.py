@@ -138,24 +138,30 @@ class Spread:
         starved of it)."""
         await self.broadcast(self.local_state())
 
-    def applied(self, head: Head) -> None:
-        """We applied ``head``: tell the neighbours that lack it, report to its origin.
+    def fetched(self, head: Head, holders: set[str]) -> None:
+        """We hold ``head``'s document, fetched and verified, and apply it next: offer it
+        (``have``) to the neighbours not known to hold it, so they pull from us while our Unit
+        applies it: one pull per hop, not a pull and an apply.
 
         No flood: the origin's announcement already reached the mesh. A push to each connected
         peer not known to hold the revision tells it that a nearby holder exists (so it pulls
-        from us, not from the origin) and carries the announcement to peers gossip starved.
-        Whoever of two neighbours applies first tells the other, who then knows not to tell
-        back: about one push per connection, a constant per host.
+        from us, not from the origin) and reaches peers gossip starved. Whoever of two
+        neighbours fetches first tells the other, who then knows not to tell back: about one
+        push per connection, a constant per host.
         """
-        self._spawn(self._relay, head.revision)
-        self._spawn(self.report, head.revision, head.digest, APPLIED, None)
+        self._spawn(self._offer, head, frozenset(holders))
 
-    async def _relay(self, revision: Revision) -> None:
-        # A little jitter, so two neighbours that applied together rarely push to each other.
+    async def _offer(self, head: Head, holders: frozenset[str]) -> None:
+        # A little jitter, so two neighbours that fetched together rarely push to each other.
         await trio.sleep(random.uniform(*RELAY_DELAY))
-        head = self._head()
-        if head is not None and head.revision == revision:
-            await self.broadcast(self.local_state(), skip_holders_of=revision, gossip=False)
+        mine = self._head()
+        if mine is None or mine.revision <= head.revision:
+            await self.broadcast(wire.Have(self.mesh_name, head), skip_holders_of=head.revision,
+                                 gossip=False, skip=holders)
+
+    def applied(self, head: Head) -> None:
+        """We applied ``head``: report it to its origin (the neighbours heard ``have``)."""
+        self._spawn(self.report, head.revision, head.digest, APPLIED, None)
 
     async def report(self, revision: Revision, digest: str, status: str,
                      reason: str | None) -> None:

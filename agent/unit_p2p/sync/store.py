@@ -70,13 +70,18 @@ class StateStore:
     def has_document(self, digest: str) -> bool:
         return self._doc_path(digest).exists()
 
-    def save_document(self, doc: Document) -> None:
+    def save_document(self, doc: Document, keep: str | None = None) -> None:
+        """Store ``doc``; pruning to ``keep_configs`` never removes it, nor the document with
+        the digest ``keep`` (the head, while a newer document waits to be applied)."""
         path = self._doc_path(doc.digest)
         if not path.exists():
             atomic_write(path, doc.data)
         else:
             os.utime(path)  # recently used: keeps it out of pruning
-        self._prune(self.configs, protect={path.name})
+        protect = {path.name}
+        if keep is not None:
+            protect.add(self._doc_path(keep).name)
+        self._prune(self.configs, protect=protect)
 
     def load_document_bytes(self, digest: str) -> bytes | None:
         """Bytes of a held document, verified against its digest (a corrupt file is not served)."""

@@ -6,7 +6,9 @@ reason used as a metrics label. Nothing from the wire reaches the reconciler unv
 
 Messages (``v`` is the wire version, 1):
 
-- ``announce``: a signed head — gossip, direct pushes and the heads exchange.
+- ``announce``: a signed head, the sender's own — gossip, direct pushes and the heads exchange.
+- ``have``: a signed head whose document the sender holds, fetched and verified but not yet
+  applied: "pull it from me". It says nothing about the sender's own head.
 - ``nohead``: the heads exchange of an agent that has no revision yet.
 - ``report``: "I applied / failed to apply revision R", from the reporting agent itself.
 - ``pull``: "send me the document with this digest".
@@ -63,12 +65,12 @@ class _Message:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class Announce(_Message):
+class _SignedHead(_Message):
+    """The codec of the messages that carry an origin-signed head."""
+
     mesh: str
     head: Head
 
-    TYPE = "announce"
     FIELDS = frozenset({"mesh", "revision", "digest", "size", "signature"})
 
     def to_obj(self) -> dict:
@@ -77,7 +79,7 @@ class Announce(_Message):
                 "size": h.size, "signature": base64.b64encode(h.signature).decode()}
 
     @classmethod
-    def from_obj(cls, obj: dict) -> Announce:
+    def from_obj(cls, obj: dict):
         try:
             signature = base64.b64decode(_str(obj, "signature", 128), validate=True)
         except (binascii.Error, ValueError):
@@ -86,6 +88,26 @@ class Announce(_Message):
             raise WireError("schema", "signature must be 64 bytes (Ed25519)")
         head = Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE), signature)
         return cls(_mesh(obj), head)
+
+
+@dataclass(frozen=True)
+class Announce(_SignedHead):
+    """The sender's own head."""
+
+    mesh: str
+    head: Head
+
+    TYPE = "announce"
+
+
+@dataclass(frozen=True)
+class Have(_SignedHead):
+    """A revision whose document the sender holds (verified, maybe not applied yet)."""
+
+    mesh: str
+    head: Head
+
+    TYPE = "have"
 
 
 @dataclass(frozen=True)
@@ -185,7 +207,7 @@ class ServeError(_Message):
         return cls(reason)
 
 
-Message = Announce | NoHead | Report | Pull | Served | ServeError
+Message = Announce | Have | NoHead | Report | Pull | Served | ServeError
 _TYPES: dict[str, type[_Message]] = {cls.TYPE: cls for cls in Message.__args__}
 _ENVELOPE = frozenset({"v", "type"})
 
