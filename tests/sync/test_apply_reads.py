@@ -51,3 +51,36 @@ async def test_an_apply_over_the_head_reads_only_the_host_local_values(tmp_path)
         assert b.unit.config == {**second, "listeners": mine}
         # the excluded value by its own path, then the read-back: one whole read, not two
         assert b.unit.reads == ["/config/listeners", "/config"]
+
+
+class SlowPut(FakeUnit):
+    """Takes its PUT only when the test lets it."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.go = trio.Event()
+        self.putting = trio.Event()
+
+    async def put(self, path, value):
+        self.putting.set()
+        await self.go.wait()
+        return await super().put(path, value)
+
+
+async def test_a_fetched_document_is_offered_before_this_host_applies_it(tmp_path):
+    async with cluster(tmp_path) as (net, (a, b, c)):
+        net.cut.add(frozenset((a.peer_id, c.peer_id)))  # c hears of it only from b
+        net.gossip_enabled = False
+        b.unit.__class__ = SlowPut
+        b.unit.go, b.unit.putting = trio.Event(), trio.Event()
+        with trio.fail_after(15):
+            result = await a.rec.publish(config(1))
+            await b.unit.putting.wait()
+            # b's Unit has not taken it yet, but c already pulled it from b and applied it
+            while c.unit.config != config(1):  # noqa: ASYNC110 - another fake's state
+                await trio.sleep(0.01)
+            waiting = await a.rec.wait_revision(result.revision, timeout=0.2)
+            assert b.peer_id in waiting.pending  # b offered it: that is not "applied"
+            b.unit.go.set()
+            done = await a.rec.wait_revision(result.revision, timeout=10)
+        assert done.converged and b.unit.config == config(1)
