@@ -23,6 +23,11 @@ def fast_watch(monkeypatch):
     monkeypatch.setattr(applier, "UNIT_RETRY_INTERVAL", 0.02)
 
 
+def report_of(publisher, revision, peer) -> str | None:
+    """What ``peer`` last reported to ``publisher`` about ``revision``."""
+    return publisher.rec.convergence.reports.get(revision, {}).get(peer.peer_id, (None,))[0]
+
+
 def report_drift(*nodes) -> None:
     for node in nodes:
         node.rec.drift.action = "report"
@@ -53,6 +58,8 @@ async def test_under_report_a_drifted_host_is_left_alone_and_counts_as_failed(tm
             assert result.converged
             c.unit.config = config(7)
             await until(lambda: c.rec.status()["local"]["drift"] is not None)
+            # the report travels to the publisher; a wait ends at once (nobody is pending)
+            await until(lambda: report_of(a, result.revision, c) == "failed")
             drifted = await a.rec.wait_revision(result.revision, timeout=5)
             assert list(drifted.failed) == [c.peer_id]
             assert drifted.failed[c.peer_id].startswith("drift: ")
@@ -60,7 +67,7 @@ async def test_under_report_a_drifted_host_is_left_alone_and_counts_as_failed(tm
             assert c.metrics.drifted._value.get() == 1
             assert c.rec.status()["local"]["in_sync"] is False
             c.unit.config = config(1)  # put back by hand: applied again
-            await until(lambda: c.rec.status()["local"]["drift"] is None)
+            await until(lambda: report_of(a, result.revision, c) == "applied")
             again = await a.rec.wait_revision(result.revision, timeout=5)
         assert again.converged and c.peer_id in again.applied
 
