@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,11 @@ MESH = "sim"
 
 
 def make_reconciler(settings: Settings, keypair: Any, peer_id: str, mesh: SimMesh,
-                    unit: SimUnit, store: StateStore, trust: TrustPolicy) -> Any:
+                    unit: SimUnit, store: StateStore, trust: TrustPolicy, metrics: Metrics) -> Any:
     """The one place that knows how the agent builds its sync core (``agent.py`` does the same)."""
     from unit_p2p.sync.reconciler import Reconciler
 
-    rec = Reconciler(settings, keypair.private_key, peer_id, mesh, unit, store, trust, Metrics())
+    rec = Reconciler(settings, keypair.private_key, peer_id, mesh, unit, store, trust, metrics)
     mesh.events = rec
     return rec
 
@@ -140,6 +141,7 @@ class Fleet:
                           cpu_per_msg=p.cpu_per_msg)
         self.units: dict[int, SimUnit] = {}
         self.stores: dict[int, StateStore] = {}
+        self.metrics: dict[int, Metrics] = {}
         self.wall_started = time.monotonic()
 
     def seed_state(self, config: dict) -> None:
@@ -164,8 +166,9 @@ class Fleet:
         unit = self.units.setdefault(i, SimUnit(net, i, {"listeners": {}, "routes": [],
                                                          "applications": {}}))
         mesh = SimMesh(net, i)
+        self.metrics[i] = Metrics()
         rec = make_reconciler(self.settings, self.keys[i], self.ids[i], mesh, unit,
-                              self.store(i), self.trust)
+                              self.store(i), self.trust, self.metrics[i])
         await rec.load()
         rec.register_handlers()
         host = Host(i, mesh, unit, rec, trio.CancelScope())
@@ -207,6 +210,13 @@ class Fleet:
     def candidates(self) -> list[int]:
         live = [i for i, h in enumerate(self.net.hosts) if h is not None]
         return self.rng.sample(live, min(len(live), 4 * self.p.topo.peer_target))
+
+    def refusals(self) -> Counter:
+        """Messages the hosts' sync layers refused, by reason, summed over every host started."""
+        total: Counter = Counter()
+        for m in self.metrics.values():
+            total.update(m.rejected_counts())
+        return total
 
     def live(self) -> list[int]:
         return [i for i, h in enumerate(self.net.hosts) if h is not None]
@@ -254,6 +264,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
     origin = rng.choice(candidates)
 
     before = net.traffic.snapshot()
+    refused_before = fleet.refusals()
     net.watch = digest.encode()
     net.learn_hops = {origin: 0}
     t0 = trio.current_time()
@@ -297,12 +308,14 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         net.cut_links.clear()
 
     reports_at: list[float] = []
+    publisher_saw = [0]
 
     async def publisher_wait(rec: Any, revision: Any) -> None:
         # the publisher's own view (what `publish --wait` reports): every other live host
         others = len(fleet.live()) - 1
         res = await rec.wait_revision(revision, timeout=p.deadline, min_peers=others,
                                       require_all=False)
+        publisher_saw[0] = len(res.applied)
         if len(res.applied) - 1 >= others:
             reports_at.append(trio.current_time() - t0)
 
@@ -350,6 +363,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         "partitioned": len(cut),
         "t_all_applied_s": t_all,
         "t_reports_s": reports_at[0] if reports_at else None,
+        "publisher_saw": publisher_saw[0],
         "window_s": trio.current_time() - t0,
         "hops_max": max(hops) if hops else None,
         "hops_mean": sum(hops) / len(hops) if hops else None,
@@ -369,6 +383,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         "recv_total": sum(recv),
         "by_kind": {kind: {"msgs": msgs[kind], "bytes": nbytes[kind]} for kind in sorted(msgs)},
         "streams": dict(after["streams"] - before["streams"]),
+        "refused": dict(fleet.refusals() - refused_before),
         "dials": after["dials"] - before["dials"],
         "gossip_duplicates": after["gossip_duplicates"] - before["gossip_duplicates"],
         "wall_s": time.monotonic() - wall0,
@@ -460,6 +475,14 @@ def summarize(size: dict, scenario: str) -> dict | None:
         for kind, v in r["by_kind"].items():
             kinds[kind] = kinds.get(kind, 0) + v["msgs"] / len(rows)
     out["by_kind"] = kinds
+    out["publisher_saw"] = _mean([r.get("publisher_saw") for r in rows])
+    if any(r["t_reports_s"] is None for r in rows):
+        out["t_reports_s"] = None
+    refused: Counter = Counter()
+    for r in rows:
+        refused.update(r.get("refused") or {})
+    out["refused"] = ", ".join(f"{k} {v / len(rows):,.0f}" for k, v in sorted(refused.items())) \
+        or ("0" if all("refused" in r for r in rows) else "-")
     return out
 
 
@@ -486,7 +509,7 @@ def render(results: dict) -> str:
     header = ["N", "policy", "msgs / publish", "msgs / N", "without gossipsub control / N",
               "KiB / publish", "per host mean", "per host max (publisher)",
               "per host max (others)", "all applied s", "publisher saw all s",
-              "hops max (mean)", "misses", "wall s (size)"]
+              "hops max (mean)", "misses", "refused by the hosts", "wall s (size)"]
     lines += [*summary_table(runs), ""]
     for scenario in ("steady", "churn", "partition"):
         rows = []
@@ -515,8 +538,11 @@ def render(results: dict) -> str:
                              _fmt(s["msgs_per_host_max_others"])
                              if s["msgs_per_host_max_others"] is not None
                              else _fmt(s["msgs_per_host_max"]) + " (any host)",
-                             _fmt(s["t_all_applied_s"], 2), _fmt(s["t_reports_s"], 2),
+                             _fmt(s["t_all_applied_s"], 2),
+                             _fmt(s["t_reports_s"], 2) if s["t_reports_s"] is not None
+                             else f"never (saw {s['publisher_saw']})",
                              f"{_fmt(s['hops_max'])} ({_fmt(s['hops_mean'], 1)})", miss,
+                             s["refused"],
                              _fmt(size["wall_s"]) + ("" if not size.get("error")
                                                      else " (stopped)")])
                 if size.get("error"):
