@@ -309,6 +309,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
 
     reports_at: list[float] = []
     publisher_saw = [0]
+    publisher_done = trio.Event()
 
     async def publisher_wait(rec: Any, revision: Any) -> None:
         # the publisher's own view (what `publish --wait` reports): every other live host
@@ -318,6 +319,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         publisher_saw[0] = len(res.applied)
         if len(res.applied) - 1 >= others:
             reports_at.append(trio.current_time() - t0)
+        publisher_done.set()
 
     async with trio.open_nursery() as nursery:
         if scenario == "churn":
@@ -333,10 +335,15 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
             await all_applied[0].wait()
         t_all = trio.current_time() - t0 if all_applied[0].is_set() else None
         await trio.sleep(p.settle)
+        # the publish's cost is counted until here; the publisher's wait may take longer
+        after = net.traffic.snapshot()
+        refused = fleet.refusals() - refused_before
+        window = trio.current_time() - t0
+        with trio.move_on_at(t0 + p.deadline + 1.0):
+            await publisher_done.wait()
         nursery.cancel_scope.cancel()
     net.on_apply = None
     net.watch = None
-    after = net.traffic.snapshot()
 
     live = fleet.live()
     applied = net.applied[marker]
@@ -364,7 +371,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         "t_all_applied_s": t_all,
         "t_reports_s": reports_at[0] if reports_at else None,
         "publisher_saw": publisher_saw[0],
-        "window_s": trio.current_time() - t0,
+        "window_s": window,
         "hops_max": max(hops) if hops else None,
         "hops_mean": sum(hops) / len(hops) if hops else None,
         "msgs": total,
@@ -383,7 +390,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         "recv_total": sum(recv),
         "by_kind": {kind: {"msgs": msgs[kind], "bytes": nbytes[kind]} for kind in sorted(msgs)},
         "streams": dict(after["streams"] - before["streams"]),
-        "refused": dict(fleet.refusals() - refused_before),
+        "refused": dict(refused),
         "dials": after["dials"] - before["dials"],
         "gossip_duplicates": after["gossip_duplicates"] - before["gossip_duplicates"],
         "wall_s": time.monotonic() - wall0,
