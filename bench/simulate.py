@@ -601,8 +601,9 @@ def render(results: dict) -> str:
 
 
 def _ordered(runs: dict) -> dict:
-    """"before" first, then the other labels alphabetically."""
-    return {label: runs[label] for label in sorted(runs, key=lambda x: (x != "before", x))}
+    """"before", "after", then the other labels alphabetically."""
+    first = {"before": 0, "after": 1}
+    return {label: runs[label] for label in sorted(runs, key=lambda x: (first.get(x, 2), x))}
 
 
 def summary_table(runs: dict) -> list[str]:
@@ -613,7 +614,7 @@ def summary_table(runs: dict) -> list[str]:
     header = ["N"]
     for label in runs:
         header += [f"{label}: msgs / publish (/ N)", f"{label}: busiest other host",
-                   f"{label}: all applied s"]
+                   f"{label}: all applied s (publisher saw all s)"]
     rows = []
     for n in sizes:
         row = [f"{n:,}"]
@@ -628,7 +629,9 @@ def summary_table(runs: dict) -> list[str]:
             row += [f"{_fmt(s['msgs'])} ({_fmt(s['msgs'] / n, 1)})",
                     _fmt(others) if others is not None
                     else f"{_fmt(s['msgs_per_host_max'])} (any host)",
-                    _fmt(s["t_all_applied_s"], 2)]
+                    f"{_fmt(s['t_all_applied_s'], 2)} ("
+                    + (_fmt(s["t_reports_s"], 2) if s["t_reports_s"] is not None
+                       else f"never: {_fmt(s['publisher_saw'])} of {n:,}") + ")"]
         rows.append(row)
     return ["## Summary: steady publishes", "", md_table(header, rows)]
 
