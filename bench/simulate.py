@@ -606,10 +606,10 @@ def _ordered(runs: dict) -> dict:
     return {label: runs[label] for label in sorted(runs, key=lambda x: (first.get(x, 2), x))}
 
 
-def summary_table(runs: dict) -> list[str]:
+def summary_table(runs: dict, labels: list[str] | None = None) -> list[str]:
     """Steady publishes, the policies side by side: messages per publish (per host), the
     busiest host other than the publisher, simulated seconds until all applied."""
-    runs = _ordered(runs)
+    runs = {k: v for k, v in _ordered(runs).items() if labels is None or k in labels}
     sizes = sorted({int(n) for run_ in runs.values() for n in run_["sizes"]})
     header = ["N"]
     for label in runs:
