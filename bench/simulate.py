@@ -672,7 +672,7 @@ def plot(results: dict, path: Path) -> None:
     panels = [("msgs", "messages per publish (all hosts)"),
               ("msgs_per_host_max_others", "messages per publish, busiest host (publisher aside)"),
               ("t_all_applied_s", "simulated s until all applied")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.6))
     all_n: set[int] = set()
     for ax, (key, title) in zip(axes, panels, strict=True):
         for color, (label, run_) in enumerate(_ordered(results["runs"]).items()):
@@ -699,8 +699,9 @@ def plot(results: dict, path: Path) -> None:
         for mult, ref in ((8, "8 N (target)"), (1, "N^2")):
             ys = [mult * n for n in ns] if ref.startswith("8") else [n * n for n in ns]
             axes[0].plot(ns, ys, color="grey", lw=0.8, ls="-." if mult == 8 else ":", label=ref)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
