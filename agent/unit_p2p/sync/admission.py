@@ -24,9 +24,13 @@ log = logging.getLogger("unit_p2p.sync.admission")
 
 #: verified signed heads remembered, so re-announcements of one head are checked once
 VERIFIED_KEPT = 64
-# per-peer token bucket for inbound announcements/heads/notifications/reports
+# per-peer token bucket for inbound announcements, heads and pushes
 RATE_PER_S = 20.0
 RATE_BURST = 60.0
+# and one for reports: a peer near a publisher forwards the reports of its whole subtree of the
+# pull tree (hundreds in a fleet of thousands) within a second or two of a publish
+REPORT_RATE_PER_S = 500.0
+REPORT_BURST = 5000.0
 #: a refusal of one (peer, reason) is logged at most once per this many seconds
 LOG_EVERY = 10.0
 #: bound on the per-peer tables (buckets, log stamps): a flood of fresh peer IDs cannot grow them
@@ -39,13 +43,14 @@ class TrustLike(Protocol):
 
 class _TokenBucket:
     # trio's clock, not the wall clock: under a simulator's mock clock rates are exact too.
-    def __init__(self) -> None:
-        self.tokens = RATE_BURST
+    def __init__(self, rate: float = RATE_PER_S, burst: float = RATE_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
         self.stamp = trio.current_time()
 
     def take(self) -> bool:
         now = trio.current_time()
-        self.tokens = min(RATE_BURST, self.tokens + (now - self.stamp) * RATE_PER_S)
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens < 1.0:
             return False
@@ -61,6 +66,7 @@ class Admission:
         self.metrics = metrics
         self.max_config_bytes = max_config_bytes
         self._buckets: dict[str, _TokenBucket] = {}
+        self._report_buckets: dict[str, _TokenBucket] = {}
         self._last_log: dict[tuple[str, str], float] = {}
         #: heads whose origin signature verified (revision, digest, signature), oldest first
         self._verified: OrderedDict[tuple[Revision, str, bytes], None] = OrderedDict()
@@ -79,15 +85,18 @@ class Admission:
                 self._last_log.clear()
             log.warning("rejected from peer=%s reason=%s: %s", peer, reason, detail)
 
-    def within_rate(self, peer: str) -> bool:
-        bucket = self._buckets.get(peer)
+    def within_rate(self, peer: str, reports: bool = False) -> bool:
+        """``reports``: the peer's report bucket, apart from its other messages."""
+        table = self._report_buckets if reports else self._buckets
+        bucket = table.get(peer)
         if bucket is None:
-            if len(self._buckets) > _TABLE_MAX:
-                self._buckets.clear()
-            bucket = self._buckets[peer] = _TokenBucket()
+            if len(table) > _TABLE_MAX:
+                table.clear()
+            bucket = table[peer] = (_TokenBucket(REPORT_RATE_PER_S, REPORT_BURST) if reports
+                                    else _TokenBucket())
         if bucket.take():
             return True
-        self.refuse(peer, "rate_limited", "too many messages")
+        self.refuse(peer, "rate_limited", "too many reports" if reports else "too many messages")
         return False
 
     def message(self, peer: str, data: bytes, protocol: str) -> wire.Message | None:
@@ -102,12 +111,13 @@ class Admission:
         if not self.trust.is_trusted(peer):
             self.refuse(peer, "untrusted_peer", "message from a peer not on the trusted list")
             return None
-        if not self.within_rate(peer):
-            return None
         try:
-            msg = wire.decode(data)
+            msg = wire.decode(data)  # at most MAX_MESSAGE_BYTES: cheap, even for a flood
         except WireError as exc:
-            self.refuse(peer, exc.reason, exc.detail)
+            if self.within_rate(peer):
+                self.refuse(peer, exc.reason, exc.detail)
+            return None
+        if not self.within_rate(peer, reports=isinstance(msg, wire.Report)):
             return None
         mesh = getattr(msg, "mesh", self.mesh_name)
         if mesh != self.mesh_name:

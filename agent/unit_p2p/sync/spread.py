@@ -30,6 +30,9 @@ log = logging.getLogger("unit_p2p.sync.spread")
 ANTI_ENTROPY_FANOUT = 3
 #: seconds an agent waits before telling its neighbours it holds a revision it applied
 RELAY_DELAY = (0.0, 0.1)
+#: a report is pushed towards its origin this many times (0.5 s, then 1 s apart) before gossip
+REPORT_TRIES = 3
+REPORT_RETRY = 0.5
 
 #: ``protocol`` labels of the message counters
 GOSSIP, NOTIFY, HEADS = "gossip", "notify", "heads"
@@ -176,27 +179,35 @@ class Spread:
         1. straight to the origin when connected to it;
         2. to the peer that served us the revision, our parent in its pull tree (one hop
            closer to the origin; it forwards the same way; the tree has no cycles, since a
-           peer serves only what it applied before us);
+           peer serves only what it fetched before us);
         3. straight to the origin, dialled for this message and released after, the way a Serf
            query's answer goes straight to the asker;
-        4. by gossip, the only flood, when nothing else worked.
+        4. by gossip, the only flood, when all of that failed ``REPORT_TRIES`` times: a flood
+           costs every host about D receptions, so a push lost now and then must not become one.
         """
+        for attempt in range(REPORT_TRIES):
+            if attempt:
+                await trio.sleep(REPORT_RETRY * attempt)
+            if await self._push_towards_origin(report, came_from):
+                return
+        await self.gossip(report)
+
+    async def _push_towards_origin(self, report: wire.Report, came_from: str | None) -> bool:
         origin = report.revision.origin
         connected = self.mesh.connected_peers()
         if origin in connected and await self.push(origin, report):
-            return
+            return True
         parent = self.parents.get(report.revision)
         if parent not in (None, origin, came_from) and parent in connected \
                 and await self.push(parent, report):
-            return
-        if origin not in connected:
-            delivered = await self.push(origin, report)
-            release = getattr(self.mesh, "release", None)  # in-memory meshes hold none
-            if release is not None:
-                await release(origin)
-            if delivered:
-                return
-        await self.gossip(report)
+            return True
+        if origin in connected:
+            return False
+        delivered = await self.push(origin, report)
+        release = getattr(self.mesh, "release", None)  # in-memory meshes hold none
+        if release is not None:
+            await release(origin)
+        return delivered
 
     def behind(self, peer: str) -> None:
         """``peer`` is behind us (or has no head): tell it where the mesh is."""
