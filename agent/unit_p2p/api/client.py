@@ -80,33 +80,11 @@ class ApiClient:
     def config(self) -> dict:
         return self._json("GET", "/v1/config")
 
-    def publish(
-        self,
-        config: dict | None = None,
-        wait: bool = False,
-        timeout: float = 30,
-        dry_run: bool = False,
-        min_peers: int | None = None,
-        require_all: bool = True,
-        diff: bool = False,
-        force: bool = False,
-    ) -> dict:
-        request: dict[str, Any] = {
-            "wait": wait,
-            "timeout": timeout,
-            "dry_run": dry_run,
-            "min_peers": min_peers,
-            "require_all": require_all,
-            "diff": diff,
-        }
-        if force:
-            request["force"] = True
-        if config is not None:
-            request["config"] = config
-        # `timeout` bounds the whole publish: applying to the local Unit (several calls, each
-        # up to the agent's unit_timeout) and, with wait, the peers.
-        read_timeout = self.timeout + timeout
-        return self._json("POST", "/v1/publish", request, timeout=read_timeout)
+    def publish(self, config: dict | None = None, **options: Any) -> dict:
+        """Publish this host's Unit config, or ``config`` applied here first. ``options``:
+        wait, timeout, dry_run, min_peers, require_all, diff, force (docs/api.md)."""
+        return self._publishing("/v1/publish", {} if config is None else {"config": config},
+                                **options)
 
     def revisions(self) -> dict:
         """``{"revisions": [...]}``: this host's history, newest first."""
@@ -117,25 +95,24 @@ class ApiClient:
         ``previous``."""
         return self._json("GET", "/v1/revisions/" + quote(spec, safe="@"))
 
-    def rollback(
-        self,
-        revision: str | None = None,
-        wait: bool = False,
-        timeout: float = 30,
-        dry_run: bool = False,
-        min_peers: int | None = None,
-        require_all: bool = True,
-        diff: bool = False,
-        force: bool = False,
-    ) -> dict:
+    def rollback(self, revision: str | None = None, **options: Any) -> dict:
         """Publish the kept document of ``revision`` (default: the one before the head) as a
-        new revision; the publish's answer plus ``rolled_back_to``."""
+        new revision; the publish's answer plus ``rolled_back_to``. ``options`` as publish."""
+        return self._publishing("/v1/rollback",
+                                {} if revision is None else {"revision": revision}, **options)
+
+    def _publishing(self, path: str, subject: dict, *, wait: bool = False, timeout: float = 30,
+                    dry_run: bool = False, min_peers: int | None = None,
+                    require_all: bool = True, diff: bool = False,
+                    force: bool = False) -> dict:
         request: dict[str, Any] = {"wait": wait, "timeout": timeout, "dry_run": dry_run,
                                    "min_peers": min_peers, "require_all": require_all,
-                                   "diff": diff, "force": force}
-        if revision is not None:
-            request["revision"] = revision
-        return self._json("POST", "/v1/rollback", request, timeout=self.timeout + timeout)
+                                   "diff": diff, **subject}
+        if force:
+            request["force"] = True
+        # `timeout` bounds the whole publish: applying to the local Unit (several calls, each
+        # up to the agent's unit_timeout) and, with wait, the peers.
+        return self._json("POST", path, request, timeout=self.timeout + timeout)
 
     def wait(
         self,
