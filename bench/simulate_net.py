@@ -46,6 +46,7 @@ import trio
 import trio.lowlevel
 
 from unit_p2p.errors import MeshError, WireError
+from unit_p2p.mesh import PeerInfo
 
 log = logging.getLogger("bench.simulate")
 
@@ -302,16 +303,6 @@ def marker_of(config: Any) -> str | None:
         return None
 
 
-@dataclass
-class Info:
-    peer_id: str
-    addrs: tuple = ()
-    connected: bool = True
-    trusted: bool = True
-    connected_since: float | None = None
-    last_seen: float | None = None
-
-
 # --- one host's mesh ----------------------------------------------------------------------------
 
 
@@ -371,9 +362,10 @@ class SimMesh:
         p = self.net.index.get(peer_id)
         return p is not None and p in self.net.links[self.idx]
 
-    def peers(self) -> list[Info]:
+    def peers(self) -> list[PeerInfo]:
         ids, links = self.net.ids, self.net.links[self.idx]
-        return [Info(ids[p], connected=p in links) for p in sorted(self.net.known[self.idx])]
+        return [PeerInfo(ids[p], [], p in links, True, None, None)
+                for p in sorted(self.net.known[self.idx])]
 
 
 # --- the network --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ exactly and fast. The real mesh and the real emulator are exercised by tests/age
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import trio
 import trio.testing
@@ -16,6 +15,7 @@ from unit_p2p.errors import (
     UnitUnreachable,
     WireError,
 )
+from unit_p2p.mesh import PeerInfo
 
 END = b"\x00<end>"
 
@@ -52,16 +52,6 @@ class FakeStream:
 
     async def close(self) -> None:
         await self.stream.aclose()
-
-
-@dataclass
-class Info:
-    peer_id: str
-    addrs: tuple = ()
-    connected: bool = True
-    trusted: bool = True
-    connected_since: float | None = None
-    last_seen: float | None = None
 
 
 class FakeNetwork:
@@ -112,8 +102,8 @@ class FakeMesh:
     def gossip_mesh_peers(self) -> set[str]:
         return set()  # no gossip mesh modelled: relays go to every linked peer (the safe side)
 
-    def peers(self) -> list[Info]:
-        return [Info(p, connected=self.net.linked(self.peer_id, p))
+    def peers(self) -> list[PeerInfo]:
+        return [PeerInfo(p, [], self.net.linked(self.peer_id, p), True, None, None)
                 for p in self.net.meshes if p != self.peer_id]
 
 
@@ -126,10 +116,16 @@ class FakeUnit:
         self.puts = 0
         #: paths read, in order
         self.reads: list[str] = []
+        #: raised by the next reads, one each (a cut answer, a read that times out)
+        self.read_errors: list[Exception] = []
+        #: moved to ``read_errors`` by the next PUT that Unit takes (a read-back that fails)
+        self.read_errors_after_put: list[Exception] = []
 
     async def get(self, path: str = "/config"):
         if self.down:
             raise UnitUnreachable("control socket is gone")
+        if self.read_errors:
+            raise self.read_errors.pop(0)
         self.reads.append(path)
         node = self.config
         for part in path.split("/")[2:]:  # below /config, as Unit's API addresses it
@@ -150,4 +146,6 @@ class FakeUnit:
                                     method="PUT", path=path)
         self.puts += 1
         self.config = copy.deepcopy(value)
+        self.read_errors += self.read_errors_after_put
+        self.read_errors_after_put = []
         return {"success": "Reconfiguration done."}

@@ -12,28 +12,15 @@ from tests.sync.test_reconciler import cluster, config
 from unit_p2p.errors import UnitShortAnswer
 
 
-class CutsAnswers(FakeUnit):
-    """Cuts its next answers to reads, as Unit 1.35 does on a unix socket for big configs."""
-
-    short = 0
-
-    async def get(self, path="/config"):
-        if self.short:
-            self.short -= 1
-            raise UnitShortAnswer("Unit sent 212992 of 1500000 bytes", path=path,
-                                  received=212992, expected=1500000)
-        return await super().get(path)
-
-
 async def test_a_cut_answer_before_the_put_is_retried_and_never_called_unreachable(tmp_path):
     async with cluster(tmp_path) as (_, (a, b, _c)):
-        b.unit.__class__ = CutsAnswers
-        b.unit.short = 1
+        b.unit.read_errors = [UnitShortAnswer("Unit sent 212992 of 1500000 bytes",
+                                              received=212992, expected=1500000)]
         with trio.fail_after(15):
             result = await a.rec.publish(config(1), wait=True, timeout=12)
         assert result.converged and b.unit.config == config(1)
         assert b.rec.status()["local"]["unit"] == "reachable"
-        assert b.metrics.applies_count("failed") == 0 and b.unit.short == 0
+        assert b.metrics.applies_count("failed") == 0 and not b.unit.read_errors
 
 
 async def test_an_apply_over_the_head_reads_only_the_host_local_values(tmp_path):

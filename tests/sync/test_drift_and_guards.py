@@ -10,7 +10,6 @@ import pytest
 import trio
 
 from tests.settings.conftest import new_peer_id
-from tests.sync.fakes import FakeUnit
 from tests.sync.test_reconciler import cluster, config, digest_of, until
 from unit_p2p.errors import PublishRefused, UnitUnreachable, UnknownRevision
 from unit_p2p.sync import applier
@@ -129,33 +128,12 @@ async def test_a_host_behind_the_mesh_cannot_publish_its_config_without_force(tm
         assert forced.revision > second.revision
 
 
-class ReadBackFails(FakeUnit):
-    """Takes the PUT, then cannot be read once (a read-back that times out)."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.fail_reads = 0
-
-    async def put(self, path, value):
-        answer = await super().put(path, value)
-        if self.puts == 2:  # the apply's PUT (the first was the publish on this host)
-            self.fail_reads = 1
-        return answer
-
-    async def get(self, path="/config"):
-        if self.fail_reads:
-            self.fail_reads -= 1
-            raise UnitUnreachable("timed out reading the answer")
-        return await super().get(path)
-
-
 async def test_a_failed_read_back_restores_the_old_config_and_is_a_failed_apply(tmp_path):
     async with cluster(tmp_path) as (_, (a, b, _c)):
-        b.unit.__class__ = ReadBackFails
-        b.unit.fail_reads = 0
         with trio.fail_after(10):
             first = await a.rec.publish(config(1), wait=True, timeout=5)
-            b.unit.puts = 1
+            # b takes the next PUT, then its read-back times out
+            b.unit.read_errors_after_put = [UnitUnreachable("timed out reading the answer")]
             second = await a.rec.publish(config(2), wait=True, timeout=5)
         reason = second.failed[b.peer_id]
         assert reason.startswith("verify_failed: ") and "previous config was restored" in reason
