@@ -17,7 +17,7 @@ import trio
 from unit_p2p.errors import RevisionRejected, SyncError, UnitError
 from unit_p2p.metrics import Metrics
 from unit_p2p.sync.applier import Applier
-from unit_p2p.sync.revision import Document, Head
+from unit_p2p.sync.revision import Head
 from unit_p2p.sync.store import StateStore
 
 log = logging.getLogger("unit_p2p.sync.drift")
@@ -89,15 +89,13 @@ class Drift:
                 _, digest = await self.applier.read()
                 if digest == head.digest:
                     return self._over()
-                data = await trio.to_thread.run_sync(self.store.load_document_bytes,
-                                                     head.digest)
-                if data is None:
+                doc = await trio.to_thread.run_sync(self.store.load_document, head.digest)
+                if doc is None:
                     raise RevisionRejected("drift", "the head's document is not on disk")
                 log.warning("drift: Unit holds %s, not the head %s: re-applying the head",
                             digest, head.revision)
                 started = time.monotonic()
-                await self.applier.apply(Document.from_bytes(data, head.digest),
-                                         f"drift-{head.revision.counter}")
+                await self.applier.apply(doc, f"drift-{head.revision.counter}")
         except (UnitError, SyncError, OSError) as exc:
             self.metrics.drift_repairs.labels("failed").inc()
             self._retry_at = time.monotonic() + self._backoff

@@ -48,9 +48,9 @@ class Fetcher:
     async def fetch(self, cand: Candidate) -> Document:
         """The candidate's document, from the store or a peer. Raises SyncRetryLater."""
         head = cand.head
-        data = await trio.to_thread.run_sync(self.store.load_document_bytes, head.digest)
-        if data is not None:
-            return Document.from_bytes(data, head.digest)
+        held = await trio.to_thread.run_sync(self.store.load_document, head.digest)
+        if held is not None:
+            return held
         order = await self._sources(cand)
         if not order:
             raise SyncRetryLater("no_holder", f"no connected peer to pull {head.revision} from")

@@ -148,9 +148,8 @@ class Revisions:
         return entry, tree
 
     def _load(self, digest: str) -> dict | None:
-        # load_document_bytes verified the bytes against the digest: parsing once more is all
-        data = self.store.load_document_bytes(digest)
-        return json.loads(data) if data is not None else None
+        doc = self.store.load_document(digest)
+        return doc.tree if doc is not None else None
 
     async def show(self, spec: str | None) -> dict[str, Any]:
         """One revision's entry with its document and the revision before it here."""

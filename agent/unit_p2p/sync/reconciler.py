@@ -419,9 +419,7 @@ class Reconciler(ReconcilerViews):
     async def _head_document(self) -> Document | None:
         if self.head is None:
             return None
-        data = await trio.to_thread.run_sync(self.store.load_document_bytes, self.head.digest)
-        return None if data is None else await trio.to_thread.run_sync(
-            Document.from_bytes, data, self.head.digest)
+        return await trio.to_thread.run_sync(self.store.load_document, self.head.digest)
 
     async def publish(
         self,

@@ -83,17 +83,21 @@ class StateStore:
             protect.add(self._doc_path(keep).name)
         self._prune(self.configs, protect=protect)
 
-    def load_document_bytes(self, digest: str) -> bytes | None:
-        """Bytes of a held document, verified against its digest (a corrupt file is not served)."""
+    def load_document(self, digest: str) -> Document | None:
+        """A held document, verified against its digest (a corrupt file is as good as none)."""
         try:
             data = self._doc_path(digest).read_bytes()
         except (FileNotFoundError, ValueError):
             return None
         try:
-            Document.from_bytes(data, digest)
+            return Document.from_bytes(data, digest)
         except Exception:
             return None
-        return data
+
+    def load_document_bytes(self, digest: str) -> bytes | None:
+        """The bytes of a held document, verified (what a pull serves)."""
+        doc = self.load_document(digest)
+        return doc.data if doc is not None else None
 
     # --- backups and errors -------------------------------------------------------------------
 
