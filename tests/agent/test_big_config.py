@@ -12,7 +12,8 @@ import json
 import pytest
 import trio
 
-from tests.agent.harness import BASE_CONFIG, Fleet
+from tests.agent.harness import BASE_CONFIG
+from tests.agent.test_convergence import fleet
 
 pytestmark = pytest.mark.slow
 
@@ -28,32 +29,18 @@ def big_config() -> dict:
 async def test_a_big_config_converges_through_cut_unix_answers(tmp_path) -> None:
     config = big_config()
     assert len(json.dumps(config, separators=(",", ":"))) > 1_500_000
-    async with trio.open_nursery() as nursery:
-        f = Fleet(tmp_path, nursery, 3)
-        f.topology("mesh")
+    async with fleet(tmp_path, 3, extra_args=["--no-mdns", "--unit-timeout", "60"]) as f:
+        with trio.fail_after(600):
+            result = await f[0].call("publish", config=config, wait=True, timeout=540,
+                                     http_timeout=590)
+        assert result["converged"], result
+        with trio.fail_after(120):
+            await f.wait_converged(result["digest"])
         for a in f:
-            a.extra_args = ["--no-mdns", "--unit-timeout", "60"]
-        try:
-            with trio.fail_after(60):
-                await f.start()
-            with trio.fail_after(600):
-                result = await f[0].call("publish", config=config, wait=True, timeout=540,
-                                         http_timeout=590)
-            assert result["converged"], result
-            with trio.fail_after(120):
-                await f.wait_converged(result["digest"])
-            for a in f:
-                assert a.emulator.config == config
-                with trio.fail_after(30):
-                    status = await a.call("status", http_timeout=20)
-                assert status["local"]["in_sync"] is True, status
-                assert not status["local"].get("unit_error"), status
-            # The Units did cut answers: the agents read the configuration in pieces.
-            assert sum(a.emulator.cut_answers for a in f) > 0
-        except BaseException:
-            for a in f:
-                print(f"----- agent {a.index} log tail -----\n{a.log_tail()}")
-            raise
-        finally:
-            f.stop()
-            nursery.cancel_scope.cancel()
+            assert a.emulator.config == config
+            with trio.fail_after(30):
+                status = await a.call("status", http_timeout=20)
+            assert status["local"]["in_sync"] is True, status
+            assert not status["local"].get("unit_error"), status
+        # The Units did cut answers: the agents read the configuration in pieces.
+        assert sum(a.emulator.cut_answers for a in f) > 0
