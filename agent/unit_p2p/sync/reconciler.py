@@ -11,6 +11,7 @@ first, one apply at a time. It only decides; each job is a module of its own:
     spread       whom we tell about our head, and when (gossip, pushes, heads exchange,
                  anti-entropy)
     convergence  reports per revision; a publisher's wait
+    publisher    a new revision from a config (guards, signing), rollback, waits
 
 Inbound mesh events arrive on a channel (``events``) or through the ``on_*`` methods, and the
 work they cause is queued until ``serve`` runs, never dropped. Blocking work (disk, Unit) runs
@@ -28,18 +29,16 @@ from typing import Any, Protocol
 import trio
 
 from unit_p2p.errors import (
-    PublishRefused,
     RevisionRejected,
     SyncError,
     SyncRetryLater,
     UnitError,
     UnitShortAnswer,
     UnitUnreachable,
-    UnknownRevision,
 )
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
-from unit_p2p.sync import changes, wire
+from unit_p2p.sync import wire
 from unit_p2p.sync.admission import Admission, TrustLike
 from unit_p2p.sync.applier import UNIT_RETRY_INTERVAL, Applier, UnitLike
 from unit_p2p.sync.candidates import Candidate, Candidates
@@ -47,13 +46,11 @@ from unit_p2p.sync.convergence import APPLIED, FAILED, Convergence, PublishResul
 from unit_p2p.sync.drift import Drift, Step
 from unit_p2p.sync.fetch import Fetcher
 from unit_p2p.sync.history import History, Revisions
+from unit_p2p.sync.publisher import Publisher
 from unit_p2p.sync.revision import (
     Document,
     Head,
     Revision,
-    canonical_json,
-    merge_exclusions,
-    sign_revision,
 )
 from unit_p2p.sync.spread import GOSSIP, NOTIFY, Spread
 from unit_p2p.sync.store import StateStore
@@ -117,7 +114,8 @@ class Reconciler(ReconcilerViews):
         self.drift = Drift(settings.on_drift, self.applier, store, metrics)
         self.fetcher = Fetcher(peer_id, mesh, store, self.admission, metrics,
                                settings.max_config_bytes)
-        self.convergence = Convergence(peer_id, self._wait_targets)
+        self.publisher = Publisher(self)
+        self.convergence = Convergence(peer_id, self.publisher.wait_targets)
         self.history = History(store.dir, peer_id)
         self.revisions = Revisions(self.history, store, self.convergence, self.candidates)
         self._work_send, self._work_receive = trio.open_memory_channel[tuple](math.inf)
@@ -355,8 +353,7 @@ class Reconciler(ReconcilerViews):
             await self.applier.apply(doc, f"before-{head.revision.counter}",
                                      current=await self._head_document())
             await trio.to_thread.run_sync(self.store.save_document, doc)
-            await self._set_head(head)
-            await self._clear_error()
+            await self.commit_head(head)
             self.candidates.drop(head.revision)
             self.metrics.applies.labels("ok").inc()
             self.metrics.last_convergence.set(time.monotonic() - cand.seen_at)
@@ -364,7 +361,8 @@ class Reconciler(ReconcilerViews):
                      doc.digest, doc.size, (time.monotonic() - started) * 1000)
         self.spread.applied(head)
 
-    async def _set_head(self, head: Head) -> None:
+    async def commit_head(self, head: Head) -> None:
+        """``head`` is applied here (by an apply or a publish): record it, clear the last error."""
         self.head = head
         self.applied_at = time.time()
         self.candidates.max_seen = max(self.candidates.max_seen, head.revision.counter)
@@ -375,6 +373,7 @@ class Reconciler(ReconcilerViews):
                                       self.revisions.head_fleet())
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
+        await self._clear_error()
 
     # --- drift: Unit changed outside an apply (sync/drift.py keeps the state) ---------------
 
@@ -421,139 +420,14 @@ class Reconciler(ReconcilerViews):
             return None
         return await trio.to_thread.run_sync(self.store.load_document, self.head.digest)
 
-    async def publish(
-        self,
-        config: Any = None,
-        *,
-        dry_run: bool = False,
-        wait: bool = False,
-        timeout: float = 30.0,
-        min_peers: int | None = None,
-        require_all: bool = True,
-        force: bool = False,
-    ) -> PublishResult:
-        """Publish the local Unit config (or ``config``, applied locally first) as a new revision.
+    # --- publishing (sync/publisher.py) -------------------------------------------------------
 
-        A given config is applied here the way any host applies a revision: this host keeps its
-        own values at the excluded pointers. Raises UnitUnreachable, RevisionRejected (Unit
-        refused it), BadDocument (not an object) or PublishRefused (a guard; ``force`` passes
-        the ones that protect the mesh from this host's stale state).
-        """
-        async with self.applier.lock:
-            local, local_digest = await self.applier.read()
-            target = local if config is None else merge_exclusions(config, local,
-                                                                   self.exclusions)
-            doc = await trio.to_thread.run_sync(Document.from_config, target, self.exclusions)
-            if doc.size > self.settings.max_config_bytes:
-                raise PublishRefused("too_large", f"the config is {doc.size} bytes of canonical "
-                                     f"JSON; max_config_bytes is {self.settings.max_config_bytes}"
-                                     " here, and peers refuse what is larger than theirs")
-            if config is None and not force:
-                await self._refuse_stale_publish(local_digest)
-            # A given config that differs from this host's Unit (even in host-local parts) is
-            # a change here, whether or not it makes a new mesh revision.
-            local_change = config is not None and canonical_json(target) != canonical_json(local)
-            # Behind a newer revision (forced, or a given config), even our head's digest is a
-            # change: it must become the newest revision to win.
-            changed = (self.head is None or doc.digest != self.head.digest
-                       or self.candidates.max_seen > self.head.revision.counter)
-            if changed and not force:
-                # a blank config, or one without most of the head, is more often an accident
-                # (a template rendered from an empty source) than a plan
-                await trio.to_thread.run_sync(changes.check_publish, await self.head_config(),
-                                              doc.tree, self.settings.max_removed_share)
-            if dry_run:
-                before = await self.head_config()
-                return PublishResult(changed=changed or local_change, revision=None,
-                                     digest=doc.digest, size=doc.size,
-                                     before=before if before is not None else local,
-                                     after=doc.tree)
-            if local_change:
-                await self.applier.put_verified(target, doc.digest, rollback=local)
-            if changed:
-                rev = Revision(self.candidates.max_seen + 1, self.peer_id)
-                head = Head(rev, doc.digest, doc.size,
-                            sign_revision(self.private_key, self.mesh_name, rev, doc.digest))
-                before = await self.head_config()
-                await trio.to_thread.run_sync(self.store.save_document, doc)
-                await self._set_head(head)
-                await self._clear_error()
-                self.metrics.publishes.inc()
-                log.info("published revision %s digest=%s size=%d", rev, doc.digest, doc.size)
-            else:
-                before = doc.tree
-            assert self.head is not None
-            head = self.head
-        if changed:
-            await self.spread.published()
-        result = PublishResult(changed=changed or local_change, revision=head.revision,
-                               digest=head.digest,
-                               size=head.size, before=before, after=doc.tree)
-        await self._wait(result, wait, timeout, min_peers, require_all)
-        return result
-
-    async def _refuse_stale_publish(self, local_digest: str) -> None:
-        """Publishing what this host's Unit holds is wrong when that is older than the mesh:
-        it would roll every host back. Raises PublishRefused naming what is newer."""
-        head = self.head
-        newer = [r for r in self.candidates.pending() if head is None or r > head.revision]
-        if newer:
-            raise PublishRefused(
-                "behind_mesh", f"this host is at {head.revision if head else 'no revision'} "
-                f"but the mesh has {max(newer)}, not applied here yet; publishing this host's "
-                "config would undo it (wait for it to apply, or force)")
-        if head is not None and self.candidates.max_seen > head.revision.counter:
-            raise PublishRefused(
-                "behind_mesh", f"this host is at {head.revision} but the mesh has reached "
-                f"counter {self.candidates.max_seen} (this host could not apply it: "
-                f"{(self.last_error or {}).get('detail', 'see status')}); publishing this "
-                "host's config would undo it (force to do so on purpose)")
-        if head is not None and local_digest != head.digest and await trio.to_thread.run_sync(
-                self.store.has_document, local_digest):
-            raise PublishRefused(
-                "stale_config", f"Unit holds {local_digest}, the config of an older revision, "
-                f"not the head {head.revision}; publishing it would roll the mesh back "
-                "(force to do so on purpose)")
+    async def publish(self, config: Any = None, **options: Any) -> PublishResult:
+        return await self.publisher.publish(config, **options)
 
     async def rollback(self, revision: str | None = None,
                        **options: Any) -> tuple[str, PublishResult]:
-        """Publish the kept document of ``revision`` (History.find: COUNTER@PEER_ID, COUNTER;
-        None is the revision before the head in this host's history) as a new revision, so
-        every host, a late one too, moves forward to it and never back to what came between.
-        ``options`` are publish's. Returns the revision rolled back to and the publish's
-        result. Raises UnknownRevision and whatever publish raises."""
-        entry, tree = await self.revisions.document(revision)
-        return entry.revision, await self.publish(tree, **options)
+        return await self.publisher.rollback(revision, **options)
 
-    async def wait_revision(self, revision: Revision, *, timeout: float,
-                            min_peers: int | None = None,
-                            require_all: bool = True) -> PublishResult:
-        """Where a revision stands in the mesh, waiting up to ``timeout`` for it to converge.
-        Raises UnknownRevision for one newer than the head that nobody ever announced here."""
-        head = self.head
-        if head is not None and head.revision == revision:
-            digest, size = head.digest, head.size
-        else:
-            cand = self.candidates.get(revision)
-            digest, size = (cand.head.digest, cand.head.size) if cand else ("", 0)
-            if (cand is None and (head is None or revision > head.revision)
-                    and revision not in self.candidates.failed
-                    and not self.convergence.reports.get(revision)):
-                raise UnknownRevision("unknown_revision", f"no peer announced {revision} here")
-        result = PublishResult(changed=False, revision=revision, digest=digest, size=size)
-        await self._wait(result, True, timeout, min_peers, require_all)
-        return result
-
-    def _wait_targets(self) -> set[str]:
-        """The peers a publisher waits for: every trusted peer it knows of."""
-        known = {p.peer_id for p in self.mesh.peers() if self.trust.is_trusted(p.peer_id)}
-        known |= set(self.settings.trusted_peers)
-        known |= {p for p in self.candidates.peer_heads if self.trust.is_trusted(p)}
-        return known
-
-    async def _wait(self, result: PublishResult, wait: bool, timeout: float,
-                    min_peers: int | None, require_all: bool) -> None:
-        await self.convergence.wait(
-            result, wait=wait, timeout=timeout, min_peers=min_peers, require_all=require_all,
-            mine=lambda: self.head.revision if self.head else None,
-            peer_heads=self.candidates.peer_heads)
+    async def wait_revision(self, revision: Revision, **options: Any) -> PublishResult:
+        return await self.publisher.wait_revision(revision, **options)

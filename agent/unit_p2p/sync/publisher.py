@@ -1,0 +1,206 @@
+"""Publishing: turn a config into a new revision of the mesh, and wait for the fleet to take it.
+
+A publish runs the guards (too large, behind the mesh, a stale local config, a blank or shrunken
+config), applies a given config to this host's Unit the way any host applies a revision (keeping
+its host-local values), signs the new revision and hands it to spread. A rollback is a publish of
+a kept document; a wait tallies the fleet's reports (sync/convergence.py). The reconciler owns the
+state; this module only reads it and commits a new head through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import trio
+
+from unit_p2p.errors import PublishRefused, UnknownRevision
+from unit_p2p.metrics import Metrics
+from unit_p2p.settings import Settings
+from unit_p2p.sync import changes
+from unit_p2p.sync.applier import Applier
+from unit_p2p.sync.candidates import Candidates
+from unit_p2p.sync.convergence import Convergence, PublishResult
+from unit_p2p.sync.history import Revisions
+from unit_p2p.sync.revision import (
+    Document,
+    Head,
+    Revision,
+    canonical_json,
+    merge_exclusions,
+    sign_revision,
+)
+from unit_p2p.sync.spread import Spread
+from unit_p2p.sync.store import StateStore
+
+log = logging.getLogger("unit_p2p.reconciler")
+
+
+class PublishingHost(Protocol):
+    """What a publish reads of the reconciler's state, and the one change it makes to it."""
+
+    settings: Settings
+    mesh_name: str
+    exclusions: tuple[str, ...]
+    peer_id: str
+    private_key: Any
+    mesh: Any
+    trust: Any
+    metrics: Metrics
+    store: StateStore
+    head: Head | None
+    last_error: dict | None
+    applier: Applier
+    candidates: Candidates
+    convergence: Convergence
+    revisions: Revisions
+    spread: Spread
+
+    async def head_config(self) -> Any: ...
+    async def commit_head(self, head: Head) -> None: ...
+
+
+class Publisher:
+    def __init__(self, host: PublishingHost):
+        self.host = host
+
+    async def publish(
+        self,
+        config: Any = None,
+        *,
+        dry_run: bool = False,
+        wait: bool = False,
+        timeout: float = 30.0,
+        min_peers: int | None = None,
+        require_all: bool = True,
+        force: bool = False,
+    ) -> PublishResult:
+        """Publish the local Unit config (or ``config``, applied locally first) as a new revision.
+
+        A given config is applied here the way any host applies a revision: this host keeps its
+        own values at the excluded pointers. Raises UnitUnreachable, RevisionRejected (Unit
+        refused it), BadDocument (not an object) or PublishRefused (a guard; ``force`` passes
+        the ones that protect the mesh from this host's stale state).
+        """
+        host = self.host
+        async with host.applier.lock:
+            local, local_digest = await host.applier.read()
+            target = local if config is None else merge_exclusions(config, local,
+                                                                   host.exclusions)
+            doc = await trio.to_thread.run_sync(Document.from_config, target, host.exclusions)
+            if doc.size > host.settings.max_config_bytes:
+                raise PublishRefused("too_large", f"the config is {doc.size} bytes of canonical "
+                                     f"JSON; max_config_bytes is {host.settings.max_config_bytes}"
+                                     " here, and peers refuse what is larger than theirs")
+            if config is None and not force:
+                await self._refuse_stale_publish(local_digest)
+            # A given config that differs from this host's Unit (even in host-local parts) is
+            # a change here, whether or not it makes a new mesh revision.
+            local_change = config is not None and canonical_json(target) != canonical_json(local)
+            # Behind a newer revision (forced, or a given config), even our head's digest is a
+            # change: it must become the newest revision to win.
+            changed = (host.head is None or doc.digest != host.head.digest
+                       or host.candidates.max_seen > host.head.revision.counter)
+            if changed and not force:
+                # a blank config, or one without most of the head, is more often an accident
+                # (a template rendered from an empty source) than a plan
+                await trio.to_thread.run_sync(changes.check_publish, await host.head_config(),
+                                              doc.tree, host.settings.max_removed_share)
+            if dry_run:
+                before = await host.head_config()
+                return PublishResult(changed=changed or local_change, revision=None,
+                                     digest=doc.digest, size=doc.size,
+                                     before=before if before is not None else local,
+                                     after=doc.tree)
+            if local_change:
+                await host.applier.put_verified(target, doc.digest, rollback=local)
+            if changed:
+                rev = Revision(host.candidates.max_seen + 1, host.peer_id)
+                head = Head(rev, doc.digest, doc.size,
+                            sign_revision(host.private_key, host.mesh_name, rev, doc.digest))
+                before = await host.head_config()
+                await trio.to_thread.run_sync(host.store.save_document, doc)
+                await host.commit_head(head)
+                host.metrics.publishes.inc()
+                log.info("published revision %s digest=%s size=%d", rev, doc.digest, doc.size)
+            else:
+                before = doc.tree
+            assert host.head is not None
+            head = host.head
+        if changed:
+            await host.spread.published()
+        result = PublishResult(changed=changed or local_change, revision=head.revision,
+                               digest=head.digest,
+                               size=head.size, before=before, after=doc.tree)
+        await self._wait(result, wait, timeout, min_peers, require_all)
+        return result
+
+    async def _refuse_stale_publish(self, local_digest: str) -> None:
+        """Publishing what this host's Unit holds is wrong when that is older than the mesh:
+        it would roll every host back. Raises PublishRefused naming what is newer."""
+        host = self.host
+        head = host.head
+        newer = [r for r in host.candidates.pending() if head is None or r > head.revision]
+        if newer:
+            raise PublishRefused(
+                "behind_mesh", f"this host is at {head.revision if head else 'no revision'} "
+                f"but the mesh has {max(newer)}, not applied here yet; publishing this host's "
+                "config would undo it (wait for it to apply, or force)")
+        if head is not None and host.candidates.max_seen > head.revision.counter:
+            raise PublishRefused(
+                "behind_mesh", f"this host is at {head.revision} but the mesh has reached "
+                f"counter {host.candidates.max_seen} (this host could not apply it: "
+                f"{(host.last_error or {}).get('detail', 'see status')}); publishing this "
+                "host's config would undo it (force to do so on purpose)")
+        if head is not None and local_digest != head.digest and await trio.to_thread.run_sync(
+                host.store.has_document, local_digest):
+            raise PublishRefused(
+                "stale_config", f"Unit holds {local_digest}, the config of an older revision, "
+                f"not the head {head.revision}; publishing it would roll the mesh back "
+                "(force to do so on purpose)")
+
+    async def rollback(self, revision: str | None = None,
+                       **options: Any) -> tuple[str, PublishResult]:
+        """Publish the kept document of ``revision`` (History.find: COUNTER@PEER_ID, COUNTER;
+        None is the revision before the head in this host's history) as a new revision, so
+        every host, a late one too, moves forward to it and never back to what came between.
+        ``options`` are publish's. Returns the revision rolled back to and the publish's
+        result. Raises UnknownRevision and whatever publish raises."""
+        entry, tree = await self.host.revisions.document(revision)
+        return entry.revision, await self.publish(tree, **options)
+
+    async def wait_revision(self, revision: Revision, *, timeout: float,
+                            min_peers: int | None = None,
+                            require_all: bool = True) -> PublishResult:
+        """Where a revision stands in the mesh, waiting up to ``timeout`` for it to converge.
+        Raises UnknownRevision for one newer than the head that nobody ever announced here."""
+        host = self.host
+        head = host.head
+        if head is not None and head.revision == revision:
+            digest, size = head.digest, head.size
+        else:
+            cand = host.candidates.get(revision)
+            digest, size = (cand.head.digest, cand.head.size) if cand else ("", 0)
+            if (cand is None and (head is None or revision > head.revision)
+                    and revision not in host.candidates.failed
+                    and not host.convergence.reports.get(revision)):
+                raise UnknownRevision("unknown_revision", f"no peer announced {revision} here")
+        result = PublishResult(changed=False, revision=revision, digest=digest, size=size)
+        await self._wait(result, True, timeout, min_peers, require_all)
+        return result
+
+    def wait_targets(self) -> set[str]:
+        """The peers a publisher waits for: every trusted peer it knows of."""
+        host = self.host
+        known = {p.peer_id for p in host.mesh.peers() if host.trust.is_trusted(p.peer_id)}
+        known |= set(host.settings.trusted_peers)
+        known |= {p for p in host.candidates.peer_heads if host.trust.is_trusted(p)}
+        return known
+
+    async def _wait(self, result: PublishResult, wait: bool, timeout: float,
+                    min_peers: int | None, require_all: bool) -> None:
+        host = self.host
+        await host.convergence.wait(
+            result, wait=wait, timeout=timeout, min_peers=min_peers, require_all=require_all,
+            mine=lambda: host.head.revision if host.head else None,
+            peer_heads=host.candidates.peer_heads)
