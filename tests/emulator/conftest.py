@@ -10,7 +10,7 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from unit_p2p.unit.emulator import UnitEmulator
@@ -75,3 +75,47 @@ async def start_emulator(nursery: trio.Nursery, tmp_path) -> StartEmulator:
         return emulator
 
     return start
+
+
+def make_key(kind: str = "rsa"):
+    """A fresh private key: "rsa" (2048 bits) or "ec" (P-256)."""
+    if kind == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def make_cert(
+    key,
+    subject: x509.Name,
+    *,
+    alt_names: list[str] | None = None,
+    since: dt.datetime = RECORDED_SINCE,
+    until: dt.datetime = RECORDED_UNTIL,
+) -> x509.Certificate:
+    """A self-signed certificate for ``key`` (with a DNS alt-name extension if ``alt_names``)."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(since)
+        .not_valid_after(until)
+    )
+    if alt_names is not None:
+        ext = x509.SubjectAlternativeName([x509.DNSName(n) for n in alt_names])
+        builder = builder.add_extension(ext, critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def pem_of(*items, key_format=serialization.PrivateFormat.PKCS8) -> bytes:
+    """Certificates and private keys as one PEM text, in the order given."""
+    out = b""
+    for item in items:
+        if isinstance(item, x509.Certificate):
+            out += item.public_bytes(serialization.Encoding.PEM)
+        else:
+            out += item.private_bytes(
+                serialization.Encoding.PEM, key_format, serialization.NoEncryption()
+            )
+    return out

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import re
 from dataclasses import dataclass
 
 import trio
@@ -70,6 +71,8 @@ _INVALID_METHOD = _error(405, "Invalid method.")
 _APPLY_FAILED = _error(500, "Failed to apply new configuration.")
 _CERT_MISSING = _error(404, "Certificate doesn't exist.")
 _SCRIPT_MISSING = _error(404, "JS module doesn't exist.")
+_INVALID_PATH = _error(404, "Invalid path.")
+_NAME_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
 def _parse_body(body: bytes) -> object:
@@ -105,19 +108,43 @@ def _split_prefix(path: str, prefix: str) -> str | None:
     return None
 
 
-def _cert_names_in_use(conf: object) -> set[str]:
-    used: set[str] = set()
+def _resource_path(sub: str) -> tuple[str, str | None]:
+    """A certificate's or JS module's name and the path below it (None if there is none).
+
+    The name is the first segment as Unit's request parser leaves it: percent escapes decoded,
+    except ``%2F`` and ``%25``, which stay as they are (so a name never holds a ``/``).
+    """
+    name, sep, rest = sub[1:].partition("/")
+
+    def decode(m: re.Match) -> bytes:
+        return m.group(0) if m.group(1).upper() in (b"2F", b"25") else bytes.fromhex(m[1].decode())
+
+    raw = _NAME_ESCAPE.sub(decode, name.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "surrogateescape"), ("/" + rest if sep else None)
+
+
+def cert_names_in_use(conf: object) -> list[str]:
+    """The certificate names the listeners of ``conf`` use, in order, without repeats."""
+    used: dict[str, None] = {}
+    for names in tls_certificates(conf).values():
+        used.update(dict.fromkeys(names))
+    return list(used)
+
+
+def tls_certificates(conf: object) -> dict[str, list[str]]:
+    """The certificate names of every TLS listener of ``conf``, in the order configured."""
+    out: dict[str, list[str]] = {}
     listeners = conf.get("listeners") if isinstance(conf, dict) else None
     if not isinstance(listeners, dict):
-        return used
-    for listener in listeners.values():
+        return out
+    for name, listener in listeners.items():
         tls = listener.get("tls") if isinstance(listener, dict) else None
         cert = tls.get("certificate") if isinstance(tls, dict) else None
         if isinstance(cert, str):
-            used.add(cert)
+            out[name] = [cert]
         elif isinstance(cert, list):
-            used.update(c for c in cert if isinstance(c, str))
-    return used
+            out[name] = [c for c in cert if isinstance(c, str)]
+    return out
 
 
 class Controller:
@@ -288,6 +315,10 @@ class Controller:
         if injectable and self._failures:
             status = self._failures.popleft()
             return _error(status, "Failed to apply new configuration.")
+        if not all(self.certs[n].key_matches for n in cert_names_in_use(new_conf)):
+            # OpenSSL refuses a key that does not belong to the certificate when the router
+            # sets up the listener, so the whole reconfiguration fails.
+            return _APPLY_FAILED
         names = listener_names(new_conf)
         try:
             fresh = self.listeners.prepare(names)
@@ -327,19 +358,21 @@ class Controller:
         return Reply(200, {"success": "Ok"})
 
     async def _certificates(self, method: str, sub: str, body: bytes) -> Reply:
-        tokens = tree.split_path(sub)
+        """``nxt_controller_process_cert``."""
+        name, rest = _resource_path(sub)
         if method == "GET":
-            if tokens == []:
+            if not name:
                 return Reply(200, {n: b.info for n, b in self.certs.items()})
-            if not tokens or tokens[0] not in self.certs:
+            if name not in self.certs:
                 return _CERT_MISSING
             try:
-                return Reply(200, tree.get(self.certs[tokens[0]].info, tokens[1:]))
+                return Reply(200, tree.get(self.certs[name].info, tree.split_path(rest or "/")))
             except tree.NotFound:
-                return _error(404, "Invalid certificate path.")
-        if method not in ("PUT", "DELETE") or not tokens or len(tokens) != 1:
+                return _INVALID_PATH
+        if not name or rest is not None:
+            return _error(400, "Invalid certificate name.")
+        if method not in ("PUT", "DELETE"):
             return _INVALID_METHOD
-        name = tokens[0]
         async with self._lock:
             if method == "PUT":
                 if name in self.certs:
@@ -355,10 +388,10 @@ class Controller:
                         return _error(500, "Failed to store certificate.")
                 self.certs[name] = bundle
                 return Reply(200, {"success": "Certificate chain uploaded."})
+            if name in cert_names_in_use(self.conf):
+                return _error(400, "Certificate is used in the configuration.")
             if name not in self.certs:
                 return _CERT_MISSING
-            if name in _cert_names_in_use(self.conf):
-                return _error(400, "Certificate is used in the configuration.")
             if self.state_dir is not None:
                 try:
                     await trio.to_thread.run_sync(self.state_dir.delete_certificate, name)
@@ -376,20 +409,17 @@ class Controller:
         """``nxt_controller_process_script``: a module's value is its text, as a string."""
         scripts = self.scripts
         assert scripts is not None
-        tokens = tree.split_path(sub)
-        if tokens is None:
-            return _SCRIPT_MISSING
+        name, rest = _resource_path(sub)
         if method == "GET":
-            if not tokens:
+            if not name:
                 return Reply(200, dict(scripts))
-            if tokens[0] not in scripts:
+            if name not in scripts:
                 return _SCRIPT_MISSING
-            if len(tokens) > 1:  # a sub-path of a string
-                return _error(404, "Invalid path.")
-            return Reply(200, scripts[tokens[0]])
-        if len(tokens) != 1:
+            if rest is not None:  # a sub-path of a string
+                return _INVALID_PATH
+            return Reply(200, scripts[name])
+        if not name or rest is not None:
             return _error(400, "Invalid JS module name.")
-        name = tokens[0]
         async with self._lock:
             if method == "PUT":
                 if name in scripts:

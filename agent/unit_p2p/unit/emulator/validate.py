@@ -17,7 +17,10 @@ the emulator models:
   ``return``, ``share`` and ``proxy`` plus only the options that go with it; ``return`` must be an
   integer in 0-999;
 * applications need a ``type`` naming an installed language module; ``processes`` is checked;
-* TLS certificate names must exist in the certificate store; upstreams need ``servers``.
+* ``tls`` needs ``certificate``: a name or a non-empty array of names, each of an uploaded
+  bundle; ``conf_commands`` values are strings; ``session`` holds ``cache_size`` (>= 0),
+  ``timeout`` (> 0) and ``tickets`` (a boolean or base64 keys of 48 or 80 bytes);
+* upstreams need ``servers``.
 
 Deliberately *not* checked (accepted as sent, so the emulator never refuses a configuration
 real Unit would take): the contents of ``match``, ``settings``, ``access_log``, ``client_ip``,
@@ -26,6 +29,7 @@ real Unit would take): the contents of ``match``, ``settings``, ``access_log``, 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -115,10 +119,14 @@ def _check_type(name: str | None, value: object, mask: int) -> None:
     )
 
 
-def _object(table: Table, *, lenient: bool = False) -> Validator:
-    """Members in the order sent: unknown ones are refused unless ``lenient``."""
+def _object(table: Table, *, lenient: bool = False, required: tuple[str, ...] = ()) -> Validator:
+    """Members in the order sent: unknown ones are refused unless ``lenient``; the ``required``
+    ones are looked for first (``nxt_conf_vldt_object``)."""
 
     def check(ctx: ValidationContext, value: object) -> None:
+        for name in required:
+            if name not in value:  # type: ignore[operator]
+                raise ConfigInvalid(f'Required parameter "{name}" is missing.')
         for name, member in value.items():  # type: ignore[union-attr]
             spec = table.get(name)
             if spec is None:
@@ -263,19 +271,60 @@ def _routes(ctx: ValidationContext, value: object) -> None:
 
 
 def _certificate_names(ctx: ValidationContext, value: object) -> None:
-    names = value if isinstance(value, list) else [value]
-    known = set(ctx.certificates)
-    for name in names:
+    # nxt_conf_vldt_certificate
+    if isinstance(value, list) and not value:
+        raise ConfigInvalid('The "certificate" array must contain at least one element.')
+    known = ctx.certificates
+    for name in value if isinstance(value, list) else [value]:
         if not isinstance(name, str):
             raise ConfigInvalid('The "certificate" array must contain only string values.')
         if name not in known:
             raise ConfigInvalid(f'Certificate "{name}" is not found.')
 
 
+def _ticket_keys(ctx: ValidationContext, value: object) -> None:
+    # nxt_conf_vldt_ticket_key: true/false, or base64 keys of 48 or 80 bytes.
+    if isinstance(value, bool):
+        return
+    for key in value if isinstance(value, list) else [value]:
+        if not isinstance(key, str):
+            raise ConfigInvalid('The "key" array must contain only string values.')
+        try:
+            size = len(base64.b64decode(key, validate=True))
+        except ValueError:
+            raise ConfigInvalid(f'Invalid Base64 format for the ticket key "{key}".') from None
+        if size not in (48, 80):
+            raise ConfigInvalid(
+                f'Invalid length {size} of the ticket key "{key}".  Must be 48 or 80 bytes.'
+            )
+
+
+def _at_least(name: str, minimum: int, sentence: str) -> Validator:
+    def check(ctx: ValidationContext, value: object) -> None:
+        if value < minimum:  # type: ignore[operator]
+            raise ConfigInvalid(f'The "{name}" number must {sentence}.')
+
+    return check
+
+
+def _strings(ctx: ValidationContext, value: object) -> None:
+    for name, member in value.items():  # type: ignore[attr-defined]
+        _check_type(name, member, STRING)
+
+
 _TLS: Table = {
     "certificate": (STRING | ARRAY, _certificate_names),
-    "conf_commands": (OBJECT, None),
-    "session": (OBJECT, None),
+    "conf_commands": (OBJECT, _strings),
+    "session": (
+        OBJECT,
+        _object(
+            {
+                "cache_size": (INTEGER, _at_least("cache_size", 0, "not be negative")),
+                "timeout": (INTEGER, _at_least("timeout", 1, "be greater than zero")),
+                "tickets": (STRING | ARRAY | BOOLEAN, _ticket_keys),
+            }
+        ),
+    ),
 }
 
 
@@ -290,7 +339,7 @@ def _app_name(ctx: ValidationContext, value: object) -> None:
 _LISTENER: Table = {
     "pass": (STRING, _pass),
     "application": (STRING, _app_name),
-    "tls": (OBJECT, _object(_TLS, lenient=True)),
+    "tls": (OBJECT, _object(_TLS, required=("certificate",))),
     "client_ip": (OBJECT, None),
     "forwarded": (OBJECT, None),
     "backlog": (INTEGER, None),
@@ -412,7 +461,7 @@ def validate(
     ctx = ValidationContext(
         conf=conf,  # type: ignore[arg-type]
         modules=dict(DEFAULT_MODULES) if modules is None else modules,
-        certificates=list(certificates),
+        certificates=set(certificates),
         js_modules=None if js_modules is None else list(js_modules),
     )
     _object(_ROOT)(ctx, conf)
