@@ -2,8 +2,10 @@
 
 A revision is ``(counter, origin peer id)``, totally ordered by counter, then origin, so two
 agents publishing at once still agree on one winner everywhere. The shared document is Unit's
-``/config`` with the host-local exclusions removed; its digest is the sha256 of its canonical JSON,
-so the same config has the same digest on every host whatever key order Unit returned.
+``/config`` with the host-local exclusions removed, or, when the revision carries resources
+(certificate bundles, JS modules), an envelope holding that config and the resources' manifest;
+its digest is the sha256 of its canonical JSON, so the same document has the same digest on every
+host whatever key order Unit returned.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import copy
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import total_ordering
 from typing import Any
 
@@ -21,9 +24,10 @@ import rfc8785
 
 from unit_p2p.errors import BadDocument
 from unit_p2p.jsonstrict import unique_keys
+from unit_p2p.sync import resources
+from unit_p2p.sync.resources import DIGEST_RE as DIGEST_RE
 
 _REVISION_RE = re.compile(r"^(\d{1,18})@([1-9A-HJ-NP-Za-km-z]{30,100})$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @total_ordering
@@ -190,9 +194,28 @@ def with_excluded_values(shared: Any, values: dict[str, Any]) -> Any:
     return out
 
 
+#: the member that makes a document an envelope. Unit refuses unknown top-level members of
+#: /config, so no Unit config has it: a document is an envelope exactly when it holds this key.
+ENVELOPE_MARK = "unit-p2p"
+ENVELOPE_VERSION = 1
+#: the optional members of an envelope besides ``config``: name -> schema check (raises
+#: BadDocument). Each is present only when not empty; another member is one more line here.
+ENVELOPE_MEMBERS: dict[str, Callable[[Any], None]] = {
+    resources.CERTIFICATES: resources.check_certificates,
+    resources.JS_MODULES: resources.check_js_modules,
+}
+
+
 @dataclass(frozen=True)
 class Document:
-    """A shared config: the stripped tree, the bytes that travel, and the digest.
+    """A revision's document: the shared config (``tree``), the bytes that travel, the digest.
+
+    A revision without resources is exactly the stripped config, as it always was. One with
+    resources is an envelope, ``{"unit-p2p": 1, "config": {...}, "certificates": {...},
+    "js_modules": {...}}`` (``members`` holds the members besides the config), digested as a
+    whole, so the origin's signature covers the manifest, and through each entry's digest every
+    bundle and module. ``config_digest`` is the digest of the config alone: what Unit holding
+    this document hashes to (the applier's read-back, drift, the stale-publish guard).
 
     The bytes keep the publisher's key order (Unit returns keys in the order they were written,
     and operators read that order); the digest is over the canonical form, so it does not depend
@@ -202,10 +225,34 @@ class Document:
     tree: dict
     data: bytes
     digest: str
+    config_digest: str = ""
+    members: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.config_digest:
+            object.__setattr__(self, "config_digest", self.digest)
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    @property
+    def is_envelope(self) -> bool:
+        return bool(self.members)
+
+    @property
+    def certificates(self) -> dict:
+        return self.members.get(resources.CERTIFICATES, {})
+
+    @property
+    def js_modules(self) -> dict:
+        return self.members.get(resources.JS_MODULES, {})
+
+    def blobs(self) -> dict[str, tuple[str, str, int]]:
+        """digest -> (kind, NAME, size) of every resource's bytes."""
+        return {e["digest"]: (kind, name, e["size"])
+                for kind in resources.KINDS
+                for name, e in self.members.get(kind, {}).items()}
 
     @classmethod
     def from_config(cls, config: Any, exclusions: tuple[str, ...]) -> Document:
@@ -215,6 +262,25 @@ class Document:
         shared = strip_exclusions(config, exclusions)
         data = json.dumps(shared, separators=(",", ":"), ensure_ascii=False).encode()
         return cls(shared, data, digest_of_bytes(canonical_json(shared)))
+
+    def with_members(self, **members: Any) -> Document:
+        """This document's config with ``members`` (empty ones left out): an envelope, or the
+        plain config when no member is left. Raises BadDocument for a member that fails its
+        check."""
+        kept = {k: v for k, v in members.items() if v}
+        for name, value in kept.items():
+            if name not in ENVELOPE_MEMBERS:
+                raise BadDocument("bad_document", f"no envelope member {name!r}")
+            ENVELOPE_MEMBERS[name](value)
+        if not kept:
+            if not self.members:
+                return self
+            data = json.dumps(self.tree, separators=(",", ":"), ensure_ascii=False).encode()
+            return Document(self.tree, data, self.config_digest)
+        envelope = {ENVELOPE_MARK: ENVELOPE_VERSION, "config": self.tree, **kept}
+        data = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+        return Document(self.tree, data, digest_of_bytes(canonical_json(envelope)),
+                        self.config_digest, kept)
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_digest: str) -> Document:
@@ -233,7 +299,33 @@ class Document:
         if digest != expected_digest:
             raise BadDocument("digest_mismatch",
                               f"served document has {digest}, announced {expected_digest}")
-        return cls(tree, bytes(data), digest)
+        if ENVELOPE_MARK not in tree:
+            return cls(tree, bytes(data), digest)
+        config, members = _open_envelope(tree)
+        return cls(config, bytes(data), digest, digest_of_bytes(canonical_json(config)),
+                   members)
+
+
+def _open_envelope(envelope: dict) -> tuple[dict, dict]:
+    """The config and the members of an envelope, checked. Raises BadDocument."""
+    version = envelope[ENVELOPE_MARK]
+    if type(version) is not int or version != ENVELOPE_VERSION:
+        raise BadDocument("bad_document", f"envelope version {str(version)[:20]} is not "
+                          f"{ENVELOPE_VERSION} (an agent of another version published it)")
+    unknown = set(envelope) - {ENVELOPE_MARK, "config"} - set(ENVELOPE_MEMBERS)
+    if unknown:
+        raise BadDocument("bad_document", "envelope members unknown here: "
+                          + ", ".join(sorted(k[:40] for k in unknown)[:5]))
+    config = envelope.get("config")
+    if not isinstance(config, dict):
+        raise BadDocument("not_an_object", "the envelope's config is not a JSON object")
+    members = {k: v for k, v in envelope.items() if k in ENVELOPE_MEMBERS}
+    if not members:
+        # one config, one document: a config without resources is never wrapped
+        raise BadDocument("bad_document", "an envelope without members")
+    for name, value in members.items():
+        ENVELOPE_MEMBERS[name](value)
+    return config, members
 
 
 def signing_payload(mesh: str, revision: Revision, digest: str) -> bytes:

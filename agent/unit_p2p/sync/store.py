@@ -4,16 +4,21 @@ Layout under ``state_dir``::
 
     head.json            the applied head (revision, digest, size, origin signature), max counter
     configs/<hex>.json   shared documents by digest, the last K kept
+    blobs/<hex>          JS modules the kept documents name, by the sha256 of their bytes
+    secrets/<hex>        certificate bundles (with their private keys) the same way
+    unit_resources.json  the certificates and JS modules this agent uploaded to its Unit
     backups/<ts>-*.json  this host's full Unit config before each apply, the last K kept
     last_error.json           the last failed revision and why (shown by status)
 
 Every write is atomic (temp file, fsync, rename, fsync of the directory), so a SIGKILL at any
-point leaves either the old or the new file, never a torn one.
+point leaves either the old or the new file, never a torn one. Directories are 0700 and files
+0600: the bundles hold private keys.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import time
@@ -21,6 +26,9 @@ from pathlib import Path
 
 from unit_p2p.fsutil import atomic_write
 from unit_p2p.sync.revision import DIGEST_RE, Document, Head, Revision
+
+#: seconds a blob no kept document names is kept anyway (see _prune_blobs)
+BLOB_GRACE = 600.0
 
 
 class StateStore:
@@ -31,8 +39,15 @@ class StateStore:
         self.keep = max(1, keep)
         self.configs = self.dir / "configs"
         self.backups = self.dir / "backups"
-        for d in (self.dir, self.configs, self.backups):
+        self.blobs = self.dir / "blobs"
+        self.secrets = self.dir / "secrets"
+        for d in (self.dir, self.configs, self.backups, self.blobs, self.secrets):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (self.blobs, self.secrets):
+            d.chmod(0o700)  # whatever the umask made of them
+        #: digest -> (config digest, digests of its blobs) of documents read or written: what
+        #: never changes under a digest, so each kept document is parsed once for it
+        self._meta: dict[str, tuple[str, frozenset[str]]] = {}
 
     # --- head ---------------------------------------------------------------------------------
 
@@ -78,10 +93,12 @@ class StateStore:
             atomic_write(path, doc.data)
         else:
             os.utime(path)  # recently used: keeps it out of pruning
+        self._meta[doc.digest] = (doc.config_digest, frozenset(doc.blobs()))
         protect = {path.name}
         if keep is not None:
             protect.add(self._doc_path(keep).name)
         self._prune(self.configs, protect=protect)
+        self._prune_blobs()
 
     def load_document(self, digest: str) -> Document | None:
         """A held document, verified against its digest (a corrupt file is as good as none)."""
@@ -90,14 +107,88 @@ class StateStore:
         except (FileNotFoundError, ValueError):
             return None
         try:
-            return Document.from_bytes(data, digest)
+            doc = Document.from_bytes(data, digest)
         except Exception:
             return None
+        self._meta[digest] = (doc.config_digest, frozenset(doc.blobs()))
+        return doc
+
+    def _kept_meta(self) -> dict[str, tuple[str, frozenset[str]]]:
+        """The meta of every kept document (parsing those not seen yet)."""
+        out = {}
+        for path in self.configs.glob("*.json"):
+            digest = "sha256:" + path.stem
+            if digest not in self._meta and self.load_document(digest) is None:
+                continue
+            out[digest] = self._meta[digest]
+        return out
+
+    def holds_config(self, config_digest: str) -> bool:
+        """Some kept document's config has this digest (an older revision's config)."""
+        if DIGEST_RE.match(config_digest) and self.has_document(config_digest):
+            return True
+        return any(c == config_digest for c, _ in self._kept_meta().values())
 
     def load_document_bytes(self, digest: str) -> bytes | None:
         """The bytes of a held document, verified (what a pull serves)."""
         doc = self.load_document(digest)
         return doc.data if doc is not None else None
+
+    # --- blobs: the bytes of resources, by digest ---------------------------------------------
+
+    def _blob_path(self, digest: str, secret: bool) -> Path:
+        if not DIGEST_RE.match(digest):
+            raise ValueError(f"bad digest {digest!r}")
+        return (self.secrets if secret else self.blobs) / digest[7:]
+
+    def has_blob(self, digest: str) -> bool:
+        return any(self._blob_path(digest, secret).exists() for secret in (False, True))
+
+    def save_blob(self, digest: str, data: bytes, *, secret: bool) -> None:
+        """Keep ``data`` (verified against ``digest``); ``secret``: a certificate bundle."""
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"blob bytes do not hash to {digest}")
+        path = self._blob_path(digest, secret)
+        if path.exists():
+            os.utime(path)
+        else:
+            atomic_write(path, data)
+
+    def load_blob(self, digest: str) -> tuple[bytes, bool] | None:
+        """(bytes, secret) of a held blob, verified (a corrupt file is as good as none)."""
+        for secret in (True, False):
+            try:
+                data = self._blob_path(digest, secret).read_bytes()
+            except (FileNotFoundError, ValueError):
+                continue
+            if "sha256:" + hashlib.sha256(data).hexdigest() == digest:
+                return data, secret
+        return None
+
+    def _prune_blobs(self) -> None:
+        """Remove the blobs no kept document names. One younger than BLOB_GRACE is left: it
+        may belong to a document being fetched or published right now, saved after its blobs."""
+        named = set().union(*(blobs for _, blobs in self._kept_meta().values()))
+        old = time.time() - BLOB_GRACE
+        for folder in (self.blobs, self.secrets):
+            for path in folder.iterdir():
+                if ("sha256:" + path.name) not in named and not path.name.startswith(".") \
+                        and path.stat().st_mtime < old:
+                    path.unlink(missing_ok=True)
+
+    def load_unit_resources(self) -> dict[str, list[str]]:
+        """The names this agent uploaded to its Unit: {"certificates": [...], "js_modules":
+        [...]}; only those it ever deletes."""
+        try:
+            raw = json.loads((self.dir / "unit_resources.json").read_bytes())
+            return {k: [n for n in raw.get(k, []) if isinstance(n, str)]
+                    for k in ("certificates", "js_modules")}
+        except (FileNotFoundError, ValueError, AttributeError, TypeError):
+            return {"certificates": [], "js_modules": []}
+
+    def save_unit_resources(self, names: dict[str, list[str]]) -> None:
+        atomic_write(self.dir / "unit_resources.json",
+                     json.dumps({k: sorted(set(v)) for k, v in names.items()}).encode())
 
     # --- backups and errors -------------------------------------------------------------------
 
