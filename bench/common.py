@@ -248,8 +248,12 @@ async def wait_applied(agents: list[AgentProc], revision: str, deadline_s: float
 def fleet_cpu(fleet: Fleet) -> float:
     """CPU seconds used so far by all agents plus this process (the emulated Units)."""
     own = os.times()
-    return own.user + own.system + sum(c for a in fleet if a.proc
-                                       and (c := cpu_seconds(a.proc.pid)) is not None)
+    return own.user + own.system + processes_cpu([a.proc.pid for a in fleet if a.proc])
+
+
+def processes_cpu(pids: list[int]) -> float:
+    """CPU seconds (utime + stime) used so far by the processes that are still there."""
+    return sum(c for pid in pids if (c := cpu_seconds(pid)) is not None)
 
 
 def fleet_rss(fleet: Fleet) -> list[float]:

@@ -115,9 +115,12 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
         reached: list[int] = []
         misses: list[dict] = []
         counted_from: dict[str, float] = {}
+        pids = [a.proc.pid for a in fleet if a.proc]
+        cpu_from = 0.0
         for i in range(args.publishes + 1):
             if i == 1:
                 counted_from = await fleet_messages(fleet)
+                cpu_from = common.processes_cpu(pids)
             publisher = fleet[0] if i == 0 else fleet[rng.randrange(n)]
             t0 = time.time()
             result = await publisher.call("publish", config=publish_config(tag, i),
@@ -151,6 +154,8 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
         # Everything the fleet sent and received from the first counted publish to the end of
         # the last one's pause, per publish: background traffic (pings, gossipsub heartbeats,
         # anti-entropy) over that time is included, as it is in what a publish costs.
+        run["cpu_s_per_publish"] = round(
+            (common.processes_cpu(pids) - cpu_from) / args.publishes, 3)
         run["messages_per_publish"] = per_publish(counted_from, await fleet_messages(fleet),
                                                   args.publishes)
         sent = {k: v for k, v in run["messages_per_publish"].items() if k.endswith("/sent")}
@@ -176,7 +181,11 @@ async def bench_serf(serf: str, n: int, kind: str, args: argparse.Namespace) -> 
         per_agent: list[float] = []
         reached: list[int] = []
         misses = 0
+        pids = [n_.proc.pid for n_ in cluster.nodes if n_.proc]
+        cpu_from = 0.0
         for i in range(args.publishes + 1):
+            if i == 1:
+                cpu_from = common.processes_cpu(pids)
             node = cluster.nodes[0] if i == 0 else cluster.nodes[rng.randrange(n)]
             payload = f"{kind}{n}-{i}-{int(time.time())}"
             t0 = time.time()
@@ -197,6 +206,8 @@ async def bench_serf(serf: str, n: int, kind: str, args: argparse.Namespace) -> 
                 print(f"  serf {kind:4} N={n:2} event   {label} from s{node.index}: MISS "
                       f"{len(got)}/{n} within {args.deadline:.0f} s", flush=True)
             await trio.sleep(rng.uniform(1.0, 2.0))
+        run["cpu_s_per_publish"] = round(
+            (common.processes_cpu(pids) - cpu_from) / args.publishes, 3)
         run.update(latency_ms=summary(latencies), per_agent_ms=summary(per_agent),
                    samples_ms=[round(x, 1) for x in latencies], misses=misses, reached=reached,
                    rss_mib=[round(r, 1) for n_ in cluster.nodes
@@ -225,6 +236,16 @@ def _reached(run: dict | None) -> str:
     return f"{sorted(run['reached'])[len(run['reached']) // 2]}/{run['n']}"
 
 
+def _cpu(run: dict | None, n: int) -> str:
+    # CPU of every process of the fleet from the first counted publish to the end of the last
+    # one's pause, per publish: background work over that time (pings, heartbeats,
+    # anti-entropy, the Unit watch) is in it, as it is in what a publish costs a host.
+    if not run or run.get("cpu_s_per_publish") is None:
+        return "-"
+    s = run["cpu_s_per_publish"]
+    return f"{s:.2f} ({s / n * 1000:.0f})"
+
+
 def _lat(run: dict | None) -> str:
     if not run:
         return "-"
@@ -246,12 +267,14 @@ def report(runs: list[dict], meta: dict) -> str:
             rows.append([
                 str(n), kind, _lat(ours), _misses(ours, meta), _reached(ours),
                 _lat(serf), _misses(serf, meta), _reached(serf), ratio,
+                _cpu(ours, n), _cpu(serf, n),
                 fmt_mib(ours["rss_mib"]) if ours else "-",
                 fmt_mib(serf["rss_mib"]) if serf else "-",
                 f"{load['loadavg_start'][0]:.1f}"])
     table = md_table(["N", "topology", f"{meta['ours']} p50 / p99 / max ms", "misses",
                       "agents reached (median)", "Serf p50 / p99 / max ms", "Serf misses",
                       "Serf reached (median)", "p99 ratio (ours/Serf)",
+                      "fleet CPU s / publish (ms per host)", "Serf CPU s / publish",
                       "unit-p2p RSS MiB median (min-max)", "Serf RSS MiB", "load avg (1 min)"],
                      rows)
     detail = []
