@@ -76,6 +76,12 @@ EXAMPLES = r"""
     revision: previous
   register: previous
 
+- name: Warn about certificates of the head that expire within 30 days
+  ansible.builtin.debug:
+    msg: "{{ item.name }} expires {{ item.not_after }}"
+  loop: "{{ mesh.certificates | default([]) | selectattr('expires_in', 'defined')
+            | selectattr('expires_in', 'lt', 30 * 86400) }}"
+
 - name: Roll back if the head failed anywhere
   unit_p2p.mesh.unit_p2p_publish:
     rollback: previous
@@ -140,6 +146,36 @@ peers:
   returned: always
   type: list
   elements: dict
+certificates:
+  description:
+    - The certificates of the head as the agent reports them in its status, by name, each with
+      its expiry; never key bytes. Empty when the head holds none.
+  returned: when the agent's status lists certificates
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The NAME the configuration references.
+      type: str
+    subject:
+      description: The leaf certificate's subject.
+      type: raw
+    issuer:
+      description: The leaf certificate's issuer.
+      type: raw
+    not_after:
+      description: When the leaf certificate expires, as the agent reports it.
+      type: raw
+    fingerprint:
+      description: The leaf certificate's SHA-256 fingerprint, as the agent reports it.
+      type: str
+    expires_in:
+      description: Seconds from the task's run until RV(certificates[].not_after); negative once expired.
+      type: int
+      returned: when not_after is a date the module can read
+  sample: [{"name": "site", "subject": "CN=www.example.com", "issuer": "CN=Example CA",
+            "not_after": "2027-03-01T12:00:00Z", "fingerprint": "sha256:5d0f...",
+            "expires_in": 7776000}]
 config:
   description: The kept configuration of O(revision).
   returned: when O(revision) is set
@@ -151,6 +187,9 @@ from ansible.module_utils.six.moves.urllib.parse import quote
 from ansible_collections.unit_p2p.mesh.plugins.module_utils.agent_api import (
     AgentAPI,
     AgentError,
+)
+from ansible_collections.unit_p2p.mesh.plugins.module_utils.resources import (
+    certificate_summaries,
 )
 
 ARGUMENT_SPEC = dict(
@@ -170,6 +209,8 @@ def run(params, api):
         "history": api.get("/v1/revisions").get("revisions") or [],
         "peers": api.get("/v1/peers").get("peers") or [],
     }
+    if "certificates" in status:
+        result["certificates"] = certificate_summaries(status["certificates"])
     if params.get("revision"):
         shown = api.get("/v1/revisions/" + quote(params["revision"], safe="@"))
         result["config"] = shown.get("config")

@@ -70,6 +70,29 @@ options:
         or a bare counter. M(unit_p2p.mesh.unit_p2p_info) lists the history.
       - Mutually exclusive with O(config).
     type: str
+  certificates:
+    description:
+      - TLS certificate bundles to publish with the revision, by NAME, each given as
+        C({path: FILE}) (a file on the managed host) or C({content: PEM}) (mutually exclusive).
+      - A bundle is what NGINX Unit's C(PUT /certificates/NAME) takes, one PEM text holding the
+        certificate chain (leaf first) and the private key of the leaf.
+      - The configuration references a bundle by its NAME, for example
+        C(listeners."*:443".tls.certificate: NAME); each host uploads the bundle to its own Unit
+        under a name derived from its content and rewrites the reference, so publishing a new
+        bundle under the same NAME rotates it on every host.
+      - The agent checks each bundle (a chain with the matching key, not expired) before anything
+        is published; a bundle it refuses fails the task and nothing changes.
+      - This option is C(no_log); neither the bundles nor their paths appear in the task's output.
+        Results and diffs show the subject, issuer, expiry and fingerprint of each certificate only.
+      - Mutually exclusive with O(rollback).
+    type: dict
+  js_modules:
+    description:
+      - JavaScript modules to publish with the revision, by NAME, each given as C({path: FILE})
+        (a file on the managed host) or C({content: SOURCE}) (mutually exclusive).
+      - The configuration references them by NAME (C(settings.js_module)), as it would on one Unit.
+      - Mutually exclusive with O(rollback).
+    type: dict
   force:
     description:
       - Publish even when the agent's guards refuse it, that is when the configuration has no
@@ -91,6 +114,8 @@ attributes:
     details:
       - Shows the configuration at the mesh head before and the configuration that is published
         (or rolled back to) after.
+      - When the certificates change, a second diff shows each certificate's subject, issuer,
+        expiry and fingerprint at the mesh head and in the published revision; never key bytes.
   platform:
     description: Target OS/families that can be operated against.
     support: N/A
@@ -157,6 +182,35 @@ EXAMPLES = r"""
     force: true
   run_once: true
 
+- name: Publish a config with a TLS listener and its certificate bundle (chain + key in one file)
+  unit_p2p.mesh.unit_p2p_publish:
+    config:
+      listeners:
+        "*:443":
+          pass: routes
+          tls:
+            certificate: site
+      routes:
+        - action:
+            return: 200
+    certificates:
+      site:
+        path: /etc/unit-p2p/resources/certificates/site.pem
+    wait: true
+  run_once: true
+  register: published
+
+- name: Rotate the bundle everywhere (same NAME, new file); the config is unchanged
+  unit_p2p.mesh.unit_p2p_publish:
+    certificates:
+      site:
+        content: "{{ lookup('ansible.builtin.file', 'site-2027.pem') }}"
+    js_modules:
+      auth:
+        path: /etc/unit-p2p/resources/js_modules/auth.js
+    wait: true
+  run_once: true
+
 - name: Set the agent socket once for every module of the collection
   module_defaults:
     group/unit_p2p.mesh.agent:
@@ -220,6 +274,42 @@ peers:
       elements: str
       returned: always
       sample: []
+certificates:
+  description:
+    - The certificates of the published revision (in check mode, of the revision a publish would
+      create), as the agent reports them, by name. Never key bytes.
+  returned: when the agent reports them
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The NAME the configuration references.
+      type: str
+    subject:
+      description: The leaf certificate's subject.
+      type: raw
+    issuer:
+      description: The leaf certificate's issuer.
+      type: raw
+    not_after:
+      description: When the leaf certificate expires, as the agent reports it.
+      type: raw
+    fingerprint:
+      description: The leaf certificate's SHA-256 fingerprint, as the agent reports it.
+      type: str
+    expires_in:
+      description: Seconds from the task's run until RV(certificates[].not_after); negative once expired.
+      type: int
+      returned: when not_after is a date the module can read
+  sample: [{"name": "site", "subject": "CN=www.example.com", "issuer": "CN=Example CA",
+            "not_after": "2027-03-01T12:00:00Z", "fingerprint": "sha256:5d0f...",
+            "expires_in": 7776000}]
+js_modules:
+  description: The JS modules of the published revision, as the agent reports them (name, digest, size).
+  returned: when the agent reports them
+  type: list
+  elements: dict
+  sample: [{"name": "auth", "digest": "sha256:0c1d...", "size": 412}]
 rolled_back_to:
   description: With O(rollback), the revision whose configuration was published again.
   returned: when O(rollback) is set
@@ -237,6 +327,13 @@ from ansible_collections.unit_p2p.mesh.plugins.module_utils.agent_api import (
     AgentAPI,
     AgentError,
 )
+from ansible_collections.unit_p2p.mesh.plugins.module_utils.resources import (
+    ResourceError,
+    by_name,
+    certificate_summaries,
+    js_module_summaries,
+    read_resources,
+)
 
 # The one list of options and defaults: main() hands it to AnsibleModule, and run() fills the
 # same defaults when it is called without Ansible (the unit tests).
@@ -249,8 +346,12 @@ ARGUMENT_SPEC = dict(
     require_all=dict(type="bool", default=True),
     rollback=dict(type="str"),
     force=dict(type="bool", default=False),
+    # no_log: the bundles hold private keys; Ansible then also keeps them out of the journal
+    certificates=dict(type="dict", no_log=True),
+    js_modules=dict(type="dict"),
 )
-MUTUALLY_EXCLUSIVE = [("config", "rollback")]
+MUTUALLY_EXCLUSIVE = [("config", "rollback"), ("certificates", "rollback"),
+                      ("js_modules", "rollback")]
 # Extra seconds on top of the agent's own wait so the agent, not the HTTP client, reports
 # a timeout (its answer lists the pending peers). A dry run never waits for peers, so the
 # margin alone bounds it.
@@ -294,8 +395,10 @@ def _validate(params):
         if params["require_all"]:
             raise AgentError("min_peers needs require_all=false (require_all=true waits for "
                              "every trusted peer)")
-    if params["config"] is not None and params["rollback"] is not None:
-        raise AgentError("parameters are mutually exclusive: config|rollback")
+    if params["rollback"] is not None:
+        for other in ("config", "certificates", "js_modules"):
+            if params[other] is not None:
+                raise AgentError("parameters are mutually exclusive: %s|rollback" % other)
 
 
 def _with_defaults(params):
@@ -304,8 +407,18 @@ def _with_defaults(params):
     return full
 
 
-def _result(answer, diff):
-    """The task result for one agent answer, in normal and in check mode alike."""
+def _resources_view(certificates, js_modules):
+    view = {}
+    if certificates:
+        view["certificates"] = by_name(certificates)
+    if js_modules:
+        view["js_modules"] = by_name(js_modules)
+    return view
+
+
+def _result(answer, diff, head_status=None):
+    """The task result for one agent answer, in normal and in check mode alike. ``head_status``
+    (GET /v1/status before the publish, only fetched for a diff) gives the head's resources."""
     result = {
         "changed": bool(answer.get("changed")),
         "revision": answer.get("revision"),
@@ -316,13 +429,32 @@ def _result(answer, diff):
         result["size"] = answer["size"]
     if answer.get("rolled_back_to"):
         result["rolled_back_to"] = answer["rolled_back_to"]
+    certificates = certificate_summaries(answer.get("certificates"))
+    js_modules = js_module_summaries(answer.get("js_modules"))
+    if "certificates" in answer:
+        result["certificates"] = certificates
+    if "js_modules" in answer:
+        result["js_modules"] = js_modules
     if diff and result["changed"] and "before" in answer:
-        result["diff"] = {
+        diffs = [{
             "before": answer.get("before") or {},
             "after": answer.get("after") or {},
             "before_header": "mesh head",
             "after_header": "published config",
-        }
+        }]
+        head = head_status or {}
+        before = _resources_view(certificate_summaries(head.get("certificates")),
+                                 js_module_summaries(head.get("js_modules")))
+        after = _resources_view(certificates, js_modules)
+        if before != after:
+            diffs.append({
+                "before": before,
+                "after": after,
+                "before_header": "mesh head certificates and JS modules",
+                "after_header": "published certificates and JS modules",
+            })
+        # one diff stays a dict (what every diff consumer reads); Ansible shows a list in order
+        result["diff"] = diffs[0] if len(diffs) == 1 else diffs
     return result
 
 
@@ -336,6 +468,13 @@ def run(params, api, check_mode=False, diff=False):
         body["diff"] = True
     if params["config"] is not None:
         body["config"] = params["config"]
+    for option in ("certificates", "js_modules"):
+        try:
+            texts = read_resources(option, params[option])
+        except ResourceError as exc:
+            raise AgentError(str(exc))
+        if texts is not None:
+            body[option] = texts
     if params["force"]:
         body["force"] = True
     send = api.publish
@@ -344,9 +483,13 @@ def run(params, api, check_mode=False, diff=False):
         if params["rollback"] != "previous":
             body["revision"] = params["rollback"]
 
+    # The head's certificates are the "before" of the resources diff; the agent's answer has the
+    # published ones. Read before the publish moves the head.
+    head_status = api.get("/v1/status", timeout=REQUEST_MARGIN) if diff else None
+
     if check_mode:
         body["dry_run"] = True
-        result = _result(send(body, timeout=REQUEST_MARGIN), diff)
+        result = _result(send(body, timeout=REQUEST_MARGIN), diff, head_status)
         if result.get("rolled_back_to"):
             result["msg"] = ("a rollback to %s would %s; check mode published nothing"
                              % (result["rolled_back_to"], "create a new revision"
@@ -363,7 +506,7 @@ def run(params, api, check_mode=False, diff=False):
     if params["min_peers"] is not None:
         body["min_peers"] = params["min_peers"]
     answer = send(body, timeout=(timeout if wait else 0) + REQUEST_MARGIN)
-    result = _result(answer, diff)
+    result = _result(answer, diff, head_status)
     if result["changed"] and result.get("rolled_back_to"):
         msg = "rolled back to %s as revision %s (%s)" % (
             result["rolled_back_to"], result["revision"], result["digest"])

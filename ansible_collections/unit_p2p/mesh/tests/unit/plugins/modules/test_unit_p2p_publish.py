@@ -68,6 +68,14 @@ class FakeAgent:
             revision = "%d@%s" % (self.head[0], ORIGIN) if self.head else None
             answer = {"changed": changed, "revision": revision, "digest": _digest(candidate),
                       "size": len(json.dumps(candidate))}
+            certificates = body.get("certificates")
+            if certificates is not None:
+                # the agent reports only public fields of a bundle; a stand-in fingerprint here
+                answer["certificates"] = [
+                    {"name": name, "subject": "CN=" + name, "issuer": "CN=Test CA",
+                     "not_after": "2030-01-01T00:00:00Z",
+                     "fingerprint": "sha256:" + hashlib.sha256(pem.encode()).hexdigest()}
+                    for name, pem in sorted(certificates.items())]
             if body.get("dry_run"):
                 answer["before"] = head_config if head_config is not None else self.local
                 answer["after"] = candidate
@@ -95,6 +103,15 @@ class FakeAgent:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # pylint: disable=invalid-name
+        agent = self.server.agent
+        if self.path == "/v1/status":
+            with agent.lock:
+                head = {"revision": "%d@%s" % (agent.head[0], ORIGIN)} if agent.head else None
+            self._answer(200, {"peer_id": ORIGIN, "head": head})
+        else:
+            self._answer(404, {"error": "not_found", "detail": self.path})
+
     def do_POST(self):  # pylint: disable=invalid-name
         agent = self.server.agent
         length = int(self.headers.get("Content-Length") or 0)
@@ -107,6 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
                 status, answer = agent.publish(body)
             else:
                 status, answer = 404, {"error": "not_found", "detail": self.path}
+        self._answer(status, answer)
+
+    def _answer(self, status, answer):
         payload = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -329,3 +349,32 @@ def test_main_failure_carries_the_peers(agent, tmp_path):
     assert out["failed"] is True
     assert out["peers"]["pending"] == [PEER_A]
     assert "did not converge" in out["msg"]
+
+
+def test_main_keeps_bundles_and_their_paths_out_of_its_output(agent, tmp_path):
+    key = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDsecretkeybytes"
+    bundle = ("-----BEGIN CERTIFICATE-----\nMIIDleaf\n-----END CERTIFICATE-----\n"
+              "-----BEGIN PRIVATE KEY-----\n" + key + "\n-----END PRIVATE KEY-----\n")
+    path = tmp_path / "rotated-bundle.pem"
+    path.write_text(bundle)
+    code, out = _main(agent, tmp_path, {
+        "_ansible_diff": True, "config": CONFIG_2,
+        "certificates": {"site": {"content": bundle}, "next": {"path": str(path)}}})
+    assert code == 0, out
+    assert agent.requests[-1]["certificates"] == {"site": bundle, "next": bundle}
+    assert [c["name"] for c in out["certificates"]] == ["next", "site"]
+    text = json.dumps(out)
+    assert key not in text and "PRIVATE KEY" not in text and str(path) not in text
+    # the NAMEs stay readable, every value (content and path alike) is masked
+    masked = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert out["invocation"]["module_args"]["certificates"] == {"site": {"content": masked},
+                                                                "next": {"path": masked}}
+
+    code, out = _main(agent, tmp_path, {"certificates": {"site": {"path": str(tmp_path / "gone.pem")}}})
+    assert code == 1
+    assert out["msg"] == "certificates.site: the file in path does not exist on the managed host"
+
+    code, out = _main(agent, tmp_path, {"rollback": "previous",
+                                        "js_modules": {"auth": {"content": "export default {}"}}})
+    assert code == 1
+    assert "mutually exclusive" in out["msg"] and "js_modules" in out["msg"]
