@@ -37,6 +37,8 @@ NEW_CONFIG = {"listeners": {"127.0.0.1:28081": {"pass": "routes"}},
 PHASES = {
     "unit_p2p_install": {"Create the virtualenv", "Install from the index"},
     "unit_p2p_configure": {"Create the identity key", "Write the agent's settings"},
+    "unit_p2p_resources": {"Copy the certificate bundles (chain + private key)",
+                           "Record each copy in the options for the publishing task"},
     "unit_p2p_run": {"Enable and start the agent", "Wait until the agent's API answers"},
 }
 
@@ -57,6 +59,77 @@ def test_each_phase_runs_alone_by_its_tag(ansible_env, tmp_path, tag):
             assert not tasks & listed, (other, proc.stdout)
     # every phase starts with the preflight checks
     assert "Assert that the API socket is an absolute path" in listed, proc.stdout
+
+
+KEY_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDrolekeybytes"
+
+
+def _bundle(serial: str, key: str = KEY_BODY) -> str:
+    return (f"-----BEGIN CERTIFICATE-----\nMIID{serial}\n-----END CERTIFICATE-----\n"
+            f"-----BEGIN PRIVATE KEY-----\n{key}\n-----END PRIVATE KEY-----\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role manages root-owned files")
+def test_resources_phase_copies_bundles_root_only_and_records_the_options(ansible_env, tmp_path):
+    controller = tmp_path / "controller"
+    controller.mkdir()
+    (controller / "site.pem").write_text(_bundle("first"))
+    (controller / "auth.js").write_text("export default {ok() { return true; }}\n")
+    etc = tmp_path / "host" / "etc"
+    options_file = tmp_path / "options.json"
+    playbook = tmp_path / "resources.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "gather_facts": False,
+        "roles": ["unit_p2p.mesh.agent"],
+        "tasks": [{"name": "Keep the options for the test", "tags": ["always"],
+                   "ansible.builtin.copy": {"content": "{{ unit_p2p_resource_options | to_json }}",
+                                            "dest": str(options_file), "mode": "0644"},
+                   "when": "not ansible_check_mode"}],
+    }]))
+    variables = {"unit_p2p_config_dir": str(etc), "unit_p2p_listen_address": "127.0.0.1",
+                 "unit_p2p_certificates": {"site": str(controller / "site.pem")},
+                 "unit_p2p_js_modules": {"auth": str(controller / "auth.js")}}
+    argv = [tool("ansible-playbook"), "-i", "localhost,", "-c", "local", "--tags",
+            "unit_p2p_resources", str(playbook), "-e", json.dumps(variables)]
+    env = dict(ansible_env, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+
+    def run(*extra: str) -> dict[str, int]:
+        proc = run_ansible([*argv, *extra], env)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr
+        # never the key, whatever the diff or check mode shows
+        assert KEY_BODY not in proc.stdout + proc.stderr and "PRIVATE KEY" not in proc.stdout
+        return recap(proc)["localhost"]
+
+    assert run("--check", "--diff")["changed"] > 0
+    assert not etc.exists()
+
+    assert run("--diff")["changed"] > 0
+    resources = etc / "resources"
+    bundle = resources / "certificates" / "site.pem"
+    script = resources / "js_modules" / "auth.js"
+    assert bundle.read_text() == _bundle("first") and script.exists()
+    for path, mode in ((resources / "certificates", 0o700), (resources / "js_modules", 0o700),
+                       (bundle, 0o600), (script, 0o600)):
+        info = path.stat()
+        assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (mode, 0, 0), path
+    assert json.loads(options_file.read_text()) == {
+        "certificates": {"site": {"path": str(bundle)}},
+        "js_modules": {"auth": {"path": str(script)}}}
+
+    assert run("--diff")["changed"] == 0
+
+    # a new bundle under the same NAME replaces the copy; its diff shows nothing of either key
+    (controller / "site.pem").write_text(_bundle("second", key=KEY_BODY[::-1]))
+    proc = run_ansible([*argv, "--diff"], env)
+    assert proc.returncode == 0 and recap(proc)["localhost"]["changed"] > 0, proc.stdout[-4000:]
+    assert KEY_BODY[::-1] not in proc.stdout and "MIIDfirst" not in proc.stdout
+    assert bundle.read_text() == _bundle("second", key=KEY_BODY[::-1])
+
+    # a NAME that cannot name a file fails before anything is copied
+    bad = dict(variables, unit_p2p_certificates={"../site": str(controller / "site.pem")})
+    proc = run_ansible([*argv[:-2], "-e", json.dumps(bad)], env)
+    assert proc.returncode != 0
+    assert "unit_p2p_certificates: \"../site\" must be NAME: FILE" in proc.stdout, proc.stdout[-4000:]
 
 
 RENDER_UNIT = f"""\

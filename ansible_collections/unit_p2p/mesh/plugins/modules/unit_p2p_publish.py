@@ -72,14 +72,14 @@ options:
     type: str
   certificates:
     description:
-      - TLS certificate bundles to publish with the revision, by NAME, each given as
-        C({path: FILE}) (a file on the managed host) or C({content: PEM}) (mutually exclusive).
+      - "TLS certificate bundles to publish with the revision, by NAME, each given as
+        C({path: FILE}) (a file on the managed host) or C({content: PEM}) (mutually exclusive)."
       - A bundle is what NGINX Unit's C(PUT /certificates/NAME) takes, one PEM text holding the
         certificate chain (leaf first) and the private key of the leaf.
       - The configuration references a bundle by its NAME, for example
-        C(listeners."*:443".tls.certificate: NAME); each host uploads the bundle to its own Unit
-        under a name derived from its content and rewrites the reference, so publishing a new
-        bundle under the same NAME rotates it on every host.
+        C(listeners["*:443"].tls.certificate), set to NAME; each host uploads the bundle to its
+        own Unit under a name derived from its content and rewrites the reference, so publishing
+        a new bundle under the same NAME rotates it on every host.
       - The agent checks each bundle (a chain with the matching key, not expired) before anything
         is published; a bundle it refuses fails the task and nothing changes.
       - This option is C(no_log); neither the bundles nor their paths appear in the task's output.
@@ -88,8 +88,8 @@ options:
     type: dict
   js_modules:
     description:
-      - JavaScript modules to publish with the revision, by NAME, each given as C({path: FILE})
-        (a file on the managed host) or C({content: SOURCE}) (mutually exclusive).
+      - "JavaScript modules to publish with the revision, by NAME, each given as C({path: FILE})
+        (a file on the managed host) or C({content: SOURCE}) (mutually exclusive)."
       - The configuration references them by NAME (C(settings.js_module)), as it would on one Unit.
       - Mutually exclusive with O(rollback).
     type: dict
@@ -473,7 +473,7 @@ def run(params, api, check_mode=False, diff=False):
             texts = read_resources(option, params[option])
         except ResourceError as exc:
             raise AgentError(str(exc))
-        if texts is not None:
+        if texts:  # an empty dict (a role with no resources) is the same as none
             body[option] = texts
     if params["force"]:
         body["force"] = True
