@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 # What a task result or a diff may show of a certificate. Anything else the agent might send
 # (it should not send key bytes, but a result is logged and kept) is dropped here.
-CERTIFICATE_FIELDS = ("name", "subject", "issuer", "not_after", "fingerprint")
+CERTIFICATE_FIELDS = ("name", "subject", "issuer", "not_before", "not_after", "fingerprint")
 JS_MODULE_FIELDS = ("name", "digest", "size")
 
 

@@ -163,6 +163,9 @@ certificates:
     issuer:
       description: The leaf certificate's issuer.
       type: raw
+    not_before:
+      description: When the leaf certificate becomes valid, as the agent reports it.
+      type: raw
     not_after:
       description: When the leaf certificate expires, as the agent reports it.
       type: raw

@@ -31,7 +31,7 @@ JS = "export default {check(r) { return r.uri != '/admin'; }}\n"
 CONFIG = {"listeners": {"*:443": {"pass": "routes", "tls": {"certificate": "site"}}},
           "routes": [{"action": {"return": 200}}]}
 CERT_V1 = {"name": "site", "subject": "CN=www.example.test", "issuer": "CN=Example Test CA",
-           "not_after": "2027-03-01T12:00:00Z", "fingerprint": "sha256:" + "1" * 64}
+           "not_before": "2026-12-01T12:00:00Z", "not_after": "2027-03-01T12:00:00Z", "fingerprint": "sha256:" + "1" * 64}
 CERT_V2 = dict(CERT_V1, not_after="2028-03-01T12:00:00Z", fingerprint="sha256:" + "2" * 64)
 NOW = 1800000000.0  # 2027-01-15T08:00:00Z
 
