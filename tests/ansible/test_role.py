@@ -129,7 +129,7 @@ def test_resources_phase_copies_bundles_root_only_and_records_the_options(ansibl
     bad = dict(variables, unit_p2p_certificates={"../site": str(controller / "site.pem")})
     proc = run_ansible([*argv[:-2], "-e", json.dumps(bad)], env)
     assert proc.returncode != 0
-    assert "unit_p2p_certificates: \"../site\" must be NAME: FILE" in proc.stdout, proc.stdout[-4000:]
+    assert 'unit_p2p_certificates: "../site" must be NAME: FILE' in proc.stdout, proc.stdout[-4000:]
 
 
 RENDER_UNIT = f"""\
