@@ -33,6 +33,7 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,11 @@ from unit_p2p.httpunix import Answer, Endpoint
 from unit_p2p.unit.emulator.jsonparse import dumps_pretty
 
 __all__ = ["AsyncUnitClient", "UnitClient", "UnitPath", "unit_path"]
+
+log = logging.getLogger("unit_p2p.unit")
+
+#: where Linux keeps the send buffer size a new unix socket starts with (Unit never sets its own)
+_WMEM_DEFAULT = "/proc/sys/net/core/wmem_default"
 
 #: a Unit path: ``"/config/listeners/127.0.0.1:8080"`` or segments ``["config", "routes", 0]``
 UnitPath = str | Sequence[str | int]
@@ -290,6 +296,8 @@ class UnitClient:
             finally:
                 self.piecewise_reads += 1
                 self.piece_requests += reader.requests
+                if self.piecewise_reads == 1:
+                    self._explain_cut(p, answer, reader.requests)
             check = self._exchange("GET", p)
             if check.complete or value is _UNREAD:
                 answer = check
@@ -301,6 +309,22 @@ class UnitClient:
         if answer.complete:
             return self._result("GET", p, answer)
         raise self._short("GET", p, answer, f"{PIECE_ATTEMPTS} attempts to read it in pieces")
+
+    def _explain_cut(self, path: str, answer: Answer, requests: int) -> None:
+        """Say once per client why reads got slow, and the host setting that ends it: a read in
+        pieces costs one request per cut array element (18,000 for a 1.6 MB config, about 1 s
+        of this agent's CPU), a whole answer one."""
+        try:
+            with open(_WMEM_DEFAULT) as f:
+                buffer = f"net.core.wmem_default = {int(f.read())} bytes"
+        except (OSError, ValueError):
+            buffer = "net.core.wmem_default"
+        log.warning(
+            "Unit cut its %s-byte answer to GET %s after %d bytes (its control socket's send "
+            "buffer, %s); read in pieces with %d requests. Unit answers whole when the send "
+            "buffer holds the answer: raise net.core.wmem_default above the config's size "
+            "(docs/unit.md), or use a loopback TCP control socket",
+            answer.expected, path, len(answer.body), buffer, requests)
 
     def put(self, path: UnitPath, value: Any) -> Any:
         return self._call("PUT", path, value)
