@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 import trio
@@ -119,3 +122,52 @@ def pem_of(*items, key_format=serialization.PrivateFormat.PKCS8) -> bytes:
                 serialization.Encoding.PEM, key_format, serialization.NoEncryption()
             )
     return out
+
+
+@dataclass
+class Served:
+    """What a client saw on a listener: the HTTP answer and, over TLS, the server's certificate."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    #: SHA-256 of the DER certificate the server presented (None over plain HTTP)
+    fingerprint: str | None = None
+
+
+async def fetch(
+    port: int,
+    path: str = "/",
+    *,
+    tls: bool = False,
+    server_name: str | None = None,
+    host: str = "127.0.0.1",
+) -> Served:
+    """One GET on a listener with a real client, over TLS if ``tls`` (no certificate checks:
+    the caller compares the fingerprint)."""
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    fingerprint = None
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        stream = trio.SSLStream(stream, ctx, server_hostname=server_name, https_compatible=True)
+        await stream.do_handshake()
+        der = stream.getpeercert(binary_form=True)
+        fingerprint = hashlib.sha256(der).hexdigest()
+    async with stream:
+        request = f"GET {path} HTTP/1.1\r\nHost: {server_name or host}\r\nConnection: close\r\n\r\n"
+        await stream.send_all(request.encode())
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
+    return Served(int(lines[0].split(" ")[1]), headers, body, fingerprint)  # type: ignore[arg-type]
+
+
+def fingerprint_of(bundle: bytes) -> str:
+    """SHA-256 of the first certificate of a PEM bundle (what a TLS client is shown)."""
+    cert = x509.load_pem_x509_certificates(bundle)[0]
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()

@@ -2,8 +2,10 @@
 
 Real NGINX Unit is in no package registry the project can use, so tests, the local demo and the
 container tests run this stand-in instead. It answers the control API the way the recorded
-Unit 1.35.0 does (``shared/unit-fixtures``; checked by ``tests/emulator/test_contract.py``) and
-serves no traffic at all: listener sockets are bound (loopback only) but never accept.
+Unit 1.35.0 does (``shared/unit-fixtures``; checked by ``tests/emulator/test_contract.py``). Its
+loopback listeners (every TCP listener with ``all_addresses``) are served thinly: TLS with the
+configured bundles (SNI picks among several, as in Unit) and ``return`` actions; see
+:mod:`.dataplane`.
 
 Usage in a trio test::
 
@@ -47,14 +49,16 @@ Fault injection
     500}``, ``POST /stop-listening``, ``POST /start-listening``. Each POST answers with the state.
 
 Not modelled (known differences from Unit 1.35)
-    Serving traffic on listeners (routes, shares, proxies, applications never run); application
+    Serving traffic beyond TLS and ``return`` actions (shares, proxies, applications never
+    run: 503); application
     start failures (a PUT with a missing module file or application path is accepted, where
     Unit answers 500); validation of ``match`` patterns, ``settings`` (but ``js_module``),
     ``access_log``, language-specific application options, isolation and upstream servers
     (accepted as sent); compiling JS modules (any text is stored); ``/status`` counters and
     per-application request numbers (always zero); multiple versions of one language module;
-    Unit's handling of ``.``/``..`` path segments; binding wildcard, non-loopback or unix
-    listener addresses (never bound; a unix listener's directory must exist);
+    Unit's handling of ``.``/``..`` path segments; binding wildcard or non-loopback listener
+    addresses (only with ``all_addresses``) and unix ones (a unix listener's directory must
+    exist);
     ``max_body_size``-like limits (the emulator refuses bodies over 256 MiB by closing the
     connection); request timing (the emulator closes idle connections after 60 s).
 """

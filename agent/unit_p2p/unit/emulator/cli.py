@@ -25,7 +25,8 @@ __all__ = ["configure_parser", "run"]
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Emulate NGINX Unit 1.35's control API (for tests and demos; it serves no traffic). "
+        "Emulate NGINX Unit 1.35's control API (for tests and demos; listeners serve TLS "
+        "and return actions only). "
         "Answers like Unit: validation, atomic rejection, exact error bodies, lenient JSON."
     )
     parser.add_argument(
@@ -49,8 +50,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-bind-listeners",
         action="store_true",
-        help="do not hold loopback listener ports (lets several emulators on one host share "
+        help="do not bind or serve listener ports (lets several emulators on one host share "
         "a configuration; a taken port then no longer fails with 500)",
+    )
+    parser.add_argument(
+        "--bind-all-addresses",
+        action="store_true",
+        help="bind and serve every TCP listener, wildcard (*:PORT) and non-loopback ones too "
+        "(for containers); by default only loopback listeners are bound",
     )
     parser.add_argument(
         "--whole-answers",
@@ -78,6 +85,7 @@ async def _serve(args: argparse.Namespace) -> None:
         state_dir=args.state_dir,
         admin=args.admin,
         bind_listeners=not args.no_bind_listeners,
+        all_addresses=args.bind_all_addresses,
         cut_unix_answers=not args.whole_answers,
         njs=not args.no_njs,
     )

@@ -26,15 +26,22 @@ from __future__ import annotations
 
 import collections
 import copy
+import logging
 import re
+import ssl
 from dataclasses import dataclass
 
 import trio
 
 from unit_p2p.unit.emulator import tree
 from unit_p2p.unit.emulator.certs import Bundle, InvalidCertificate, load_bundle
+from unit_p2p.unit.emulator.dataplane import (
+    TLSSetupError,
+    build_tls_context,
+    serve_listener_connection,
+)
 from unit_p2p.unit.emulator.jsonparse import JSONParseError, dumps_compact, parse
-from unit_p2p.unit.emulator.listeners import ListenerBindError, ListenerSockets
+from unit_p2p.unit.emulator.listeners import ListenerBindError, ListenerSockets, parse_listener
 from unit_p2p.unit.emulator.state import EmulatorError, StateDir
 from unit_p2p.unit.emulator.validate import (
     DEFAULT_MODULES,
@@ -44,6 +51,8 @@ from unit_p2p.unit.emulator.validate import (
 )
 
 __all__ = ["FRESH_CONFIG", "Controller", "Reply"]
+
+log = logging.getLogger("unit_p2p.unit.emulator")
 
 #: What a Unit that never had a configuration returns for GET /config.
 FRESH_CONFIG: dict = {"listeners": {}, "routes": [], "applications": {}}
@@ -156,13 +165,18 @@ class Controller:
         state_dir: StateDir | None = None,
         modules: dict[str, dict[str, str]] | None = None,
         bind_listeners: bool = True,
+        all_addresses: bool = False,
         njs: bool = True,
     ):
         self.state_dir = state_dir
         #: JS modules by name (their text), or None for a Unit built without njs
         self.scripts: dict[str, str] | None = {} if njs else None
         self.modules = dict(DEFAULT_MODULES) if modules is None else modules
-        self.listeners = ListenerSockets(enabled=bind_listeners)
+        self.listeners = ListenerSockets(enabled=bind_listeners, all_addresses=all_addresses)
+        #: the TLS context of each served TLS listener, by listener name
+        self._tls: dict[str, ssl.SSLContext] = {}
+        #: contexts by their bundles' contents, so an unchanged listener keeps its context
+        self._tls_cache: dict[tuple[bytes, ...], ssl.SSLContext] = {}
         self.conf: object = copy.deepcopy(FRESH_CONFIG)
         self.certs: dict[str, Bundle] = {}
         #: PUT requests received on /config (whatever their outcome)
@@ -199,10 +213,17 @@ class Controller:
             ) from exc
         try:
             fresh = self.listeners.prepare(listener_names(conf))
-        except ListenerBindError:
+        except ListenerBindError as exc:
             # Unit starts anyway and logs; the listener stays unbound until the next write.
+            log.warning("%s", exc)
             fresh = {}
+        try:
+            tls = self._tls_plan(conf)
+        except TLSSetupError as exc:
+            log.warning("TLS listeners not served: %s", exc)
+            tls = {}
         self.listeners.commit(listener_names(conf), fresh)
+        self._commit_tls(tls)
         self.conf = conf
 
     def fail_next_puts(self, n: int = 1, status: int = 500) -> None:
@@ -230,7 +251,7 @@ class Controller:
                 }
         return {
             "modules": copy.deepcopy(self.modules),
-            # The emulator serves no traffic, so the data-plane counters stay at zero.
+            # The emulator counts no traffic, so the data-plane counters stay at zero.
             "connections": {"accepted": 0, "active": 0, "idle": 0, "closed": 0},
             "requests": {"total": 0},
             "applications": apps,
@@ -319,6 +340,10 @@ class Controller:
             # OpenSSL refuses a key that does not belong to the certificate when the router
             # sets up the listener, so the whole reconfiguration fails.
             return _APPLY_FAILED
+        try:
+            tls = self._tls_plan(new_conf)
+        except TLSSetupError:
+            return _APPLY_FAILED
         names = listener_names(new_conf)
         try:
             fresh = self.listeners.prepare(names)
@@ -332,9 +357,39 @@ class Controller:
                 self.listeners.abort(fresh)
                 return _APPLY_FAILED
         self.listeners.commit(names, fresh)
+        self._commit_tls(tls)
         self.conf = new_conf
         self.applied_count += 1
         return _DONE
+
+    def _tls_plan(self, conf: object) -> dict[str, tuple[tuple[bytes, ...], ssl.SSLContext]]:
+        """The TLS context of every TLS listener of ``conf`` that the emulator serves, with
+        the bundles' contents it was made from (raises :class:`TLSSetupError`)."""
+        plan = {}
+        for name, cert_names in tls_certificates(conf).items():
+            if not self.listeners.binds(parse_listener(name)):
+                continue
+            bundles = [self.certs[c] for c in cert_names]
+            key = tuple(b.pem for b in bundles)
+            ctx = self._tls_cache.get(key) or build_tls_context(bundles)
+            plan[name] = (key, ctx)
+        return plan
+
+    def _commit_tls(self, plan: dict[str, tuple[tuple[bytes, ...], ssl.SSLContext]]) -> None:
+        self._tls = {name: ctx for name, (_, ctx) in plan.items()}
+        self._tls_cache = dict(plan.values())
+
+    async def serve_listeners(
+        self, *, read_timeout: float, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve the configured listeners (see :mod:`.dataplane`) until cancelled."""
+
+        async def handler(name: str, stream: trio.SocketStream) -> None:
+            await serve_listener_connection(
+                stream, name, self.conf, self._tls.get(name), timeout=read_timeout
+            )
+
+        await self.listeners.serve(handler, task_status=task_status)
 
     def _status(self, method: str, sub: str) -> Reply:
         if method != "GET":

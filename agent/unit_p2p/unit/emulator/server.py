@@ -30,6 +30,7 @@ import socket as stdsocket
 import stat
 from dataclasses import dataclass
 from email.utils import formatdate
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 
@@ -305,6 +306,7 @@ class UnitEmulator:
         state_dir: Path | None = None,
         admin: str | None = None,
         bind_listeners: bool = True,
+        all_addresses: bool = False,
         modules: dict[str, dict[str, str]] | None = None,
         read_timeout: float = READ_TIMEOUT,
         cut_unix_answers: bool = True,
@@ -320,6 +322,7 @@ class UnitEmulator:
             state_dir=StateDir(Path(state_dir)) if state_dir is not None else None,
             modules=modules,
             bind_listeners=bind_listeners,
+            all_addresses=all_addresses,
             njs=njs,
         )
         self._read_timeout = read_timeout
@@ -395,6 +398,9 @@ class UnitEmulator:
             await self._control.open()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(
+                    partial(self._controller.serve_listeners, read_timeout=self._read_timeout)
+                )
                 if self._admin is not None:
                     self._admin.start(nursery)
                 self._control.start(nursery)
