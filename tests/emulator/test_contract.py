@@ -19,6 +19,12 @@ host (``/opt/unit-demo/hosts/h3``); Unit refuses a unix listener whose directory
 that directory is remapped to one the test creates (no recorded answer contains the path).
 Bodies the recording omitted (PEM bundles, the 8 MiB and the 20000-route configs) and raw
 requests it only describes are rebuilt from their description; ``SYNTHESIZED`` lists them.
+
+The recorded data-plane requests (``unit-data-plane.jsonl``: what a listener served, or that it
+refused the connection) are replayed at their place in the sequence (``DATA_PLANE_AFTER``),
+over TLS where the recording used https, and compared: status, header names and order, every
+header value but ``Date``, and the exact body. Those needing a share, an application or the
+timing runs' configurations are listed in ``DATA_PLANE_SKIPPED``.
 """
 
 from __future__ import annotations
@@ -26,17 +32,53 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import trio
 
-from tests.emulator.conftest import free_loopback_port, make_bundle
+from tests.emulator.conftest import fetch, free_loopback_port, make_bundle
 from unit_p2p.unit.emulator import UnitEmulator
 from unit_p2p.unit.emulator.jsonparse import dumps_pretty
 from unit_p2p.unit.emulator.rawclient import RawResponse, build_request, exchange
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "unit-fixtures"
 TRANSCRIPT = FIXTURES / "unit-control-api.jsonl"
+DATA_PLANE = FIXTURES / "unit-data-plane.jsonl"
+
+#: When each recorded data-plane request was made: after the control request with this ``seq``
+#: (the recording has no sequence numbers for them; each position follows from the request's
+#: name and from the configuration it shows being served).
+DATA_PLANE_AFTER = {
+    "after_put_default_route": 9,
+    "after_put_return_418": 9,
+    "after_put_redirect": 9,
+    "new_listener_serves_immediately": 21,
+    "after_scalar_subpath_put": 22,
+    "appended_route_after_catchall_not_reached": 27,
+    "deleted_listener_refuses": 33,
+    "still_serving_after_400s": 56,
+    "broken_app_request": 75,  # 74, the failed PUT, is not replayed (see SKIPPED)
+    "h2_still_serving_old_after_500": 81,
+    "h1_unaffected_by_h2_failure": 81,
+    "h3_listener": 83,
+    "h3_named_route": 90,
+    "h3_listener_gone_after_delete_whole": 98,
+    "tls_listener_serves": 116,
+    "after_restart_route": 135,
+}
+
+#: Data-plane requests that cannot be compared, with the reason.
+DATA_PLANE_SKIPPED = {
+    "after_put_static_share": "a static share: the emulator serves no files",
+    "python_app_serves": "a Python application: the emulator runs no applications",
+    "python_app_serves_after_restart": "a Python application: the emulator runs no applications",
+    "after_restart_python_app": "a Python application: the emulator runs no applications",
+    "served_after_small_puts": "made during the timing runs, whose configurations the "
+    "transcript does not hold",
+    "served_after_routes500_puts": "made during the timing runs, whose configurations the "
+    "transcript does not hold",
+}
 
 #: The module list the recorded build reported (its install prefix rewritten to /opt/unit-demo).
 RECORDED_MODULES = {
@@ -230,9 +272,45 @@ class Replay:
         return [f"{rec['seq']} {name}: {p}" for p in problems]
 
 
+    async def compare_data_plane(self, rec: dict) -> list[str]:
+        """Replay one recorded data-plane request and compare what the client sees."""
+        url = urlsplit(self.remap(rec["url"]))
+        tls = url.scheme == "https"
+        problems: list[str] = []
+        try:
+            got = await fetch(url.port, url.path, tls=tls)  # type: ignore[arg-type]
+        except OSError as exc:
+            if rec["status"] is not None:
+                problems.append(f"no answer ({exc}), expected {rec['status']}")
+            return [f"data plane {rec['name']}: {p}" for p in problems]
+        if rec["status"] is None:
+            problems.append(f"expected the connection to be refused, got {got.status}")
+            return [f"data plane {rec['name']}: {p}" for p in problems]
+        names = [h for h, _ in got.headers]
+        want = {k: self.remap(v) for k, v in rec["headers"].items() if k != "Date"}
+        if got.status != rec["status"]:
+            problems.append(f"status {got.status} != {rec['status']}")
+        if names != list(rec["headers"]):
+            problems.append(f"header names {names} != {list(rec['headers'])}")
+        for header, value in want.items():
+            if dict(got.headers).get(header) != value:
+                problems.append(f"{header}: {dict(got.headers).get(header)!r} != {value!r}")
+        if got.body != rec["body"].encode("utf-8"):
+            problems.append(f"body {got.body[:100]!r} != {rec['body'][:100]!r}")
+        return [f"data plane {rec['name']}: {p}" for p in problems]
+
+
 @pytest.mark.skipif(not TRANSCRIPT.exists(), reason=f"fixtures not found at {FIXTURES}")
 async def test_replay_recorded_unit_transcripts(tmp_path: Path, capsys) -> None:
     replay = Replay(_load(), tmp_path)
+    served = [json.loads(line) for line in DATA_PLANE.read_text().splitlines() if line.strip()]
+    unplaced = {r["name"] for r in served} - set(DATA_PLANE_AFTER) - set(DATA_PLANE_SKIPPED)
+    assert not unplaced, f"data-plane records without a position: {unplaced}"
+    data_after: dict[int, list[dict]] = {}
+    for rec in served:
+        if rec["name"] in DATA_PLANE_AFTER:
+            data_after.setdefault(DATA_PLANE_AFTER[rec["name"]], []).append(rec)
+    plane = {"compared": 0, "matched": 0}
     state_h1 = tmp_path / "h1-state"
     counts = {"compared": 0, "matched": 0, "skipped": 0}
     by_api = {"config": 0, "status": 0, "other": 0}
@@ -291,6 +369,11 @@ async def test_replay_recorded_unit_transcripts(tmp_path: Path, capsys) -> None:
                     mismatches.extend(problems)
                 else:
                     counts["matched"] += 1
+                for data in data_after.get(rec["seq"], []):
+                    problems = await replay.compare_data_plane(data)
+                    plane["compared"] += 1
+                    plane["matched"] += not problems
+                    mismatches.extend(problems)
             nursery.cancel_scope.cancel()
 
     with capsys.disabled():
@@ -302,5 +385,12 @@ async def test_replay_recorded_unit_transcripts(tmp_path: Path, capsys) -> None:
         )
         for line in skipped:
             print(f"  skipped {line}")
+        print(
+            f"contract data plane: compared={plane['compared']} matched={plane['matched']} "
+            f"skipped={len(DATA_PLANE_SKIPPED)}"
+        )
+        for name, reason in DATA_PLANE_SKIPPED.items():
+            print(f"  skipped {name}: {reason}")
     assert not mismatches, "\n".join(mismatches)
     assert by_api["config"] + by_api["status"] >= 70
+    assert plane["compared"] == len(DATA_PLANE_AFTER)
