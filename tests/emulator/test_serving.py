@@ -26,6 +26,7 @@ from tests.emulator.conftest import (
     make_key,
     pem_of,
 )
+from unit_p2p.unit.emulator import UnitEmulator
 from unit_p2p.unit.emulator.rawclient import request
 
 ROUTES = [
@@ -228,3 +229,24 @@ async def test_curl_verifies_the_served_bundle(start_emulator, tmp_path) -> None
             capture_stdout=True, capture_stderr=True, check=False,
         )
     assert (done.returncode, done.stdout, done.stderr) == (0, b"200", b"")
+
+
+async def test_tls_is_served_again_after_a_restart_from_the_state_dir(tmp_path) -> None:
+    state, control = tmp_path / "state", f"unix:{tmp_path}/c.sock"
+    port = free_loopback_port()
+    bundle = make_bundle()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            first = UnitEmulator(control, state_dir=state)
+            await nursery.start(first.serve)
+            await put(control, "/certificates/b", bundle)
+            await put(control, "/config", config({f"127.0.0.1:{port}": tls_listener("b")}))
+            nursery.cancel_scope.cancel()
+        with pytest.raises(OSError):
+            await fetch(port, tls=True)  # stopped: the listener is closed
+        async with trio.open_nursery() as nursery:
+            second = UnitEmulator(control, state_dir=state)
+            await nursery.start(second.serve)
+            got = await fetch(port, "/", tls=True)
+            nursery.cancel_scope.cancel()
+    assert (got.status, got.fingerprint) == (200, fingerprint_of(bundle))

@@ -366,12 +366,14 @@ class Controller:
         """The TLS context of every TLS listener of ``conf`` that the emulator serves, with
         the bundles' contents it was made from (raises :class:`TLSSetupError`)."""
         plan = {}
+        made: dict[tuple[bytes, ...], ssl.SSLContext] = {}
         for name, cert_names in tls_certificates(conf).items():
             if not self.listeners.binds(parse_listener(name)):
                 continue
             bundles = [self.certs[c] for c in cert_names]
             key = tuple(b.pem for b in bundles)
-            ctx = self._tls_cache.get(key) or build_tls_context(bundles)
+            ctx = made.get(key) or self._tls_cache.get(key) or build_tls_context(bundles)
+            made[key] = ctx
             plan[name] = (key, ctx)
         return plan
 
