@@ -44,6 +44,7 @@ async def test_upload_list_get_and_refuse_duplicates(start_emulator) -> None:
         root = body(await request(addr, "GET", "/"))
         assert list(root) == ["certificates", "js_modules", "config", "status"]
         assert root["js_modules"] == {"auth": MODULE.decode()}
+        assert emulator.js_modules == {"auth": MODULE.decode()}
 
 
 async def test_names_and_methods(start_emulator) -> None:

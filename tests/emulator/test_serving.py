@@ -99,6 +99,7 @@ async def test_a_tls_listener_serves_its_bundle_and_rotation_switches_it(start_e
         assert (after.status, after.fingerprint) == (200, fingerprint_of(new))
         deleted = await request(addr, "DELETE", "/certificates/site.000000000001")
         assert deleted.status == 200
+        assert emulator.certificates == {"site.000000000002": new}
 
         assert early.getpeercert(binary_form=True) is not None
         await early.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

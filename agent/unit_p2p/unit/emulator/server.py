@@ -350,6 +350,18 @@ class UnitEmulator:
         return copy.deepcopy(self._controller.conf)
 
     @property
+    def certificates(self) -> dict[str, bytes]:
+        """The uploaded bundles by name, as uploaded (PEM, private key included): what a test
+        compares with what it published; Unit itself never gives the PEM back."""
+        return {name: bundle.pem for name, bundle in self._controller.certs.items()}
+
+    @property
+    def js_modules(self) -> dict[str, str] | None:
+        """The uploaded JS modules by name (None for a Unit built without njs)."""
+        scripts = self._controller.scripts
+        return None if scripts is None else dict(scripts)
+
+    @property
     def put_count(self) -> int:
         """PUT requests received on /config, whatever their outcome."""
         return self._controller.put_count
