@@ -27,6 +27,7 @@ from tests.emulator.conftest import (
     pem_of,
 )
 from unit_p2p.unit.emulator import UnitEmulator
+from unit_p2p.unit.emulator.dataplane import answer
 from unit_p2p.unit.emulator.rawclient import request
 
 ROUTES = [
@@ -251,3 +252,29 @@ async def test_tls_is_served_again_after_a_restart_from_the_state_dir(tmp_path) 
             got = await fetch(port, "/", tls=True)
             nursery.cancel_scope.cancel()
     assert (got.status, got.fingerprint) == (200, fingerprint_of(bundle))
+
+
+@pytest.mark.parametrize(
+    ("match", "request_head", "status"),
+    [
+        ({"uri": "/a*b*c"}, "GET /a-x-b-y-c HTTP/1.1", 200),
+        ({"uri": "/a*b*c"}, "GET /a-c HTTP/1.1", 404),
+        ({"uri": "/a*b*c"}, "GET /abc/d HTTP/1.1", 404),
+        ({"uri": ["!/private*", "!/admin"]}, "GET /public HTTP/1.1", 200),
+        ({"uri": ["!/private*", "!/admin"]}, "GET /private/x HTTP/1.1", 404),
+        ({"uri": ["/x", "/y*", "!/y2"]}, "GET /y1 HTTP/1.1", 200),
+        ({"uri": ["/x", "/y*", "!/y2"]}, "GET /y2 HTTP/1.1", 404),
+        ({"uri": "/caf\u00e9"}, "GET /caf%C3%A9?q=1 HTTP/1.1", 200),
+        ({"method": "post"}, "POST / HTTP/1.1", 200),
+        ({"host": "WWW.Example.test"}, "GET / HTTP/1.1\r\nHost: www.example.TEST:8443", 200),
+        ({"host": "*.example.test"}, "GET / HTTP/1.1\r\nHost: example.test", 404),
+        ({"scheme": "https"}, "GET / HTTP/1.1", 404),
+        ({"headers": {"x": "y"}}, "GET / HTTP/1.1", 503),
+        ({"uri": "~^/re"}, "GET /re HTTP/1.1", 503),
+    ],
+)
+def test_route_matching(match, request_head, status) -> None:
+    conf = {"listeners": {"l": {"pass": "routes"}},
+            "routes": [{"match": match, "action": {"return": 200}}]}
+    got = answer(conf, "l", request_head.encode(), "http")
+    assert got is not None and got.startswith(f"HTTP/1.1 {status} ".encode())

@@ -116,12 +116,10 @@ def _pattern_match(pattern: str, value: str) -> bool:
     parts = pattern.split("*")
     if len(parts) == 1:
         return value == pattern
-    if not value.startswith(parts[0]) or len(value) < len(parts[0]) + len(parts[-1]):
+    head, tail = parts[0], parts[-1]
+    if len(value) < len(head) + len(tail) or not value.startswith(head) or not value.endswith(tail):
         return False
-    pos = len(parts[0])
-    end = len(value) - len(parts[-1])
-    if not value.endswith(parts[-1]):
-        return False
+    pos, end = len(head), len(value) - len(tail)
     for middle in parts[1:-1]:
         found = value.find(middle, pos, end)
         if found < 0:
@@ -150,19 +148,17 @@ def _condition(patterns: object, value: str, fold) -> bool:
     return matched or not positive
 
 
+#: the match conditions the emulator evaluates, with how a pattern is folded before comparing
+#: (Unit compares hosts and schemes lower-cased, methods upper-cased, URIs as they are)
+_CONDITIONS = {"uri": str, "method": str.upper, "host": str.lower, "scheme": str.lower}
+
+
 def _matches(match: dict, request: dict) -> bool:
     for key, patterns in match.items():
-        if key == "uri":
-            ok = _condition(patterns, request["uri"], str)
-        elif key == "method":
-            ok = _condition(patterns, request["method"], str.upper)
-        elif key == "host":
-            ok = _condition(patterns, request["host"], str.lower)
-        elif key == "scheme":
-            ok = _condition(patterns, request["scheme"], str.lower)
-        else:
+        fold = _CONDITIONS.get(key)
+        if fold is None:
             raise _Unmodelled(f"match on {key!r}")
-        if not ok:
+        if not _condition(patterns, request[key], fold):
             return False
     return True
 
