@@ -56,6 +56,9 @@ class AgentView(Protocol):
     async def revisions(self) -> list[dict]: ...
     async def revision(self, spec: str) -> dict: ...
     async def rollback(self, spec: str | None, **options: Any) -> tuple[str, PublishResult]: ...
+    async def rollout(self, spec: str | None) -> dict: ...
+    async def rollout_resume(self, spec: str | None) -> dict: ...
+    async def rollout_abort(self, spec: str | None, revert: bool) -> dict: ...
 
 
 class Agent:
@@ -117,6 +120,17 @@ class Agent:
 
     async def rollback(self, spec: str | None, **options: Any) -> tuple[str, PublishResult]:
         return await self.reconciler.rollback(spec, **options)
+
+    async def rollout(self, spec: str | None) -> dict:
+        return await self.reconciler.rollouts.view(spec)
+
+    async def rollout_resume(self, spec: str | None) -> dict:
+        r = await self.reconciler.rollouts.resume(spec)
+        return await self.reconciler.rollouts.view(str(r.revision), gather=False)
+
+    async def rollout_abort(self, spec: str | None, revert: bool) -> dict:
+        r = await self.reconciler.rollouts.abort(spec, revert)
+        return await self.reconciler.rollouts.view(str(r.revision), gather=False)
 
     def status(self) -> dict:
         out = self.reconciler.status()

@@ -8,6 +8,7 @@
     unit-p2p show REV      a kept revision's config
     unit-p2p diff REV [REV]  what a revision changed (or the difference between two)
     unit-p2p rollback [REV]  publish a kept revision's config again, as a new revision
+    unit-p2p rollout status|resume|abort [REV]  a staged rollout (publish --stages), wave by wave
     unit-p2p id            print (or create) an identity's peer ID
     unit-p2p unit-emulator run the NGINX Unit 1.35 control-API emulator (tests and demos)
     unit-p2p demo          a local demo mesh on loopback, with emulated Units
@@ -60,6 +61,15 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _stages(text: str) -> list[str]:
+    from unit_p2p.sync.plan import parse_stages
+
+    stages = parse_stages(text)
+    if not stages:
+        raise argparse.ArgumentTypeError("expected stages like 1,10%,100%")
+    return stages
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -123,6 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
                            "older revision's config (refused otherwise, since it would roll "
                            "every host back), or the config is blank or removes more than "
                            "max_removed_share of the head's listeners, routes or applications")
+    p.add_argument("--stages", type=_stages,
+                   help="a staged rollout: cumulative wave sizes, host counts or shares of the "
+                        "fleet, the last one 100%%, e.g. 1,10%%,100%% (this host is the first "
+                        "of wave 1; docs/rollout.md)")
+    p.add_argument("--max-failures", type=_count, default=0,
+                   help="with --stages: halt the rollout when more hosts than this failed to "
+                        "apply it or failed their health gate (default 0)")
+    p.add_argument("--auto-revert", action="store_true",
+                   help="with --stages: when the rollout halts, publish the previous config "
+                        "again, so the hosts that took it go back")
+
+    p = add("rollout", help="a staged rollout: status, resume, abort",
+                       description="Where a staged rollout (publish --stages) stands, wave by "
+                                   "wave; resume it from this host (an open rollout whose "
+                                   "driver died continues at its wave, a halted one opens its "
+                                   "next wave); or abort it.",
+                       epilog=EXIT_CODES + ".")
+    _api_args(p)
+    p.add_argument("action", choices=("status", "resume", "abort"))
+    p.add_argument("revision", nargs="?", help="COUNTER@PEER_ID or COUNTER (default: the "
+                                               "latest rollout known here)")
+    p.add_argument("--revert", action="store_true",
+                   help="with abort: publish the previous config again")
 
     p = add("history", help="list the revisions this host knows, newest first",
                        description="The revisions this host published or followed (newest "
@@ -333,6 +366,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 return 0
             if args.command in ("history", "show", "diff"):
                 return _cmd_history(api, args)
+            if args.command == "rollout":
+                return _cmd_rollout(api, args)
             return _cmd_publish(api, args, config)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             # an agent of another version, or not an agent at all
@@ -361,6 +396,17 @@ def _read_config_file(path: Path) -> dict:
 
 def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
     require_all = args.min_peers is None
+    if getattr(args, "stages", None):
+        # the agent waits for the rollout's end itself (halted, complete) with --wait
+        result = api.publish(config=config, wait=args.wait, timeout=args.timeout,
+                             dry_run=args.dry_run, force=args.force, stages=args.stages,
+                             max_failures=args.max_failures, auto_revert=args.auto_revert)
+        print(json.dumps(result, indent=2) if args.json else _format_publish(result, args.dry_run))
+        if "rollout" in result and not args.json:
+            print(_format_rollout(result["rollout"]))
+        if args.dry_run or not args.wait:
+            return 0
+        return 0 if (result.get("rollout") or {}).get("state") == "complete" else EXIT_FAILED
     if args.command == "rollback":
         send = functools.partial(api.rollback, args.revision)
     else:
@@ -415,6 +461,36 @@ def _format_publish(r: dict, dry_run: bool) -> str:
                  f"pending {len(p['pending'])}")
     lines += [f"  failed  {peer}: {why}" for peer, why in p["failed"].items()]
     lines += [f"  pending {peer}" for peer in p["pending"]]
+    return "\n".join(lines)
+
+
+def _cmd_rollout(api, args: argparse.Namespace) -> int:
+    if args.action == "status":
+        answer = api.rollout(args.revision)
+    elif args.action == "resume":
+        answer = api.rollout_resume(args.revision)
+    else:
+        answer = api.rollout_abort(args.revision, revert=args.revert)
+    print(json.dumps(answer, indent=2) if args.json else _format_rollout(answer))
+    return 0
+
+
+def _format_rollout(r: dict) -> str:
+    waves = r.get("waves") or []
+    lines = [f"rollout {r['revision']}  {r['state']}  wave {r['wave']} of {len(waves)}  "
+             f"(moved by {_short(r.get('moved_by'))}, max_failures {r.get('max_failures')}, "
+             f"auto_revert {str(r.get('auto_revert')).lower()})"]
+    if r.get("reason"):
+        lines.append(f"  reason: {r['reason']}")
+    if r.get("reverted_by"):
+        lines.append(f"  reverted by {r['reverted_by']}")
+    for w in waves:
+        lines.append(f"  wave {w['wave']}  {'open  ' if w['open'] else 'closed'}  "
+                     f"{len(w['hosts'])} host(s): applied {len(w['applied'])}, failed "
+                     f"{len(w['failed'])}, pending {len(w['pending'])}")
+        lines += [f"    failed  {_short(p)}: {why}" for p, why in w["failed"].items()]
+        if w["open"]:
+            lines += [f"    pending {_short(p)}" for p in w["pending"]]
     return "\n".join(lines)
 
 

@@ -122,6 +122,20 @@ class Settings:
         "a publish that removes more than this share of the head's listeners, routes or "
         "applications is refused unless forced (0.01 to 1; 1 refuses only a blank config)",
         metavar="SHARE"))
+    health_url: str | None = field(default=None, metadata=_doc(
+        "health gate: after an apply, GET this local URL served through Unit (http:// or "
+        "https://, loopback), e.g. http://127.0.0.1:8080/healthz; the host reports the revision "
+        "applied only when the gate passes (staged rollouts wait for it); null: no gate",
+        metavar="URL"))
+    health_status: str = field(default="2xx", metadata=_doc(
+        "health gate: the expected status, a class (2xx, 3xx) or an exact code (204)",
+        metavar="STATUS"))
+    health_timeout: float = field(default=5.0, metadata=_doc(
+        "health gate: seconds for one try (at most 300)", metavar="SECONDS"))
+    health_attempts: int = field(default=3, metadata=_doc(
+        "health gate: tries in a row that must all pass (1-100)", metavar="N"))
+    health_interval: float = field(default=1.0, metadata=_doc(
+        "health gate: seconds between tries (at most 300)", metavar="SECONDS"))
     announce_interval: float = field(default=10.0, metadata=_doc(
         "seconds between anti-entropy rounds (heads exchanged with up to 3 peers not known "
         "at our head; the head re-gossiped when a peer is behind, and every 6th round); "
@@ -445,6 +459,23 @@ def check_api_tcp(text: str) -> str:
     return text
 
 
+def check_health_url(text: str) -> str:
+    """A loopback http(s) URL: the gate checks this host's own Unit, never another host."""
+    m = re.fullmatch(r"(https?)://((?:\[[0-9A-Fa-f:.]+\]|[^:/\[\]?#]+):[0-9]{1,5})(/[^\s#]*)?",
+                     text)
+    if not m:
+        raise _Invalid(f"{text!r} is not http(s)://HOST:PORT/PATH (e.g. "
+                       "http://127.0.0.1:8080/healthz)")
+    _loopback_host_port(m.group(2), text)
+    return text
+
+
+def check_health_status(text: str) -> str:
+    if not re.fullmatch(r"[1-5](?:xx|[0-9]{2})", text):
+        raise _Invalid(f"{text!r} is not a status class (2xx) or a status code (204)")
+    return text
+
+
 def _enum(choices: tuple[str, ...], *, fold: bool = False) -> Callable[[str], str]:
     def check(text: str) -> str:
         value = text.lower() if fold else text
@@ -503,6 +534,11 @@ _CHECKS: dict[str, Callable] = {
     "max_config_bytes": _at_most(1024 ** 3, "bytes"),
     "announce_interval": _at_most(86_400, "seconds", low=0.1),
     "max_removed_share": _at_most(1, "(1 is all of them)", low=0.01),
+    "health_url": check_health_url,
+    "health_status": check_health_status,
+    "health_timeout": _at_most(300, "seconds"),
+    "health_attempts": _at_most(100, "tries"),
+    "health_interval": _at_most(300, "seconds"),
     "log_level": _enum(LOG_LEVELS, fold=True),
     "log_format": _enum(LOG_FORMATS),
 }

@@ -441,10 +441,14 @@ def test_flags_override_and_replace_lists(tmp_path, peer):
         "--max-config-bytes", "99", "--log-level", "debug", "--log-format", "json",
         "--bootstrap", f"/ip4/127.0.0.1/tcp/5/p2p/{peer}", "--trust", "allowlist",
         "--unit", "unix:/u.sock", "--api", "unix:/a.sock", "--on-drift", "report",
-        "--max-removed-share", "0.8",
+        "--max-removed-share", "0.8", "--health-url", "http://127.0.0.1:8080/healthz",
+        "--health-status", "204", "--health-timeout", "2", "--health-attempts", "4",
+        "--health-interval", "0.5",
     )
     assert set(flags_from_args(args)) == set(SETTING_NAMES)
     s = settings_from_args(args, env={})
+    assert (s.health_url, s.health_status, s.health_attempts) == (
+        "http://127.0.0.1:8080/healthz", "204", 4)
     assert (s.mesh, s.mdns, s.dht) == ("m", True, False)
     assert s.on_drift == "report" and s.max_removed_share == 0.8
     assert s.listen == ("/ip4/127.0.0.1/tcp/2", "/ip4/127.0.0.1/tcp/3")
@@ -492,7 +496,8 @@ def test_print_config_round_trips_every_field(tmp_path, peer):
         trust="any", trusted_peers=(peer, new_peer_id()),
         exclusions=("/listeners", "/a~1b", "/"), keep_configs=1, max_config_bytes=12345,
         announce_interval=0.1, log_level="error", log_format="json", on_drift="report",
-        max_removed_share=0.75,
+        max_removed_share=0.75, health_url="https://[::1]:8443/ready", health_status="3xx",
+        health_timeout=0.5, health_attempts=1, health_interval=2.0,
     )
     for name in SETTING_NAMES:
         assert getattr(changed, name) != getattr(Settings(), name), name
@@ -524,7 +529,9 @@ def test_field_names_and_defaults_are_the_contract():
         "api_token_file": None, "state_dir": Path("/var/lib/unit-p2p"), "key": None,
         "bootstrap": (), "mdns": True, "dht": True, "trust": "allowlist", "trusted_peers": (),
         "exclusions": (), "keep_configs": 10, "max_config_bytes": 8 * 1024 * 1024,
-        "on_drift": "repair", "max_removed_share": 0.5, "announce_interval": 10.0,
+        "on_drift": "repair", "max_removed_share": 0.5, "health_url": None,
+        "health_status": "2xx", "health_timeout": 5.0, "health_attempts": 3,
+        "health_interval": 1.0, "announce_interval": 10.0,
         "log_level": "info",
         "log_format": "text",
     }

@@ -82,9 +82,33 @@ class ApiClient:
 
     def publish(self, config: dict | None = None, **options: Any) -> dict:
         """Publish this host's Unit config, or ``config`` applied here first. ``options``:
-        wait, timeout, dry_run, min_peers, require_all, diff, force (docs/api.md)."""
-        return self._publishing("/v1/publish", {} if config is None else {"config": config},
-                                **options)
+        wait, timeout, dry_run, min_peers, require_all, diff, force, and for a staged rollout
+        stages, max_failures, auto_revert (docs/api.md, docs/rollout.md)."""
+        subject: dict[str, Any] = {} if config is None else {"config": config}
+        for name in ("stages", "max_failures", "auto_revert"):
+            value = options.pop(name, None)
+            if value is not None:
+                subject[name] = value
+        return self._publishing("/v1/publish", subject, **options)
+
+    def rollout(self, revision: str | None = None) -> dict:
+        """Where a staged rollout stands (default: the latest known here), wave by wave."""
+        return self._json("GET", "/v1/rollout" + ("" if revision is None
+                                                  else "/" + quote(revision, safe="@")))
+
+    def rollout_resume(self, revision: str | None = None) -> dict:
+        """Drive a rollout from this host: an open one from its current wave, a halted one
+        from its next wave."""
+        return self._json("POST", "/v1/rollout/resume",
+                          {} if revision is None else {"revision": revision})
+
+    def rollout_abort(self, revision: str | None = None, revert: bool = False) -> dict:
+        """Stop a rollout: hosts outside its open waves never apply it; ``revert`` (or the
+        plan's auto_revert) publishes the previous config again."""
+        body: dict[str, Any] = {"revert": revert}
+        if revision is not None:
+            body["revision"] = revision
+        return self._json("POST", "/v1/rollout/abort", body)
 
     def revisions(self) -> dict:
         """``{"revisions": [...]}``: this host's history, newest first."""

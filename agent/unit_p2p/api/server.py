@@ -73,6 +73,10 @@ class AgentApi:
             ("GET", "/v1/revisions"): self.revisions,
             ("GET", REVISION_ROUTE): self.revision,
             ("POST", "/v1/rollback"): self.rollback,
+            ("GET", "/v1/rollout"): self.rollout,
+            ("GET", ROLLOUT_ROUTE): self.rollout,
+            ("POST", "/v1/rollout/resume"): self.rollout_resume,
+            ("POST", "/v1/rollout/abort"): self.rollout_abort,
         }
 
     # --- the server's side ----------------------------------------------------------------------
@@ -154,7 +158,8 @@ class AgentApi:
         return 200, await self.agent.local_config()
 
     async def publish(self, req: dict) -> tuple[int, Any]:
-        options = _publish_options(req, "config")
+        staged = {k: req.pop(k) for k in ("stages", "max_failures", "auto_revert") if k in req}
+        options = {**_publish_options(req, "config"), **_staged_options(staged)}
         config = req.get("config")
         if config is not None and not isinstance(config, dict):
             raise ApiProblem(422, "not_an_object", "config must be a JSON object")
@@ -175,6 +180,18 @@ class AgentApi:
         target, result = await self.agent.rollback(revision, **options)
         answer = result.to_json(with_diff=options["dry_run"] or req.get("diff", False))
         return 200, {**answer, "rolled_back_to": target}
+
+    async def rollout(self, req: dict) -> tuple[int, Any]:
+        return 200, await self.agent.rollout(_optional_revision(req, set()))
+
+    async def rollout_resume(self, req: dict) -> tuple[int, Any]:
+        return 200, await self.agent.rollout_resume(_optional_revision(req, set()))
+
+    async def rollout_abort(self, req: dict) -> tuple[int, Any]:
+        revert = req.get("revert", False)
+        if not isinstance(revert, bool):
+            raise ApiProblem(400, "bad_request", "revert must be true or false")
+        return 200, await self.agent.rollout_abort(_optional_revision(req, {"revert"}), revert)
 
     async def wait(self, req: dict) -> tuple[int, Any]:
         from unit_p2p.sync.revision import Revision
@@ -213,6 +230,37 @@ def _publish_options(req: dict, subject: str) -> dict[str, Any]:
             "require_all": req.get("require_all", True), "force": req.get("force", False)}
 
 
+def _staged_options(req: dict) -> dict[str, Any]:
+    """A staged rollout's options (docs/rollout.md), checked; none for a plain publish."""
+    if "stages" not in req:
+        if req:
+            raise ApiProblem(400, "bad_request", "max_failures and auto_revert need stages")
+        return {}
+    stages = req["stages"]
+    if not isinstance(stages, list) or not 1 <= len(stages) <= 100 or not all(
+            (isinstance(s, int) and not isinstance(s, bool)) or isinstance(s, str)
+            or (isinstance(s, list) and all(isinstance(p, str) for p in s)) for s in stages):
+        raise ApiProblem(400, "bad_request", "stages must be a list of 1-100 host counts (3), "
+                         'shares ("10%") or lists of peer IDs, ending with "100%"')
+    max_failures = req.get("max_failures", 0)
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise ApiProblem(400, "bad_request", "max_failures must be a non-negative integer")
+    auto_revert = req.get("auto_revert", False)
+    if not isinstance(auto_revert, bool):
+        raise ApiProblem(400, "bad_request", "auto_revert must be true or false")
+    return {"stages": stages, "max_failures": max_failures, "auto_revert": auto_revert}
+
+
+def _optional_revision(req: dict, allowed: set[str]) -> str | None:
+    unknown = set(req) - {"revision"} - allowed
+    if unknown:
+        raise ApiProblem(400, "bad_request", _unknown_fields(unknown))
+    revision = req.get("revision")
+    if revision is not None and not isinstance(revision, str):
+        raise ApiProblem(400, "bad_request", "revision must be a string")
+    return revision
+
+
 def _wait_args(req: dict) -> tuple[float, int | None]:
     timeout = req.get("timeout", 30)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
@@ -230,16 +278,20 @@ def _unknown_fields(names: set[str]) -> str:
     return f"unknown fields: {shown}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-#: the one route with a parameter: GET /v1/revisions/<COUNTER@PEER_ID | COUNTER | head | previous>
+#: the routes with a parameter: GET /v1/revisions/<COUNTER@PEER_ID | COUNTER | head | previous>
+#: and GET /v1/rollout/<COUNTER@PEER_ID | COUNTER>
 REVISION_ROUTE = "/v1/revisions/{revision}"
+ROLLOUT_ROUTE = "/v1/rollout/{revision}"
 
 
 def _route_path(request: Request) -> tuple[str, str | None]:
     """The route's path and its parameter, if it has one."""
     path = request.path.rstrip("/") or "/"
-    prefix, _, rest = path.partition("/v1/revisions/")
-    if not prefix and rest and "/" not in rest:
-        return REVISION_ROUTE, unquote(rest)
+    for route in (REVISION_ROUTE, ROLLOUT_ROUTE):
+        prefix, _, rest = path.partition(route.removesuffix("{revision}"))
+        if not prefix and rest and "/" not in rest and (
+                request.method == "GET" or route == REVISION_ROUTE):
+            return route, unquote(rest)
     return path, None
 
 

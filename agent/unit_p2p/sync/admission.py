@@ -148,6 +148,14 @@ class Admission:
             return True
         if isinstance(msg, wire.NoHead):
             return True
+        if isinstance(msg, wire.Wave):
+            # a forged or altered wave goes no further than the first hop either
+            from unit_p2p.sync.rollout import wave_refusal
+
+            why = wave_refusal(self.mesh_name, msg, self.trust)
+            if why is not None:
+                self.refuse(origin, *why)
+            return why is None
         self.refuse(origin, "unexpected", f"{type(msg).__name__} is not valid as gossip")
         return False
 

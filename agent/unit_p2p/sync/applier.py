@@ -88,7 +88,8 @@ class Applier:
         differs), other UnitErrors (Unit answered a read with an error) or OSError (backup).
         """
         local = None
-        if current is not None and self.reachable and self.local_digest == current.digest:
+        if current is not None and self.reachable \
+                and self.local_digest == current.config_digest:
             values = await self._read_excluded()
             if values is not None:
                 local = with_excluded_values(current.tree, values)
@@ -96,7 +97,7 @@ class Applier:
             local = await self.unit.get("/config")
         target = merge_exclusions(doc.tree, local, self.exclusions)
         await trio.to_thread.run_sync(self.store.save_backup, local, label)
-        await self.put_verified(target, doc.digest, rollback=local)
+        await self.put_verified(target, doc.config_digest, rollback=local)
 
     async def _read_excluded(self) -> dict[str, Any] | None:
         """Unit's values at the excluded pointers, each read by its own path; None when a

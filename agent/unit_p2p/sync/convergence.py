@@ -35,6 +35,8 @@ class PublishResult:
     pending: list[str] = field(default_factory=list)
     before: Any = None
     after: Any = None
+    #: a staged rollout's state (sync/rollout.py ``Rollouts.view``), None for a plain publish
+    rollout: dict | None = None
 
     def to_json(self, with_diff: bool) -> dict:
         out = {
@@ -45,6 +47,8 @@ class PublishResult:
             "converged": self.converged,
             "peers": {"applied": self.applied, "failed": self.failed, "pending": self.pending},
         }
+        if self.rollout is not None:
+            out["rollout"] = self.rollout
         if with_diff:
             out["before"] = self.before
             out["after"] = self.after

@@ -10,6 +10,7 @@ state; this module only reads it and commits a new head through it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import trio
@@ -22,6 +23,7 @@ from unit_p2p.sync.applier import Applier
 from unit_p2p.sync.candidates import Candidates
 from unit_p2p.sync.convergence import Convergence, PublishResult
 from unit_p2p.sync.history import Revisions
+from unit_p2p.sync.plan import Plan, PlanError, make_plan
 from unit_p2p.sync.revision import (
     Document,
     Head,
@@ -49,15 +51,17 @@ class PublishingHost(Protocol):
     metrics: Metrics
     store: StateStore
     head: Head | None
+    head_unit_digest: str | None
     last_error: dict | None
     applier: Applier
     candidates: Candidates
     convergence: Convergence
     revisions: Revisions
     spread: Spread
+    rollouts: Any
 
     async def head_config(self) -> Any: ...
-    async def commit_head(self, head: Head) -> None: ...
+    async def commit_head(self, head: Head, unit_digest: str | None = None) -> None: ...
 
 
 class Publisher:
@@ -74,6 +78,9 @@ class Publisher:
         min_peers: int | None = None,
         require_all: bool = True,
         force: bool = False,
+        stages: Sequence[Any] | None = None,
+        max_failures: int = 0,
+        auto_revert: bool = False,
     ) -> PublishResult:
         """Publish the local Unit config (or ``config``, applied locally first) as a new revision.
 
@@ -81,6 +88,10 @@ class Publisher:
         own values at the excluded pointers. Raises UnitUnreachable, RevisionRejected (Unit
         refused it), BadDocument (not an object) or PublishRefused (a guard; ``force`` passes
         the ones that protect the mesh from this host's stale state).
+
+        ``stages`` (e.g. ``[1, "10%", "100%"]``) makes it a staged rollout (sync/rollout.py):
+        the plan goes into the signed document, this host is the first host of wave 1, and
+        ``max_failures`` / ``auto_revert`` say when to stop and whether to go back then.
         """
         host = self.host
         async with host.applier.lock:
@@ -114,26 +125,44 @@ class Publisher:
                                      after=doc.tree)
             if local_change:
                 await host.applier.put_verified(target, doc.digest, rollback=local)
+            plan = None
+            if changed and stages:
+                plan = self._plan(stages, max_failures, auto_revert)
+                doc = doc.with_members(**{**doc.members, "rollout": plan.to_json()})
             if changed:
                 rev = Revision(host.candidates.max_seen + 1, host.peer_id)
                 head = Head(rev, doc.digest, doc.size,
                             sign_revision(host.private_key, host.mesh_name, rev, doc.digest))
                 before = await host.head_config()
                 await trio.to_thread.run_sync(host.store.save_document, doc)
-                await host.commit_head(head)
+                await host.commit_head(head, doc.config_digest)
                 host.metrics.publishes.inc()
                 log.info("published revision %s digest=%s size=%d", rev, doc.digest, doc.size)
             else:
                 before = doc.tree
             assert host.head is not None
             head = host.head
+        if plan is not None:
+            # the first wave opens before the announcement goes out: its hosts apply at once
+            await host.rollouts.started(head, plan)
         if changed:
             await host.spread.published()
         result = PublishResult(changed=changed or local_change, revision=head.revision,
                                digest=head.digest,
                                size=head.size, before=before, after=doc.tree)
+        if plan is not None:
+            result.rollout = await host.rollouts.wait_done(head.revision, wait, timeout)
+            wait = False  # the rollout's end is the wait; the tally below is where it stands
         await self._wait(result, wait, timeout, min_peers, require_all)
         return result
+
+    def _plan(self, stages: Sequence[Any], max_failures: int, auto_revert: bool) -> Plan:
+        """The waves of a staged publish, from the trusted peers this host knows."""
+        try:
+            return make_plan(stages, self.host.peer_id, self.wait_targets(),
+                             max_failures=max_failures, auto_revert=auto_revert)
+        except PlanError as exc:
+            raise PublishRefused("bad_stages", str(exc)) from None
 
     async def _refuse_stale_publish(self, local_digest: str) -> None:
         """Publishing what this host's Unit holds is wrong when that is older than the mesh:
@@ -152,8 +181,8 @@ class Publisher:
                 f"counter {host.candidates.max_seen} (this host could not apply it: "
                 f"{(host.last_error or {}).get('detail', 'see status')}); publishing this "
                 "host's config would undo it (force to do so on purpose)")
-        if head is not None and local_digest != head.digest and await trio.to_thread.run_sync(
-                host.store.has_document, local_digest):
+        if head is not None and local_digest != host.head_unit_digest \
+                and await trio.to_thread.run_sync(host.store.has_document, local_digest):
             raise PublishRefused(
                 "stale_config", f"Unit holds {local_digest}, the config of an older revision, "
                 f"not the head {head.revision}; publishing it would roll the mesh back "

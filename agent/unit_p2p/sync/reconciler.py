@@ -45,6 +45,7 @@ from unit_p2p.sync.candidates import Candidate, Candidates
 from unit_p2p.sync.convergence import APPLIED, FAILED, Convergence, PublishResult
 from unit_p2p.sync.drift import Drift, Step
 from unit_p2p.sync.fetch import Fetcher
+from unit_p2p.sync.health import HealthGate
 from unit_p2p.sync.history import History, Revisions
 from unit_p2p.sync.publisher import Publisher
 from unit_p2p.sync.revision import (
@@ -52,6 +53,7 @@ from unit_p2p.sync.revision import (
     Head,
     Revision,
 )
+from unit_p2p.sync.rollout import Rollouts, plan_of
 from unit_p2p.sync.spread import GOSSIP, NOTIFY, Spread
 from unit_p2p.sync.store import StateStore
 from unit_p2p.sync.views import ReconcilerViews
@@ -105,6 +107,9 @@ class Reconciler(ReconcilerViews):
         self._events = events
 
         self.head: Head | None = None
+        #: what Unit holding the head hashes to: the head's digest, or for an envelope (a
+        #: revision with resources or a rollout plan) the digest of its config alone
+        self.head_unit_digest: str | None = None
         self.applied_at: float | None = None
         self.last_error: dict | None = None
         self.candidates = Candidates()
@@ -118,6 +123,7 @@ class Reconciler(ReconcilerViews):
         self.convergence = Convergence(peer_id, self.publisher.wait_targets)
         self.history = History(store.dir, peer_id)
         self.revisions = Revisions(self.history, store, self.convergence, self.candidates)
+        self.rollouts = Rollouts(self, store.dir, HealthGate(settings))
         self._work_send, self._work_receive = trio.open_memory_channel[tuple](math.inf)
         self.spread = Spread(self.mesh_name, mesh, trust, self.candidates, metrics,
                              lambda: self.head,
@@ -134,7 +140,10 @@ class Reconciler(ReconcilerViews):
         self.candidates.max_seen = max_seen
         self.last_error = await trio.to_thread.run_sync(self.store.load_last_error)
         await trio.to_thread.run_sync(self.history.load, head, self.applied_at)
+        await trio.to_thread.run_sync(self.rollouts.load)
         if self.head:
+            doc = await self._head_document()
+            self.head_unit_digest = doc.config_digest if doc else self.head.digest
             self.metrics.head_counter.set(self.head.revision.counter)
             log.info("loaded head %s digest=%s", self.head.revision, self.head.digest)
 
@@ -142,6 +151,7 @@ class Reconciler(ReconcilerViews):
         self.mesh.set_stream_handler(wire.PROTO_PULL, self.fetcher.serve_pull)
         self.mesh.set_stream_handler(wire.PROTO_HEADS, self.spread.serve_heads)
         self.mesh.set_stream_handler(wire.PROTO_NOTIFY, self._serve_notify)
+        self.mesh.set_stream_handler(wire.PROTO_ROLLOUT, self.rollouts.serve_query)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -186,12 +196,14 @@ class Reconciler(ReconcilerViews):
         # for a newer revision.
         if self.candidates:
             self._wake_apply()
+        self.rollouts.round()
 
     # --- inbound (MeshEvents) -----------------------------------------------------------------
 
     async def on_peer_connected(self, peer_id: str) -> None:
         self.metrics.peers_connected.set(len(self.mesh.connected_peers()))
         self.spread.connected(peer_id)
+        self.rollouts.connected(peer_id)
 
     async def on_peer_disconnected(self, peer_id: str) -> None:
         self.metrics.peers_connected.set(len(self.mesh.connected_peers()))
@@ -217,6 +229,8 @@ class Reconciler(ReconcilerViews):
             self.spread.behind(peer)
         elif isinstance(msg, wire.Report):
             self._report(peer, msg, protocol)
+        elif isinstance(msg, wire.Wave):
+            self.rollouts.on_wave(peer, msg)
         elif msg is not None:
             self.admission.refuse(peer, "unexpected", f"{type(msg).__name__} is not valid here")
 
@@ -228,6 +242,7 @@ class Reconciler(ReconcilerViews):
                                   f"report about {report.peer}, not a trusted peer")
             return
         self.convergence.record(report.peer, report.revision, report.status, report.reason)
+        self.rollouts.reported(report.peer, report)
         if report.revision.origin != self.peer_id and protocol == NOTIFY:
             self._spawn(self.spread.forward, report, sender)
 
@@ -263,7 +278,7 @@ class Reconciler(ReconcilerViews):
                 self.admission.refuse(peer, "stale_revision", f"revision {rev}", quiet=True)
                 self.spread.behind(peer)
             return
-        if rev in self.candidates.failed:
+        if rev in self.candidates.failed or self.rollouts.holds(peer, head):
             return
         if self.candidates.propose(peer, head) is None:
             self.admission.refuse(peer, "equivocation",
@@ -324,6 +339,7 @@ class Reconciler(ReconcilerViews):
                     await self._record_error(rev, exc.reason, exc.detail)
                     log.error("revision %s not applied: %s", rev, exc)
                     self.convergence.record(self.peer_id, rev, FAILED, reason[:500])
+                    self.rollouts.failed_here(rev, reason[:500])
                     self._spawn(self.spread.report, rev, best.head.digest, FAILED, reason[:500])
 
     async def _record_error(self, revision: Revision, reason: str, detail: str) -> None:
@@ -346,6 +362,10 @@ class Reconciler(ReconcilerViews):
         await trio.to_thread.run_sync(self.store.save_document, doc,
                                       self.head.digest if self.head else None)
         self.spread.fetched(head, cand.holders)
+        if not self.rollouts.may_apply(head, plan_of(doc)):
+            # staged, and this host's wave is not open: held until a wave message opens it
+            self.candidates.drop(head.revision)
+            return
         async with self.applier.lock:
             if self.head is not None and head.revision <= self.head.revision:
                 return  # a publish or another apply got further meanwhile
@@ -353,20 +373,22 @@ class Reconciler(ReconcilerViews):
             await self.applier.apply(doc, f"before-{head.revision.counter}",
                                      current=await self._head_document())
             await trio.to_thread.run_sync(self.store.save_document, doc)
-            await self.commit_head(head)
+            await self.commit_head(head, doc.config_digest)
             self.candidates.drop(head.revision)
             self.metrics.applies.labels("ok").inc()
             self.metrics.last_convergence.set(time.monotonic() - cand.seen_at)
             log.info("applied revision %s digest=%s size=%d in %.1f ms", head.revision,
                      doc.digest, doc.size, (time.monotonic() - started) * 1000)
-        self.spread.applied(head)
+        self.rollouts.applied(head)
 
-    async def commit_head(self, head: Head) -> None:
-        """``head`` is applied here (by an apply or a publish): record it, clear the last error."""
+    async def commit_head(self, head: Head, unit_digest: str | None = None) -> None:
+        """``head`` is applied here (by an apply or a publish): record it, clear the last error.
+        ``unit_digest``: what Unit holding it hashes to, when that is not the head's digest."""
         self.head = head
+        self.head_unit_digest = unit_digest or head.digest
         self.applied_at = time.time()
         self.candidates.max_seen = max(self.candidates.max_seen, head.revision.counter)
-        self.applier.local_digest = head.digest
+        self.applier.local_digest = self.head_unit_digest
         await trio.to_thread.run_sync(self.store.save_head, head, self.candidates.max_seen,
                                       self.applied_at)
         await trio.to_thread.run_sync(self.history.record, head, self.applied_at,
@@ -380,7 +402,7 @@ class Reconciler(ReconcilerViews):
     def _observed(self, digest: str) -> None:
         """The Unit watch read ``digest`` outside any apply."""
         head = self.head
-        step = self.drift.observed(digest, head)
+        step = self.drift.observed(digest, head, self.head_unit_digest)
         if step is Step.REPAIR:
             self._spawn(self._repair_drift, head)
         elif step is not None:

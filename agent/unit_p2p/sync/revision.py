@@ -24,7 +24,7 @@ import rfc8785
 
 from unit_p2p.errors import BadDocument
 from unit_p2p.jsonstrict import unique_keys
-from unit_p2p.sync import resources
+from unit_p2p.sync import plan, resources
 from unit_p2p.sync.resources import DIGEST_RE as DIGEST_RE
 
 _REVISION_RE = re.compile(r"^(\d{1,18})@([1-9A-HJ-NP-Za-km-z]{30,100})$")
@@ -203,6 +203,7 @@ ENVELOPE_VERSION = 1
 ENVELOPE_MEMBERS: dict[str, Callable[[Any], None]] = {
     resources.CERTIFICATES: resources.check_certificates,
     resources.JS_MODULES: resources.check_js_modules,
+    "rollout": plan.check_rollout,
 }
 
 

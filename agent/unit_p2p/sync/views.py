@@ -26,6 +26,7 @@ class ReconcilerViews:
     trust: Any
     metrics: Metrics
     head: Head | None
+    head_unit_digest: str | None
     applied_at: float | None
     last_error: dict | None
     drift: Drift
@@ -42,7 +43,7 @@ class ReconcilerViews:
         our head. Raises UnitError when Unit does not answer."""
         config, digest = await self.applier.read()
         return {"config": config, "digest": digest, "head": self._head_view(),
-                "in_sync": bool(self.head and self.head.digest == digest)}
+                "in_sync": bool(self.head and self.head_unit_digest == digest)}
 
     def _head_view(self) -> dict | None:
         if self.head is None:
@@ -66,7 +67,7 @@ class ReconcilerViews:
                 "digest": applier.local_digest,
                 # a digest read before Unit went away says nothing about what it holds now
                 "in_sync": bool(applier.reachable and self.head
-                                and applier.local_digest == self.head.digest),
+                                and applier.local_digest == self.head_unit_digest),
                 "on_drift": self.settings.on_drift,
                 "drift": self.drift.view(),
             },

@@ -13,6 +13,10 @@ Messages (``v`` is the wire version, 1):
 - ``report``: "I applied / failed to apply revision R", from the reporting agent itself.
 - ``pull``: "send me the document with this digest".
 - ``served`` / ``error``: the answer to a pull; ``served`` is followed by the document bytes.
+- ``wave``: where a staged rollout stands ("wave k of R open", "halted", "aborted",
+  "complete"), signed by the trusted peer that moved it (sync/rollout.py).
+- ``query``: a rollout driver asks a host for its own report on a revision (answered with a
+  ``report``, or ``error`` ``pending``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ STREAM_TIMEOUT = 10.0
 PROTO_PULL = "/unit-p2p/config/1.0.0"
 PROTO_HEADS = "/unit-p2p/heads/1.0.0"
 PROTO_NOTIFY = "/unit-p2p/notify/1.0.0"
+PROTO_ROLLOUT = "/unit-p2p/rollout/1.0.0"
 
 
 def valid_mesh_name(name: str) -> bool:
@@ -80,13 +85,8 @@ class _SignedHead(_Message):
 
     @classmethod
     def from_obj(cls, obj: dict):
-        try:
-            signature = base64.b64decode(_str(obj, "signature", 128), validate=True)
-        except (binascii.Error, ValueError):
-            raise WireError("schema", "signature is not base64") from None
-        if len(signature) != 64:
-            raise WireError("schema", "signature must be 64 bytes (Ed25519)")
-        head = Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE), signature)
+        head = Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE),
+                    _signature(obj))
         return cls(_mesh(obj), head)
 
 
@@ -151,10 +151,8 @@ class Report(_Message):
             reason = _str(obj, "reason", _MAX_REASON)
         if (status == "failed") != (reason is not None):
             raise WireError("schema", "a failed report needs a reason, an applied one has none")
-        peer = _str(obj, "peer", 128)
-        if not _PEER_RE.fullmatch(peer):
-            raise WireError("schema", "peer must be a base58 peer ID")
-        return cls(_mesh(obj), _revision(obj), _digest(obj), status, reason, peer)
+        return cls(_mesh(obj), _revision(obj), _digest(obj), status, reason,
+                   _peer(obj, "peer"))
 
 
 @dataclass(frozen=True)
@@ -207,7 +205,67 @@ class ServeError(_Message):
         return cls(reason)
 
 
-Message = Announce | Have | NoHead | Report | Pull | Served | ServeError
+#: where a rollout stands; ``wave`` is the last opened wave (1-based)
+WAVE_STATES = ("open", "halted", "aborted", "complete")
+_MAX_WAVES = 1000
+
+
+@dataclass(frozen=True)
+class Wave(_Message):
+    """A staged rollout of ``revision`` moved: its state, the last opened wave, a sequence
+    number (a later move has a higher one), and the trusted peer that signed it."""
+
+    mesh: str
+    revision: Revision
+    digest: str
+    state: str
+    wave: int
+    seq: int
+    reason: str | None
+    signer: str
+    signature: bytes
+
+    TYPE = "wave"
+    FIELDS = frozenset({"mesh", "revision", "digest", "state", "wave", "seq", "reason",
+                        "signer", "signature"})
+
+    def to_obj(self) -> dict:
+        return {"mesh": self.mesh, "revision": str(self.revision), "digest": self.digest,
+                "state": self.state, "wave": self.wave, "seq": self.seq, "reason": self.reason,
+                "signer": self.signer, "signature": base64.b64encode(self.signature).decode()}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Wave:
+        state = obj["state"]
+        if state not in WAVE_STATES:
+            raise WireError("schema", f"state must be one of {', '.join(WAVE_STATES)}")
+        reason = obj["reason"]
+        if reason is not None:
+            reason = _str(obj, "reason", _MAX_REASON)
+        return cls(_mesh(obj), _revision(obj), _digest(obj), state,
+                   _int(obj, "wave", 0, _MAX_WAVES), _int(obj, "seq", 0, 1 << 40), reason,
+                   _peer(obj, "signer"), _signature(obj))
+
+
+@dataclass(frozen=True)
+class Query(_Message):
+    """"How did revision R go on your host?" (a rollout driver gathering a wave's state)."""
+
+    mesh: str
+    revision: Revision
+
+    TYPE = "query"
+    FIELDS = frozenset({"mesh", "revision"})
+
+    def to_obj(self) -> dict:
+        return {"mesh": self.mesh, "revision": str(self.revision)}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Query:
+        return cls(_mesh(obj), _revision(obj))
+
+
+Message = Announce | Have | NoHead | Report | Pull | Served | ServeError | Wave | Query
 _TYPES: dict[str, type[_Message]] = {cls.TYPE: cls for cls in Message.__args__}
 _ENVELOPE = frozenset({"v", "type"})
 
@@ -260,6 +318,23 @@ def _digest(obj: dict) -> str:
     if not DIGEST_RE.match(digest):
         raise WireError("schema", "digest must be sha256:<64 hex>")
     return digest
+
+
+def _peer(obj: dict, key: str) -> str:
+    peer = _str(obj, key, 128)
+    if not _PEER_RE.fullmatch(peer):
+        raise WireError("schema", f"{key} must be a base58 peer ID")
+    return peer
+
+
+def _signature(obj: dict) -> bytes:
+    try:
+        signature = base64.b64decode(_str(obj, "signature", 128), validate=True)
+    except (binascii.Error, ValueError):
+        raise WireError("schema", "signature is not base64") from None
+    if len(signature) != 64:
+        raise WireError("schema", "signature must be 64 bytes (Ed25519)")
+    return signature
 
 
 def _revision(obj: dict) -> Revision:
