@@ -278,3 +278,39 @@ def test_route_matching(match, request_head, status) -> None:
             "routes": [{"match": match, "action": {"return": 200}}]}
     got = answer(conf, "l", request_head.encode(), "http")
     assert got is not None and got.startswith(f"HTTP/1.1 {status} ".encode())
+
+
+async def test_no_connection_is_refused_or_unserved_during_a_rotation(start_emulator) -> None:
+    """A client connecting over and over while the bundle rotates always gets an answer over
+    TLS, first with the old certificate, then with the new one, never anything else."""
+    addr = (await start_emulator()).control_address
+    port = free_loopback_port()
+    old, new = make_bundle(), make_bundle()
+    seen: list[str | None] = []
+    warmed_up, switched = trio.Event(), trio.Event()
+    with trio.fail_after(60):
+        await put(addr, "/certificates/old", old)
+        await put(addr, "/config", config({f"127.0.0.1:{port}": tls_listener("old")}))
+
+        async def client() -> None:
+            after_switch = 0
+            while after_switch < 5:  # keep going until a few answers came after the switch
+                got = await fetch(port, "/", tls=True)
+                assert got.status == 200
+                seen.append(got.fingerprint)
+                if len(seen) == 3:
+                    warmed_up.set()
+                after_switch += switched.is_set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client)
+            await warmed_up.wait()
+            await put(addr, "/certificates/new", new)
+            await put(addr, f"/config/listeners/127.0.0.1:{port}/tls/certificate", "new")
+            switched.set()
+            assert (await request(addr, "DELETE", "/certificates/old")).status == 200
+    want_old, want_new = fingerprint_of(old), fingerprint_of(new)
+    assert set(seen) <= {want_old, want_new}
+    first_new = seen.index(want_new)
+    assert seen[:first_new] == [want_old] * first_new and first_new >= 3
+    assert seen[first_new:] == [want_new] * (len(seen) - first_new)
