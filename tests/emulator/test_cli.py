@@ -85,6 +85,33 @@ def test_runs_until_sigterm_with_admin_socket(tmp_path: Path) -> None:
         proc.stderr.close()
 
 
+def test_bind_all_addresses_serves_a_wildcard_listener(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [*CLI, "--control", f"unix:{control}", "--bind-all-addresses"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_line(proc, 20)
+        conf = {"listeners": {f"*:{port}": {"pass": "routes"}},
+                "routes": [{"action": {"return": 200}}]}
+        assert _unix_request(str(control), "PUT", "/config", json.dumps(conf).encode())[0] == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200 ")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
 def test_self_check_passes() -> None:
     done = subprocess.run([*CLI, "--self-check"], env=_env(), capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
