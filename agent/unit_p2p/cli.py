@@ -72,6 +72,20 @@ def _stages(text: str) -> list[str]:
     return stages
 
 
+def _resource_arg(text: str) -> tuple[str, str]:
+    """``NAME=FILE`` -> (NAME, the file's text). The text is never quoted in an error."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text[:80]!r}")
+    try:
+        with open(path, "rb") as f:
+            return name, f.read().decode("utf-8")
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"{path}: not UTF-8 text") from None
+
+
 def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", default=os.environ.get("UNIT_P2P_API", DEFAULT_API),
                    help="the agent's API: unix:/path or http://127.0.0.1:PORT "
@@ -129,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config to apply locally, then publish: one JSON object, strict JSON "
                         "(no comments, trailing commas or duplicate keys, which Unit itself "
                         "would accept or refuse differently)")
+    p.add_argument("--certificate", action="append", default=[], metavar="NAME=FILE",
+                   type=_resource_arg, help="a certificate bundle (PEM: the chain, leaf first, "
+                   "and the leaf's private key) the config names NAME in "
+                   "listeners.*.tls.certificate; checked here, kept in each agent's state dir "
+                   "and uploaded to each Unit (repeatable)")
+    p.add_argument("--js-module", action="append", default=[], metavar="NAME=FILE",
+                   type=_resource_arg, help="a JS module the config imports as NAME "
+                   "(settings.js_module); checked by this host's Unit first (repeatable)")
     _publish_args(p, force="publish even though the mesh has a newer revision or Unit holds an "
                            "older revision's config (refused otherwise, since it would roll "
                            "every host back), or the config is blank or removes more than "
@@ -399,6 +421,8 @@ def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
     if getattr(args, "stages", None):
         # the agent waits for the rollout's end itself (halted, complete) with --wait
         result = api.publish(config=config, wait=args.wait, timeout=args.timeout,
+                             certificates=dict(args.certificate),
+                             js_modules=dict(args.js_module),
                              dry_run=args.dry_run, force=args.force, stages=args.stages,
                              max_failures=args.max_failures, auto_revert=args.auto_revert)
         print(json.dumps(result, indent=2) if args.json else _format_publish(result, args.dry_run))
@@ -410,7 +434,9 @@ def _cmd_publish(api, args: argparse.Namespace, config: dict | None) -> int:
     if args.command == "rollback":
         send = functools.partial(api.rollback, args.revision)
     else:
-        send = functools.partial(api.publish, config=config)
+        send = functools.partial(api.publish, config=config,
+                                 certificates=dict(args.certificate),
+                                 js_modules=dict(args.js_module))
     if args.wait and not args.json and not args.dry_run:
         # Publish, then follow the revision in one-second waits so the user sees progress.
         published = send(wait=False, timeout=args.timeout, force=args.force)
@@ -520,7 +546,14 @@ def _format_diff(old: dict | None, new: dict) -> str:
     def lines(doc: dict | None) -> list[str]:
         if doc is None:
             return []
-        return json.dumps(doc["config"], indent=2, sort_keys=True).splitlines(keepends=True)
+        out = json.dumps(doc["config"], indent=2, sort_keys=True).splitlines(keepends=True)
+        # resources by their public description only (a bundle's key never leaves the agent)
+        out += [f"certificate {c['name']}: subject {c['subject']}, issuer {c['issuer']}, "
+                f"not after {c['not_after']}, fingerprint {c['fingerprint']}\n"
+                for c in doc.get("certificates", [])]
+        out += [f"js_module {m['name']}: {m['digest']} ({m['size']} bytes)\n"
+                for m in doc.get("js_modules", [])]
+        return out
 
     diff = "".join(difflib.unified_diff(
         lines(old), lines(new), fromfile=old["revision"] if old else "(nothing before it)",
@@ -564,6 +597,9 @@ def _format_status(s: dict) -> str:
         f"{counters.get('apply_failed', 0)}, pulls served {counters.get('pulls_served', 0)}"
         + (f", rejected: {rejected}" if rejected else ""),
     ]
+    for cert in s.get("certificates") or []:
+        lines.append(f"cert      {cert['name']}  expires {cert['not_after']}  {cert['subject']}"
+                     f"  ({cert['fingerprint'][:19]}…)")
     if err:
         lines.append(f"last err  {err.get('revision')}: {err.get('reason')}: {err.get('detail')}")
     return "\n".join(lines)

@@ -46,6 +46,11 @@ class Metrics:
             "unit_p2p_last_convergence_seconds",
             "Seconds from a revision's announcement reaching this host to it being applied",
             registry=r)
+        self.certificate_expiry = Gauge(
+            "unit_p2p_certificate_expiry_seconds",
+            "When each certificate of the head expires (its leaf's notAfter), as a Unix "
+            "timestamp in seconds, like blackbox_exporter's probe_ssl_earliest_cert_expiry",
+            ["name"], registry=r)
 
     def refused(self, reason: str, n: int = 1) -> None:
         """Count ``n`` refusals (messages, streams, connections or revisions) of ``reason``."""

@@ -12,10 +12,12 @@ from unit_p2p.errors import (
     MeshError,
     UnitInvalidConfig,
     UnitPathNotFound,
+    UnitRejected,
     UnitUnreachable,
     WireError,
 )
 from unit_p2p.mesh import PeerInfo
+from unit_p2p.sync.resources import certificate_refs, js_module_refs
 
 END = b"\x00<end>"
 
@@ -120,6 +122,13 @@ class FakeUnit:
         self.read_errors: list[Exception] = []
         #: moved to ``read_errors`` by the next PUT that Unit takes (a read-back that fails)
         self.read_errors_after_put: list[Exception] = []
+        #: Unit-side name -> bundle bytes; module name -> text
+        self.certificates: dict[str, bytes] = {}
+        self.js_modules: dict[str, str] = {}
+        #: refuse the modules whose text holds this (a module that does not compile)
+        self.reject_modules: str | None = None
+        #: called with this Unit after every change (see ``changed``)
+        self.on_change: list = []
 
     async def get(self, path: str = "/config"):
         if self.down:
@@ -127,6 +136,10 @@ class FakeUnit:
         if self.read_errors:
             raise self.read_errors.pop(0)
         self.reads.append(path)
+        if path == "/certificates":
+            return {name: {"key": "RSA (2048 bits)", "chain": []} for name in self.certificates}
+        if path == "/js_modules":
+            return dict(self.js_modules)
         node = self.config
         for part in path.split("/")[2:]:  # below /config, as Unit's API addresses it
             if isinstance(node, dict) and part in node:
@@ -144,8 +157,65 @@ class FakeUnit:
             self.reject_next -= 1
             raise UnitInvalidConfig(400, "Invalid configuration.", "emulated rejection",
                                     method="PUT", path=path)
+        for name in certificate_refs(value):
+            if name not in self.certificates:
+                raise UnitInvalidConfig(400, "Invalid configuration.",
+                                        f'Certificate "{name}" is not found.', method="PUT",
+                                        path=path)
+        for name in js_module_refs(value):
+            if name not in self.js_modules:
+                raise UnitInvalidConfig(400, "Invalid configuration.",
+                                        'Value doesn\'t exist.', method="PUT", path=path)
         self.puts += 1
         self.config = copy.deepcopy(value)
         self.read_errors += self.read_errors_after_put
         self.read_errors_after_put = []
+        self.changed()
         return {"success": "Reconfiguration done."}
+
+    # --- /certificates and /js_modules, as Unit 1.35 answers (tests/emulator has the real
+    # emulator's contract; this is the minimum the applier relies on) ---
+
+    def changed(self) -> None:
+        """Called after every change: tests check an invariant at each step here."""
+        for check in self.on_change:
+            check(self)
+
+    def _refuse(self, status: int, error: str, method: str, path: str):
+        return UnitRejected(status, error, method=method, path=path)
+
+    async def put_raw(self, path: str, body: bytes):
+        if self.down:
+            raise UnitUnreachable("control socket is gone")
+        kind, _, name = path.lstrip("/").partition("/")
+        if kind == "certificates":
+            if name in self.certificates:
+                raise self._refuse(400, "Certificate already exists.", "PUT", path)
+            if b"BEGIN CERTIFICATE" not in body or b"PRIVATE KEY" not in body:
+                raise self._refuse(400, "Invalid certificate.", "PUT", path)
+            self.certificates[name] = bytes(body)
+        elif kind == "js_modules":
+            if name in self.js_modules:
+                raise self._refuse(400, "JS module already exists.", "PUT", path)
+            if self.reject_modules is not None and self.reject_modules in body.decode():
+                raise self._refuse(400, "Compilation error.", "PUT", path)
+            self.js_modules[name] = body.decode()
+        else:
+            raise self._refuse(405, "Invalid method.", "PUT", path)
+        self.changed()
+        return {"success": "uploaded"}
+
+    async def delete(self, path: str):
+        if self.down:
+            raise UnitUnreachable("control socket is gone")
+        kind, _, name = path.lstrip("/").partition("/")
+        held = {"certificates": self.certificates, "js_modules": self.js_modules}.get(kind)
+        if held is None or name not in held:
+            raise UnitPathNotFound(404, "Value doesn't exist.", method="DELETE", path=path)
+        refs = certificate_refs if kind == "certificates" else js_module_refs
+        if name in refs(self.config):
+            what = "Certificate" if kind == "certificates" else "JS module"
+            raise self._refuse(400, f"{what} is used in the configuration.", "DELETE", path)
+        del held[name]
+        self.changed()
+        return {"success": "deleted"}

@@ -41,6 +41,8 @@ async def test_a_unit_emptied_or_edited_by_hand_gets_the_head_back(tmp_path):
             await until(lambda: c.unit.config == config(1))
             b.unit.config = config(9)  # edited by hand
             await until(lambda: b.unit.config == config(1))
+            for node in (b, c):  # counted once the repair's read-back is done
+                await until(lambda n=node: n.metrics.drift_repairs.labels("ok")._value.get())
         for node in (b, c):
             assert node.metrics.drift_repairs.labels("ok")._value.get() == 1
             assert node.metrics.drifted._value.get() == 0

@@ -82,10 +82,12 @@ class ApiClient:
 
     def publish(self, config: dict | None = None, **options: Any) -> dict:
         """Publish this host's Unit config, or ``config`` applied here first. ``options``:
-        wait, timeout, dry_run, min_peers, require_all, diff, force, and for a staged rollout
+        wait, timeout, dry_run, min_peers, require_all, diff, force, certificates and
+        js_modules (NAME -> text, docs/tls.md), and for a staged rollout
         stages, max_failures, auto_revert (docs/api.md, docs/rollout.md)."""
         subject: dict[str, Any] = {} if config is None else {"config": config}
-        for name in ("stages", "max_failures", "auto_revert"):
+        # certificates / js_modules: NAME -> text (a PEM bundle, a module's source)
+        for name in ("certificates", "js_modules", "stages", "max_failures", "auto_revert"):
             value = options.pop(name, None)
             if value is not None:
                 subject[name] = value

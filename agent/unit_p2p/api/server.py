@@ -159,10 +159,17 @@ class AgentApi:
 
     async def publish(self, req: dict) -> tuple[int, Any]:
         staged = {k: req.pop(k) for k in ("stages", "max_failures", "auto_revert") if k in req}
-        options = {**_publish_options(req, "config"), **_staged_options(staged)}
+        options = {**_publish_options(req, "config", *_RESOURCES), **_staged_options(staged)}
         config = req.get("config")
         if config is not None and not isinstance(config, dict):
             raise ApiProblem(422, "not_an_object", "config must be a JSON object")
+        for kind in _RESOURCES:
+            given = req.get(kind)
+            if given is not None and not (isinstance(given, dict) and all(
+                    isinstance(v, str) for v in given.values())):
+                raise ApiProblem(400, "bad_request", f"{kind} must be an object of NAME -> text")
+            if given:
+                options[kind] = given
         result = await self.agent.publish(config, **options)
         return 200, result.to_json(with_diff=options["dry_run"] or req.get("diff", False))
 
@@ -214,10 +221,14 @@ class AgentApi:
         return 200, result.to_json(with_diff=False)
 
 
-def _publish_options(req: dict, subject: str) -> dict[str, Any]:
-    """The options a publish and a rollback share, checked; ``subject`` is the one other
-    field the request may have (the config, the revision)."""
-    unknown = set(req) - {subject, "wait", "timeout", "dry_run", "min_peers", "require_all",
+#: what a publish may carry besides its config: NAME -> text (a PEM bundle, a module's source)
+_RESOURCES = ("certificates", "js_modules")
+
+
+def _publish_options(req: dict, *subject: str) -> dict[str, Any]:
+    """The options a publish and a rollback share, checked; ``subject``: the other fields
+    the request may have (the config and resources, the revision)."""
+    unknown = set(req) - {*subject, "wait", "timeout", "dry_run", "min_peers", "require_all",
                           "diff", "force"}
     if unknown:
         raise ApiProblem(400, "bad_request", _unknown_fields(unknown))

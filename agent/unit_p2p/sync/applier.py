@@ -6,7 +6,12 @@ a read-back that differs (someone wrote meanwhile, or Unit rewrote it) or that f
 old config. The watch polls Unit so ``status`` can say whether it answers and whether it holds our
 head; every digest it reads goes to ``on_observed``, where the reconciler decides about drift.
 
-A new Unit resource that needs its own handling on apply belongs here.
+Resources go first (sync/resources.py): each certificate bundle Unit lacks is uploaded under its
+content-derived name ``NAME.<12 hex>`` and the config's references are renamed to it; each JS
+module under its NAME. Then the config, read back with the names mapped back to NAME before the
+digest is compared. Then the bundles and modules this agent uploaded that the new config no longer
+names are deleted. A failure before the config PUT leaves the old config serving (an uploaded,
+unreferenced bundle is harmless and deleted by a later apply).
 """
 
 from __future__ import annotations
@@ -27,8 +32,24 @@ from unit_p2p.errors import (
     UnitShortAnswer,
 )
 from unit_p2p.metrics import Metrics
-from unit_p2p.sync.revision import Document, merge_exclusions, with_excluded_values
+from unit_p2p.sync import resources
+from unit_p2p.sync.resources import (
+    CERTIFICATES,
+    JS_MODULES,
+    from_unit_names,
+    js_module_refs,
+    rename_certificates,
+    to_unit_names,
+    unit_certificate_name,
+)
+from unit_p2p.sync.revision import (
+    Document,
+    digest_of_bytes,
+    merge_exclusions,
+    with_excluded_values,
+)
 from unit_p2p.sync.store import StateStore
+from unit_p2p.unit.client import unit_path
 
 log = logging.getLogger("unit_p2p.sync.applier")
 
@@ -43,6 +64,13 @@ UNIT_POLL_COST_FACTOR = 50
 class UnitLike(Protocol):
     async def get(self, path: str = "/config") -> Any: ...
     async def put(self, path: str, value: Any) -> Any: ...
+    async def put_raw(self, path: str, body: bytes) -> Any: ...
+    async def delete(self, path: str) -> Any: ...
+
+
+def _unit_reason(exc: UnitRejected) -> str:
+    """Unit's own words for a refusal (never the body sent: a bundle holds a private key)."""
+    return " ".join(p for p in (exc.error, exc.detail) if p) or f"status {exc.status}"
 
 
 class Applier:
@@ -62,42 +90,237 @@ class Applier:
         self.lock = trio.Lock()
         self.reachable: bool | None = None
         self.error: str | None = None
-        #: digest of what Unit holds (minus exclusions), as last read or written
+        #: digest of what Unit holds (minus exclusions, names mapped back), as last read or
+        #: written
         self.local_digest: str | None = None
+        #: the document Unit should hold (the head's): its config digest is what the watch
+        #: compares, its certificates name the bundles Unit holds under content-derived names
+        self.expected: Document | None = None
+        #: the certificates and modules this agent uploaded (store.load_unit_resources)
+        self._uploads: dict[str, list[str]] | None = None
+
+    def expect(self, doc: Document | None) -> None:
+        """``doc`` is the head's document now: Unit should hold it."""
+        self.expected = doc
+        self.metrics.certificate_expiry.clear()
+        for name, entry in (doc.certificates if doc else {}).items():
+            self.metrics.certificate_expiry.labels(name).set(
+                resources.expiry_timestamp(entry["not_after"]))
+
+    @property
+    def expected_digest(self) -> str | None:
+        return self.expected.config_digest if self.expected is not None else None
+
+    @property
+    def in_sync(self) -> bool:
+        return bool(self.reachable and self.expected is not None
+                    and self.local_digest == self.expected.config_digest)
 
     async def read(self) -> tuple[Any, str]:
-        """Unit's config and its digest (minus exclusions)."""
+        """Unit's config and its digest (minus exclusions, names mapped back)."""
         config = await self.unit.get("/config")
         return config, await self.digest_of(config)
 
-    async def digest_of(self, config: Any) -> str:
-        """The digest of ``config`` minus exclusions, computed off the trio loop: a big config
-        takes a good part of a second to canonicalize, and the API must keep answering."""
-        return (await trio.to_thread.run_sync(Document.from_config, config,
-                                              self.exclusions)).digest
+    async def shared(self, config: Any, doc: Document | None = None) -> Document:
+        """``config`` as Unit holds it, as the mesh shares it: minus exclusions, the bundles of
+        ``doc`` (default: the expected document) named by NAME again. Computed off the trio
+        loop: a big config takes a good part of a second to canonicalize."""
+        doc = doc if doc is not None else self.expected
+        names = from_unit_names(doc.certificates) if doc is not None else {}
+
+        def build() -> Document:
+            plain = Document.from_config(config, self.exclusions)
+            if not names:
+                return plain
+            return Document.from_config(rename_certificates(plain.tree, names), ())
+
+        return await trio.to_thread.run_sync(build)
+
+    async def digest_of(self, config: Any, doc: Document | None = None) -> str:
+        return (await self.shared(config, doc)).digest
 
     async def apply(self, doc: Document, label: str, current: Document | None = None) -> None:
-        """Make Unit hold ``doc`` plus this host's excluded values.
+        """Make Unit hold ``doc`` (its resources, then its config plus this host's excluded
+        values).
 
         ``current``: the document Unit was last seen holding (the head), if the caller has it.
         While Unit is known to hold it, only the excluded values are read from Unit (they are
         this host's own and may have been edited since), not the whole config: for a big config
         on Unit's unix socket, which cuts big answers, a whole read is half an apply's cost.
 
-        Raises UnitUnreachable (transient), RevisionRejected (Unit refused it, or the read-back
-        differs), other UnitErrors (Unit answered a read with an error) or OSError (backup).
+        Raises UnitUnreachable (transient), RevisionRejected (Unit refused it or a resource,
+        or the read-back differs), other UnitErrors (Unit answered a read with an error) or
+        OSError (backup).
         """
         local = None
-        if current is not None and self.reachable \
-                and self.local_digest == current.config_digest:
+        if current is not None and self.reachable and self.local_digest == current.config_digest:
             values = await self._read_excluded()
             if values is not None:
-                local = with_excluded_values(current.tree, values)
+                local = with_excluded_values(
+                    rename_certificates(current.tree, to_unit_names(current.certificates)),
+                    values)
         if local is None:
             local = await self.unit.get("/config")
-        target = merge_exclusions(doc.tree, local, self.exclusions)
-        await trio.to_thread.run_sync(self.store.save_backup, local, label)
-        await self.put_verified(target, doc.config_digest, rollback=local)
+        await self.move(doc, local, label)
+
+    async def move(self, doc: Document, local: Any, label: str, *, put: bool = True) -> None:
+        """Move Unit from ``local`` (what it holds) to ``doc``: resources, the config (unless
+        ``put`` is false and no module had to be swapped), the cleanup. Raises as ``apply``."""
+        await self._upload_certificates(doc)
+        swapped = await self._upload_js_modules(doc)
+        target = merge_exclusions(rename_certificates(doc.tree, to_unit_names(doc.certificates)),
+                                  local, self.exclusions)
+        if put or swapped:
+            await trio.to_thread.run_sync(self.store.save_backup, local, label)
+        if swapped:
+            await self._swap_js_modules(doc, swapped, target, local)
+        elif put:
+            await self.put_verified(target, doc, rollback=local)
+        await self._delete_unused(doc)
+
+    # --- resources ----------------------------------------------------------------------------
+
+    async def _listing(self, path: str, kind: str, doc: Document) -> dict:
+        try:
+            held = await self.unit.get(path)
+        except UnitPathNotFound:
+            raise RevisionRejected(
+                "unit_rejected", f"{kind} {', '.join(sorted(doc.members[kind]))}: this Unit "
+                f"has no {path} (built without {'TLS' if kind == CERTIFICATES else 'njs'})"
+            ) from None
+        return held if isinstance(held, dict) else {}
+
+    async def _blob(self, kind: str, name: str, digest: str) -> bytes:
+        held = await trio.to_thread.run_sync(self.store.load_blob, digest)
+        if held is None:
+            raise RevisionRejected("resource_missing", f"{kind[:-1].replace('_', ' ')} {name}: "
+                                   f"its bytes ({digest}) are not held here")
+        return held[0]
+
+    async def _mine(self) -> dict[str, list[str]]:
+        """What this agent uploaded to its Unit (read from the state dir once)."""
+        if self._uploads is None:
+            self._uploads = await trio.to_thread.run_sync(self.store.load_unit_resources)
+        return self._uploads
+
+    async def _uploaded(self, kind: str, name: str, add: bool = True) -> None:
+        """Record that this agent uploaded (or deleted) ``name``: it deletes only its own."""
+        names = await self._mine()
+        names[kind] = [n for n in names[kind] if n != name] + ([name] if add else [])
+        await trio.to_thread.run_sync(self.store.save_unit_resources, names)
+
+    async def _upload_certificates(self, doc: Document) -> None:
+        """Upload each bundle of ``doc`` that Unit lacks, under its content-derived name."""
+        if not doc.certificates:
+            return
+        held = await self._listing("/certificates", CERTIFICATES, doc)
+        for name, entry in sorted(doc.certificates.items()):
+            unit_name = unit_certificate_name(name, entry["digest"])
+            if unit_name in held:
+                continue
+            data = await self._blob(CERTIFICATES, name, entry["digest"])
+            try:
+                await self.unit.put_raw(unit_path("certificates", unit_name), data)
+            except UnitRejected as exc:
+                if exc.error == "Certificate already exists.":
+                    continue  # uploaded since the listing: same name, same content
+                raise RevisionRejected(
+                    "unit_rejected", f"certificate {name} (as {unit_name}): Unit refused it: "
+                    f"{_unit_reason(exc)}") from None
+            await self._uploaded(CERTIFICATES, unit_name)
+            log.info("uploaded certificate %s as %s", name, unit_name)
+
+    async def _upload_js_modules(self, doc: Document) -> dict[str, str]:
+        """Upload each module of ``doc`` that Unit lacks; returns the modules Unit holds with
+        other text (NAME -> the old text), which must be swapped (``_swap_js_modules``)."""
+        if not doc.js_modules:
+            return {}
+        held = await self._listing("/js_modules", JS_MODULES, doc)
+        swap = {}
+        for name, entry in sorted(doc.js_modules.items()):
+            if name in held:
+                old = held[name]
+                if isinstance(old, str) and digest_of_bytes(
+                        old.encode("utf-8", "surrogateescape")) != entry["digest"]:
+                    swap[name] = old
+                continue
+            await self._put_js_module(name, await self._blob(JS_MODULES, name, entry["digest"]))
+        return swap
+
+    async def _put_js_module(self, name: str, data: bytes) -> None:
+        try:
+            await self.unit.put_raw(unit_path("js_modules", name), data)
+        except UnitRejected as exc:
+            raise RevisionRejected("unit_rejected", f"JS module {name}: Unit refused it: "
+                                   f"{_unit_reason(exc)}") from None
+        await self._uploaded(JS_MODULES, name)
+        log.info("uploaded JS module %s", name)
+
+    async def _swap_js_modules(self, doc: Document, old: dict[str, str], target: Any,
+                               local: Any) -> None:
+        """Replace modules Unit holds under the same NAME with other text. Unit refuses to
+        overwrite a module or delete one in use, so: PUT an interim config (the current one
+        with those modules left out of ``settings.js_module``), delete and upload them, PUT the
+        target. Any failure puts the old modules and the old config back. Between the interim
+        and the target config, routes that call those modules run without them."""
+        interim = _without_js_modules(local, set(old))
+        try:
+            if interim != local:
+                await self.put_verified(interim, None, rollback=local)
+        except RevisionRejected as exc:
+            raise RevisionRejected(exc.reason, f"JS module {', '.join(sorted(old))} changed: "
+                                   f"Unit must stop using it to replace it, and refused the "
+                                   f"config without it ({exc.detail}); publish the new code "
+                                   "under a new module NAME instead") from None
+        swapped: list[str] = []
+        try:
+            for name in sorted(old):
+                await self._delete(JS_MODULES, name, strict=True)
+                swapped.append(name)
+                await self._put_js_module(name, await self._blob(
+                    JS_MODULES, name, doc.js_modules[name]["digest"]))
+            await self.put_verified(target, doc, rollback=interim)
+        except (UnitError, SyncError):
+            for name in swapped:
+                try:
+                    await self._delete(JS_MODULES, name, strict=False)
+                    await self.unit.put_raw(unit_path("js_modules", name),
+                                            old[name].encode("utf-8", "surrogateescape"))
+                except UnitError as exc:
+                    log.error("putting JS module %s back failed: %s", name, exc)
+            await self._restore(local)
+            raise
+
+    async def _delete(self, kind: str, unit_name: str, *, strict: bool) -> bool:
+        """Delete a certificate or module from Unit. Returns whether it is gone; ``strict``
+        raises RevisionRejected when Unit refuses, else a refusal is logged (in use by a
+        host-local part of the config, say) and the next apply tries again."""
+        path = unit_path("certificates" if kind == CERTIFICATES else "js_modules", unit_name)
+        try:
+            await self.unit.delete(path)
+        except UnitPathNotFound:
+            pass
+        except UnitRejected as exc:
+            what = "certificate" if kind == CERTIFICATES else "JS module"
+            if strict:
+                raise RevisionRejected("unit_rejected", f"{what} {unit_name}: Unit refused "
+                                       f"to delete it: {_unit_reason(exc)}") from None
+            log.warning("%s %s is no longer in the head but Unit keeps it: %s", what,
+                        unit_name, _unit_reason(exc))
+            return False
+        await self._uploaded(kind, unit_name, add=False)
+        return True
+
+    async def _delete_unused(self, doc: Document) -> None:
+        """Delete what this agent uploaded that ``doc`` no longer names."""
+        mine = await self._mine()
+        keep = {CERTIFICATES: set(to_unit_names(doc.certificates).values()),
+                JS_MODULES: set(doc.js_modules)}
+        for kind in (CERTIFICATES, JS_MODULES):
+            for name in sorted(set(mine[kind]) - keep[kind]):  # a copy: _delete edits it
+                if await self._delete(kind, name, strict=False):
+                    log.info("deleted %s %s from Unit (no longer in the head)",
+                             kind[:-1].replace("_", " "), name)
 
     async def _read_excluded(self) -> dict[str, Any] | None:
         """Unit's values at the excluded pointers, each read by its own path; None when a
@@ -112,25 +335,31 @@ class Applier:
                 continue  # not set on this host: nothing to keep
         return values
 
-    async def put_verified(self, target: Any, digest: str, rollback: Any) -> None:
-        """PUT ``target`` and read it back; restore ``rollback`` if what Unit holds differs or
-        cannot be read: a config no revision holds must never stay applied unrecorded."""
+    async def put_verified(self, target: Any, doc: Document | None, rollback: Any) -> None:
+        """PUT ``target`` (``doc``'s config as Unit names it; None: an interim config, compared
+        as it is) and read it back; restore ``rollback`` if what Unit holds differs or cannot be
+        read: a config no revision holds must never stay applied unrecorded."""
         try:
             await self.unit.put("/config", target)
         except UnitRejected as exc:
             raise RevisionRejected("unit_rejected", str(exc)) from None
         try:
-            got = await self.digest_of(await self.unit.get("/config"))
+            got_config = await self.unit.get("/config")
+            if doc is None:
+                got, want = got_config == target, True
+            else:
+                got, want = await self.digest_of(got_config, doc), doc.config_digest
         except (UnitError, SyncError) as exc:
             restored = await self._restore(rollback)
             raise RevisionRejected(
                 "verify_failed", f"Unit took the PUT but reading it back failed ({exc}); "
                 + restored) from None
-        if got != digest:
+        if got != want:
             restored = await self._restore(rollback)
             raise RevisionRejected("verify_failed",
-                                   f"Unit holds {got} after PUT of {digest}; {restored}")
-        self.set_state(True, None, got)
+                                   f"Unit holds {got} after PUT of {want}; {restored}")
+        if doc is not None:
+            self.set_state(True, None, got)
 
     async def _restore(self, rollback: Any) -> str:
         """Put the previous config back; says what happened, for the error that follows."""
@@ -181,3 +410,23 @@ class Applier:
             # often, so the watch never takes more than ~2 % of the agent's time.
             took = trio.current_time() - started
             await trio.sleep(max(UNIT_POLL_INTERVAL, took * UNIT_POLL_COST_FACTOR))
+
+
+def _without_js_modules(config: Any, names: set[str]) -> Any:
+    """``config`` with ``names`` left out of ``settings.js_module``."""
+    used = js_module_refs(config)
+    if not used & names:
+        return config
+    settings = dict(config["settings"])
+    value = settings["js_module"]
+    rest = [n for n in (value if isinstance(value, list) else [value]) if n not in names]
+    if rest:
+        settings["js_module"] = rest if isinstance(value, list) else rest[0]
+    else:
+        del settings["js_module"]
+    out = dict(config)
+    if settings:
+        out["settings"] = settings
+    else:
+        del out["settings"]
+    return out

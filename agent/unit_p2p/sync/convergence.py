@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from unit_p2p.sync.resources import CERTIFICATES, JS_MODULES, certificate_views, js_module_views
 from unit_p2p.sync.revision import Head, Revision
 
 #: revisions whose reports are kept for publishers' waits
@@ -37,6 +38,8 @@ class PublishResult:
     after: Any = None
     #: a staged rollout's state (sync/rollout.py ``Rollouts.view``), None for a plain publish
     rollout: dict | None = None
+    #: the revision's envelope members (certificates, js_modules manifests), if any
+    resources: dict = field(default_factory=dict)
 
     def to_json(self, with_diff: bool) -> dict:
         out = {
@@ -46,6 +49,8 @@ class PublishResult:
             "size": self.size,
             "converged": self.converged,
             "peers": {"applied": self.applied, "failed": self.failed, "pending": self.pending},
+            "certificates": certificate_views(self.resources.get(CERTIFICATES, {})),
+            "js_modules": js_module_views(self.resources.get(JS_MODULES, {})),
         }
         if self.rollout is not None:
             out["rollout"] = self.rollout

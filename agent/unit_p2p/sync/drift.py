@@ -53,13 +53,13 @@ class Drift:
     def view(self) -> dict | None:
         return None if self.state is None else dict(self.state)
 
-    def observed(self, digest: str, head: Head | None, want: str | None = None) -> Step | None:
-        """Unit holds ``digest`` (minus exclusions), read outside any apply; ``want`` is what
-        Unit holding the head hashes to (the head's digest unless it is an envelope)."""
-        if head is None or digest == (want or head.digest):
+    def observed(self, digest: str, head: Head | None) -> Step | None:
+        """Unit holds ``digest`` (minus exclusions), read outside any apply."""
+        expected = self.applier.expected_digest
+        if head is None or expected is None or digest == expected:
             return self._over() if self.state is not None else None
         first = self.state is None
-        self.state = {"digest": digest, "head": head.digest,
+        self.state = {"digest": digest, "head": expected,
                       "since": time.time() if first else self.state["since"]}
         self.metrics.drifted.set(1)
         if self.action == "repair":
@@ -88,11 +88,11 @@ class Drift:
         try:
             async with self.applier.lock:
                 _, digest = await self.applier.read()
+                if digest == self.applier.expected_digest:
+                    return self._over()
                 doc = await trio.to_thread.run_sync(self.store.load_document, head.digest)
                 if doc is None:
                     raise RevisionRejected("drift", "the head's document is not on disk")
-                if digest == doc.config_digest:
-                    return self._over()
                 log.warning("drift: Unit holds %s, not the head %s: re-applying the head",
                             digest, head.revision)
                 started = time.monotonic()

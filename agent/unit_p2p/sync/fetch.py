@@ -3,12 +3,18 @@
 Content is addressed by digest, so whoever serves a document is verified the same way: the
 fetcher may ask anyone, and prefers the nearest holder (a connected peer that said it holds the
 revision) so that the origin does not serve every host of the fleet itself.
+
+A document that names resources (certificate bundles, JS modules) is complete only with their
+bytes: each is pulled the same way, by its digest, from the same holders, unless this host holds
+it already; only then is the document stored and offered. A bundle holds a private key, so it is
+served only to the peers ``secrets_to`` allows.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -18,7 +24,8 @@ from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
 from unit_p2p.sync.admission import Admission
 from unit_p2p.sync.candidates import Candidate
-from unit_p2p.sync.revision import Document, Head, Revision
+from unit_p2p.sync.resources import CERTIFICATES
+from unit_p2p.sync.revision import Document, Head, Revision, digest_of_bytes
 from unit_p2p.sync.store import StateStore
 
 log = logging.getLogger("unit_p2p.sync.fetch")
@@ -34,44 +41,70 @@ HOLDER_WAIT = 1.0
 
 class Fetcher:
     def __init__(self, peer_id: str, mesh: Any, store: StateStore, admission: Admission,
-                 metrics: Metrics, max_config_bytes: int):
+                 metrics: Metrics, max_config_bytes: int,
+                 secrets_to: Callable[[str], bool] = lambda peer: False):
+        """``secrets_to(peer)``: may ``peer`` be sent a certificate bundle."""
         self.peer_id = peer_id
         self.mesh = mesh
         self.store = store
         self.admission = admission
         self.metrics = metrics
         self.max_config_bytes = max_config_bytes
+        self.secrets_to = secrets_to
         #: who served us each recently fetched revision: our parent in its pull tree, the next
         #: hop for our report when we are not connected to the origin
         self.served_by: OrderedDict[Revision, str] = OrderedDict()
 
     async def fetch(self, cand: Candidate) -> Document:
-        """The candidate's document, from the store or a peer. Raises SyncRetryLater."""
+        """The candidate's document with every resource it names, from the store or peers.
+        Raises SyncRetryLater."""
         head = cand.head
-        held = await trio.to_thread.run_sync(self.store.load_document, head.digest)
-        if held is not None:
-            return held
-        order = await self._sources(cand)
+        doc = await trio.to_thread.run_sync(self.store.load_document, head.digest)
+        order: list[str] | None = None
+        if doc is None:
+            order = await self._sources(cand)
+            doc = await self._pull_any(order, head, head.revision, head.digest,
+                                       min(self.max_config_bytes, head.size))
+        for digest, (kind, name, size) in sorted(doc.blobs().items()):
+            if await trio.to_thread.run_sync(self.store.has_blob, digest):
+                continue  # content-addressed: never pulled twice
+            if order is None:
+                order = await self._sources(cand)
+            data = await self._pull_any(order, head, f"{kind} {name} of {head.revision}",
+                                        digest, min(self.max_config_bytes, size))
+            await trio.to_thread.run_sync(
+                lambda d=digest, b=data, k=kind: self.store.save_blob(d, b,
+                                                                       secret=k == CERTIFICATES))
+        return doc
+
+    async def _pull_any(self, order: list[str], head: Head, what: Any, digest: str,
+                        cap: int) -> Any:
+        """The document (``digest`` is the head's) or the blob ``digest``, from the first of
+        ``order`` that serves it intact. Raises SyncRetryLater."""
         if not order:
-            raise SyncRetryLater("no_holder", f"no connected peer to pull {head.revision} from")
+            raise SyncRetryLater("no_holder", f"no connected peer to pull {what} from")
         errors = []
         for peer in order:
-            log.debug("pulling %s from %s", head.revision, peer)
+            log.debug("pulling %s from %s", what, peer)
             try:
-                doc = await self._pull_from(peer, head)
+                data = await self._pull_from(peer, digest, cap)
+                got = Document.from_bytes(data, digest) if digest == head.digest else data
+                if digest != head.digest and digest_of_bytes(data) != digest:
+                    raise BadDocument("digest_mismatch", f"served bytes hash to "
+                                      f"{digest_of_bytes(data)}, not {digest}")
             except BadDocument as exc:
-                self.admission.refuse(peer, exc.reason, f"served {head.revision}: {exc}")
+                self.admission.refuse(peer, exc.reason, f"served {what}: {exc}")
                 errors.append(f"{peer[-8:]}: {exc}")
                 continue
             except SyncError as exc:
                 errors.append(f"{peer[-8:]}: {exc}")
                 continue
-            self.metrics.pull_bytes.inc(doc.size)
+            self.metrics.pull_bytes.inc(len(data))
             self.served_by[head.revision] = peer
             while len(self.served_by) > SERVED_BY_KEPT:
                 self.served_by.popitem(last=False)
-            return doc
-        raise SyncRetryLater("pull_failed", "; ".join(errors)[:400])
+            return got
+        raise SyncRetryLater("pull_failed", f"{what}: " + "; ".join(errors)[:400])
 
     async def _sources(self, cand: Candidate) -> list[str]:
         """Whom to ask, best first."""
@@ -94,28 +127,26 @@ class Fetcher:
         order += [p for p in connected if p not in order]
         return [p for p in order if self.admission.trust.is_trusted(p)]
 
-    async def _pull_from(self, peer: str, head: Head) -> Document:
-        cap = min(self.max_config_bytes, head.size)
+    async def _pull_from(self, peer: str, digest: str, cap: int) -> bytes:
         try:
             stream = await self.mesh.open_stream(peer, wire.PROTO_PULL)
             try:
                 with trio.fail_after(PULL_TIMEOUT):
                     await stream.send_all(wire.encode(wire.Pull(self.admission.mesh_name,
-                                                                head.digest)))
+                                                                digest)))
                     self.metrics.message(PULL, wire.Pull.TYPE, "sent")
                     await stream.close_write()
                     raw = await stream.receive_all(cap + wire.MAX_MESSAGE_BYTES, PULL_TIMEOUT)
             finally:
                 await stream.close()
             self.metrics.message(PULL, wire.served_kind(raw), "received")
-            data = wire.decode_served(raw, head.digest, cap)
+            return wire.decode_served(raw, digest, cap)
         except WireError as exc:
             if exc.reason in ("digest_mismatch", "too_large"):
                 raise BadDocument(exc.reason, exc.detail) from None
             raise SyncError("not_served", exc.detail) from None
         except (MeshError, trio.TooSlowError) as exc:
             raise SyncError("unreachable", str(exc) or "timed out") from None
-        return Document.from_bytes(data, head.digest)
 
     async def serve_pull(self, peer: str, stream: Any) -> None:
         """The ``/unit-p2p/config`` handler (the mesh guards it: an exception resets only it)."""
@@ -133,9 +164,9 @@ class Fetcher:
             self.admission.refuse(peer, exc.reason, f"pull: {exc}")
             await stream.reset()
             return
-        data = await trio.to_thread.run_sync(self.store.load_document_bytes, request.digest)
-        if data is None:
-            await stream.send_all(wire.encode(wire.ServeError("not_found")) + b"\n")
+        data = await trio.to_thread.run_sync(self._servable, peer, request.digest)
+        if isinstance(data, str):
+            await stream.send_all(wire.encode(wire.ServeError(data)) + b"\n")
             self.metrics.message(PULL, wire.ServeError.TYPE, "sent")
         else:
             await stream.send_all(wire.encode_served(request.digest, data))
@@ -143,3 +174,18 @@ class Fetcher:
             self.metrics.pulls_served.inc()
         await stream.close_write()
         await stream.close()
+
+    def _servable(self, peer: str, digest: str) -> bytes | str:
+        """The bytes of a held document or blob, or why not (``not_found``, ``forbidden``: a
+        certificate bundle asked for by a peer ``secrets_to`` does not allow). Blocking."""
+        data = self.store.load_document_bytes(digest)
+        if data is not None:
+            return data
+        blob = self.store.load_blob(digest)
+        if blob is None:
+            return "not_found"
+        if blob[1] and not self.secrets_to(peer):
+            self.admission.metrics.refused("secret_withheld")
+            log.warning("withheld a certificate bundle from %s: not in trusted_peers", peer)
+            return "forbidden"
+        return blob[0]

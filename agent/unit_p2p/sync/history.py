@@ -21,9 +21,9 @@ import trio
 
 from unit_p2p.errors import UnknownRevision
 from unit_p2p.fsutil import atomic_write
-from unit_p2p.sync import changes
+from unit_p2p.sync import changes, resources
 from unit_p2p.sync.convergence import APPLIED, FAILED
-from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
+from unit_p2p.sync.revision import DIGEST_RE, Document, Head, Revision
 
 #: entries kept in history.json; documents are kept separately (keep_configs)
 HISTORY_KEPT = 100
@@ -42,6 +42,8 @@ class Entry:
     published_at: float | None = None  # only known for revisions this host published
     # how the fleet took it when a newer head replaced it here (reports live in memory only)
     fleet: dict | None = None
+    # its certificates as status shows them (name, subject, issuer, validity, fingerprint)
+    certificates: list | None = None
 
     @property
     def rev(self) -> Revision:
@@ -53,8 +55,10 @@ class Entry:
         if not DIGEST_RE.match(raw["digest"]) or raw.get("role") not in (PUBLISHED, FOLLOWED):
             raise ValueError("bad history entry")
         fleet = raw.get("fleet")
+        certificates = raw.get("certificates")
         return cls(raw["revision"], raw["digest"], int(raw["size"]), raw.get("applied_at"),
-                   raw["role"], raw.get("published_at"), fleet if isinstance(fleet, dict) else None)
+                   raw["role"], raw.get("published_at"), fleet if isinstance(fleet, dict) else None,
+                   certificates if isinstance(certificates, list) else None)
 
 
 class History:
@@ -80,14 +84,16 @@ class History:
             self.record(head, applied_at)
 
     def record(self, head: Head, applied_at: float | None,
-               fleet_before: dict | None = None) -> None:
+               fleet_before: dict | None = None, certificates: list | None = None) -> None:
         """``head`` became this host's head at ``applied_at``; ``fleet_before``: how the fleet
-        took the head it replaces, kept with that entry."""
+        took the head it replaces, kept with that entry; ``certificates``: the head's, as status
+        shows them."""
         if self.entries and fleet_before is not None:
             self.entries[-1] = replace(self.entries[-1], fleet=fleet_before)
         mine = head.revision.origin == self.peer_id
         entry = Entry(str(head.revision), head.digest, head.size, applied_at,
-                      PUBLISHED if mine else FOLLOWED, applied_at if mine else None)
+                      PUBLISHED if mine else FOLLOWED, applied_at if mine else None,
+                      certificates=certificates or None)
         # a restart may record the loaded head again: one entry per revision
         self.entries = [e for e in self.entries if e.revision != entry.revision] + [entry]
         del self.entries[:-HISTORY_KEPT]
@@ -147,15 +153,27 @@ class Revisions:
                                   f"{entry.revision} is no longer kept here (keep_configs)")
         return entry, tree
 
+    async def kept(self, spec: str | None) -> tuple[Entry, Document]:
+        """The entry named by ``spec`` and its kept document (with its resources' manifest).
+        Raises UnknownRevision."""
+        entry = self.history.find(spec)
+        doc = await trio.to_thread.run_sync(self.store.load_document, entry.digest)
+        if doc is None:
+            raise UnknownRevision("unknown_revision", f"the document of revision "
+                                  f"{entry.revision} is no longer kept here (keep_configs)")
+        return entry, doc
+
     def _load(self, digest: str) -> dict | None:
         doc = self.store.load_document(digest)
         return doc.tree if doc is not None else None
 
     async def show(self, spec: str | None) -> dict[str, Any]:
         """One revision's entry with its document and the revision before it here."""
-        entry, tree = await self.document(spec)
+        entry, doc = await self.kept(spec)
         prev = self.history.previous(entry)
-        return {**asdict(entry), "previous": prev.revision if prev else None, "config": tree}
+        return {**asdict(entry), "previous": prev.revision if prev else None, "config": doc.tree,
+                "certificates": resources.certificate_views(doc.certificates),
+                "js_modules": resources.js_module_views(doc.js_modules)}
 
     async def views(self) -> list[dict[str, Any]]:
         """Newest first."""

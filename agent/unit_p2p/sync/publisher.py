@@ -18,7 +18,7 @@ import trio
 from unit_p2p.errors import PublishRefused, UnknownRevision
 from unit_p2p.metrics import Metrics
 from unit_p2p.settings import Settings
-from unit_p2p.sync import changes
+from unit_p2p.sync import changes, resources
 from unit_p2p.sync.applier import Applier
 from unit_p2p.sync.candidates import Candidates
 from unit_p2p.sync.convergence import Convergence, PublishResult
@@ -61,7 +61,7 @@ class PublishingHost(Protocol):
     rollouts: Any
 
     async def head_config(self) -> Any: ...
-    async def commit_head(self, head: Head, unit_digest: str | None = None) -> None: ...
+    async def commit_head(self, head: Head, doc: Document | None = None) -> None: ...
 
 
 class Publisher:
@@ -72,6 +72,8 @@ class Publisher:
         self,
         config: Any = None,
         *,
+        certificates: dict[str, str | bytes] | None = None,
+        js_modules: dict[str, str | bytes] | None = None,
         dry_run: bool = False,
         wait: bool = False,
         timeout: float = 30.0,
@@ -85,8 +87,11 @@ class Publisher:
         """Publish the local Unit config (or ``config``, applied locally first) as a new revision.
 
         A given config is applied here the way any host applies a revision: this host keeps its
-        own values at the excluded pointers. Raises UnitUnreachable, RevisionRejected (Unit
-        refused it), BadDocument (not an object) or PublishRefused (a guard; ``force`` passes
+        own values at the excluded pointers. ``certificates`` / ``js_modules`` (NAME -> text)
+        are checked here first (a bundle: PEM chain + the leaf's key, not expired) and travel
+        with the revision, with the head's resources the config still refers to. Raises
+        UnitUnreachable, RevisionRejected (Unit refused the config or a resource), BadDocument
+        (not an object, a bad bundle or module) or PublishRefused (a guard; ``force`` passes
         the ones that protect the mesh from this host's stale state).
 
         ``stages`` (e.g. ``[1, "10%", "100%"]``) makes it a staged rollout (sync/rollout.py):
@@ -94,20 +99,32 @@ class Publisher:
         ``max_failures`` / ``auto_revert`` say when to stop and whether to go back then.
         """
         host = self.host
+        given = await trio.to_thread.run_sync(resources.given, certificates, js_modules,
+                                              host.settings.max_config_bytes)
         async with host.applier.lock:
             local, local_digest = await host.applier.read()
-            target = local if config is None else merge_exclusions(config, local,
-                                                                   host.exclusions)
-            doc = await trio.to_thread.run_sync(Document.from_config, target, host.exclusions)
+            head_doc = host.applier.expected
+            if config is None:
+                # Unit names bundles NAME.<12 hex>: shared under the head's NAMEs again
+                shared = await host.applier.shared(local)
+            else:
+                shared = await trio.to_thread.run_sync(
+                    Document.from_config, merge_exclusions(config, local, host.exclusions),
+                    host.exclusions)
+            doc = self._with_resources(shared, given, head_doc)
             if doc.size > host.settings.max_config_bytes:
                 raise PublishRefused("too_large", f"the config is {doc.size} bytes of canonical "
                                      f"JSON; max_config_bytes is {host.settings.max_config_bytes}"
                                      " here, and peers refuse what is larger than theirs")
             if config is None and not force:
                 await self._refuse_stale_publish(local_digest)
-            # A given config that differs from this host's Unit (even in host-local parts) is
-            # a change here, whether or not it makes a new mesh revision.
-            local_change = config is not None and canonical_json(target) != canonical_json(local)
+            # What Unit would hold: the doc's config as Unit names it, this host's own values
+            # at the excluded pointers. Differing from Unit (even in host-local parts) is a
+            # change here, whether or not it makes a new mesh revision.
+            target = merge_exclusions(
+                resources.rename_certificates(doc.tree, resources.to_unit_names(
+                    doc.certificates)), local, host.exclusions)
+            local_change = canonical_json(target) != canonical_json(local)
             # Behind a newer revision (forced, or a given config), even our head's digest is a
             # change: it must become the newest revision to win.
             changed = (host.head is None or doc.digest != host.head.digest
@@ -122,9 +139,14 @@ class Publisher:
                 return PublishResult(changed=changed or local_change, revision=None,
                                      digest=doc.digest, size=doc.size,
                                      before=before if before is not None else local,
-                                     after=doc.tree)
-            if local_change:
-                await host.applier.put_verified(target, doc.digest, rollback=local)
+                                     after=doc.tree, resources=doc.members)
+            for digest, (data, secret) in given.blobs.items():
+                await trio.to_thread.run_sync(
+                    lambda d=digest, b=data, s=secret: host.store.save_blob(d, b, secret=s))
+            if local_change or doc.blobs():
+                # bundles and modules first (Unit checks each: a module is compiled here,
+                # before any peer sees it), then the config
+                await host.applier.move(doc, local, "publish", put=local_change)
             plan = None
             if changed and stages:
                 plan = self._plan(stages, max_failures, auto_revert)
@@ -135,7 +157,7 @@ class Publisher:
                             sign_revision(host.private_key, host.mesh_name, rev, doc.digest))
                 before = await host.head_config()
                 await trio.to_thread.run_sync(host.store.save_document, doc)
-                await host.commit_head(head, doc.config_digest)
+                await host.commit_head(head, doc)
                 host.metrics.publishes.inc()
                 log.info("published revision %s digest=%s size=%d", rev, doc.digest, doc.size)
             else:
@@ -149,7 +171,8 @@ class Publisher:
             await host.spread.published()
         result = PublishResult(changed=changed or local_change, revision=head.revision,
                                digest=head.digest,
-                               size=head.size, before=before, after=doc.tree)
+                               size=head.size, before=before, after=doc.tree,
+                               resources=doc.members)
         if plan is not None:
             result.rollout = await host.rollouts.wait_done(head.revision, wait, timeout)
             wait = False  # the rollout's end is the wait; the tally below is where it stands
@@ -163,6 +186,30 @@ class Publisher:
                              max_failures=max_failures, auto_revert=auto_revert)
         except PlanError as exc:
             raise PublishRefused("bad_stages", str(exc)) from None
+
+    @staticmethod
+    def _with_resources(shared: Document, given: resources.Given,
+                        head_doc: Document | None) -> Document:
+        """``shared`` with the given resources and the head's that it still refers to. Raises
+        PublishRefused when the config refers to a bundle or module the revision lacks: every
+        peer's Unit would refuse it."""
+        members = {}
+        for kind, refs, given_entries in (
+                (resources.CERTIFICATES, resources.certificate_refs(shared.tree),
+                 given.certificates),
+                (resources.JS_MODULES, resources.js_module_refs(shared.tree), given.js_modules)):
+            head_entries = head_doc.members.get(kind, {}) if head_doc is not None else {}
+            members[kind] = resources.carried(kind, given_entries, head_entries, refs)
+            missing = sorted(refs - set(members[kind]))
+            if missing:
+                what = "certificate" if kind == resources.CERTIFICATES else "JS module"
+                flag = "--certificate" if kind == resources.CERTIFICATES else "--js-module"
+                raise PublishRefused(
+                    f"missing_{what.lower().replace(' ', '_')}",
+                    f"the config refers to {what} {', '.join(missing[:5])}, which this "
+                    f"revision does not carry and no peer's Unit would have: give it "
+                    f"({flag} NAME=FILE, the API's {kind}) or drop the reference")
+        return shared.with_members(**members)
 
     async def _refuse_stale_publish(self, local_digest: str) -> None:
         """Publishing what this host's Unit holds is wrong when that is older than the mesh:
@@ -181,8 +228,8 @@ class Publisher:
                 f"counter {host.candidates.max_seen} (this host could not apply it: "
                 f"{(host.last_error or {}).get('detail', 'see status')}); publishing this "
                 "host's config would undo it (force to do so on purpose)")
-        if head is not None and local_digest != host.head_unit_digest \
-                and await trio.to_thread.run_sync(host.store.has_document, local_digest):
+        if head is not None and local_digest != host.applier.expected_digest and \
+                await trio.to_thread.run_sync(host.store.holds_config, local_digest):
             raise PublishRefused(
                 "stale_config", f"Unit holds {local_digest}, the config of an older revision, "
                 f"not the head {head.revision}; publishing it would roll the mesh back "
@@ -195,8 +242,17 @@ class Publisher:
         every host, a late one too, moves forward to it and never back to what came between.
         ``options`` are publish's. Returns the revision rolled back to and the publish's
         result. Raises UnknownRevision and whatever publish raises."""
-        entry, tree = await self.host.revisions.document(revision)
-        return entry.revision, await self.publish(tree, **options)
+        entry, doc = await self.host.revisions.kept(revision)
+        texts = {}
+        for kind in resources.KINDS:
+            texts[kind] = {}
+            for name, e in doc.members.get(kind, {}).items():
+                held = await trio.to_thread.run_sync(self.host.store.load_blob, e["digest"])
+                if held is None:
+                    raise UnknownRevision("unknown_revision", f"the {kind} {name} of revision "
+                                          f"{entry.revision} is no longer kept here")
+                texts[kind][name] = held[0]
+        return entry.revision, await self.publish(doc.tree, **texts, **options)
 
     async def wait_revision(self, revision: Revision, *, timeout: float,
                             min_peers: int | None = None,

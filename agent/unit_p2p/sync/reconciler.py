@@ -48,6 +48,7 @@ from unit_p2p.sync.fetch import Fetcher
 from unit_p2p.sync.health import HealthGate
 from unit_p2p.sync.history import History, Revisions
 from unit_p2p.sync.publisher import Publisher
+from unit_p2p.sync.resources import certificate_views
 from unit_p2p.sync.revision import (
     Document,
     Head,
@@ -107,9 +108,6 @@ class Reconciler(ReconcilerViews):
         self._events = events
 
         self.head: Head | None = None
-        #: what Unit holding the head hashes to: the head's digest, or for an envelope (a
-        #: revision with resources or a rollout plan) the digest of its config alone
-        self.head_unit_digest: str | None = None
         self.applied_at: float | None = None
         self.last_error: dict | None = None
         self.candidates = Candidates()
@@ -117,8 +115,11 @@ class Reconciler(ReconcilerViews):
         self.applier = Applier(unit, store, self.exclusions, metrics, self._wake_apply,
                                self._observed)
         self.drift = Drift(settings.on_drift, self.applier, store, metrics)
+        # Certificate bundles hold private keys: they are served only to the peers named in
+        # trusted_peers, also with trust: any (where every peer is "trusted").
         self.fetcher = Fetcher(peer_id, mesh, store, self.admission, metrics,
-                               settings.max_config_bytes)
+                               settings.max_config_bytes,
+                               secrets_to=lambda peer: peer in settings.trusted_peers)
         self.publisher = Publisher(self)
         self.convergence = Convergence(peer_id, self.publisher.wait_targets)
         self.history = History(store.dir, peer_id)
@@ -131,6 +132,12 @@ class Reconciler(ReconcilerViews):
 
         self._wake = trio.Event()
 
+    @property
+    def head_unit_digest(self) -> str | None:
+        """What Unit holding the head hashes to: the digest of the head's config alone (the
+        head's digest unless it is an envelope), Unit-side certificate names mapped back."""
+        return self.applier.expected_digest
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def load(self) -> None:
@@ -142,8 +149,7 @@ class Reconciler(ReconcilerViews):
         await trio.to_thread.run_sync(self.history.load, head, self.applied_at)
         await trio.to_thread.run_sync(self.rollouts.load)
         if self.head:
-            doc = await self._head_document()
-            self.head_unit_digest = doc.config_digest if doc else self.head.digest
+            self.applier.expect(await self._head_document())
             self.metrics.head_counter.set(self.head.revision.counter)
             log.info("loaded head %s digest=%s", self.head.revision, self.head.digest)
 
@@ -373,7 +379,7 @@ class Reconciler(ReconcilerViews):
             await self.applier.apply(doc, f"before-{head.revision.counter}",
                                      current=await self._head_document())
             await trio.to_thread.run_sync(self.store.save_document, doc)
-            await self.commit_head(head, doc.config_digest)
+            await self.commit_head(head, doc)
             self.candidates.drop(head.revision)
             self.metrics.applies.labels("ok").inc()
             self.metrics.last_convergence.set(time.monotonic() - cand.seen_at)
@@ -381,18 +387,22 @@ class Reconciler(ReconcilerViews):
                      doc.digest, doc.size, (time.monotonic() - started) * 1000)
         self.rollouts.applied(head)
 
-    async def commit_head(self, head: Head, unit_digest: str | None = None) -> None:
+    async def commit_head(self, head: Head, doc: Document | None = None) -> None:
         """``head`` is applied here (by an apply or a publish): record it, clear the last error.
-        ``unit_digest``: what Unit holding it hashes to, when that is not the head's digest."""
+        ``doc``: its document (read from the store when not given)."""
         self.head = head
-        self.head_unit_digest = unit_digest or head.digest
         self.applied_at = time.time()
         self.candidates.max_seen = max(self.candidates.max_seen, head.revision.counter)
-        self.applier.local_digest = self.head_unit_digest
+        if doc is None or doc.digest != head.digest:
+            doc = await self._head_document()
+        self.applier.expect(doc)
+        if doc is not None:
+            self.applier.local_digest = doc.config_digest
         await trio.to_thread.run_sync(self.store.save_head, head, self.candidates.max_seen,
                                       self.applied_at)
         await trio.to_thread.run_sync(self.history.record, head, self.applied_at,
-                                      self.revisions.head_fleet())
+                                      self.revisions.head_fleet(),
+                                      certificate_views(doc.certificates) if doc else None)
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
         await self._clear_error()
@@ -402,7 +412,7 @@ class Reconciler(ReconcilerViews):
     def _observed(self, digest: str) -> None:
         """The Unit watch read ``digest`` outside any apply."""
         head = self.head
-        step = self.drift.observed(digest, head, self.head_unit_digest)
+        step = self.drift.observed(digest, head)
         if step is Step.REPAIR:
             self._spawn(self._repair_drift, head)
         elif step is not None:

@@ -15,7 +15,9 @@ module keeps its NAME in Unit (expressions import it by that name).
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from unit_p2p.errors import BadDocument
@@ -149,3 +151,91 @@ def certificate_views(certificates: dict) -> list[dict]:
 def js_module_views(modules: dict) -> list[dict]:
     return [{"name": name, "digest": e["digest"], "size": e["size"]}
             for name, e in sorted(modules.items())]
+
+
+def expiry_timestamp(not_after: str) -> float:
+    """Unix seconds of a manifest's ``not_after``."""
+    from unit_p2p.certificates import parse_iso_utc
+
+    return parse_iso_utc(not_after)
+
+
+# --- publishing: resources given as text, checked before anything leaves the host -------------
+
+
+@dataclass
+class Given:
+    """Resources given to a publish: manifest entries and their bytes by digest."""
+
+    certificates: dict[str, dict] = field(default_factory=dict)
+    js_modules: dict[str, dict] = field(default_factory=dict)
+    #: digest -> (bytes, secret)
+    blobs: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _check_name(kind: str, name: Any) -> None:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise BadDocument("bad_name", f"{kind} name {str(name)[:70]!r}: a name is 1-64 of "
+                          "A-Z a-z 0-9 . _ - and does not start with . or -")
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def given(certificates: dict | None, js_modules: dict | None, max_bytes: int) -> Given:
+    """Check resources given to a publish (NAME -> text): each bundle is a PEM chain with the
+    leaf's private key, not expired; each module is UTF-8 text (Unit compiles it when the
+    publisher applies it). Blocking (parses certificates). Raises BadDocument (bad_name,
+    bad_certificate, bad_js_module) or PublishRefused (too_large); no message ever quotes a
+    bundle."""
+    from unit_p2p.certificates import BadBundle, parse_bundle
+
+    out = Given()
+    for name, text in (certificates or {}).items():
+        _check_name("certificate", name)
+        data = _as_bytes(text)
+        _check_size("certificate", name, data, max_bytes)
+        try:
+            info = parse_bundle(data)
+        except BadBundle as exc:
+            raise BadDocument("bad_certificate", f"certificate {name}: {exc}") from None
+        digest = _sha256(data)
+        out.certificates[name] = {"digest": digest, "size": len(data), **info.public()}
+        out.blobs[digest] = (data, True)
+    for name, text in (js_modules or {}).items():
+        _check_name("JS module", name)
+        data = _as_bytes(text)
+        _check_size("JS module", name, data, max_bytes)
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadDocument("bad_js_module", f"JS module {name}: not UTF-8 text") from None
+        digest = _sha256(data)
+        out.js_modules[name] = {"digest": digest, "size": len(data)}
+        out.blobs[digest] = (data, False)
+    return out
+
+
+def _check_size(kind: str, name: str, data: bytes, max_bytes: int) -> None:
+    from unit_p2p.errors import PublishRefused
+
+    if not data:
+        raise BadDocument(f"bad_{kind.lower().replace(' ', '_')}", f"{kind} {name} is empty")
+    if len(data) > max_bytes:
+        raise PublishRefused("too_large", f"{kind} {name} is {len(data)} bytes; "
+                             f"max_config_bytes is {max_bytes} here, and peers refuse more")
+
+
+def carried(kind: str, given_entries: dict, head_entries: dict, refs: set[str]) -> dict:
+    """What a new revision carries of one kind: the given resources, and the head's that the
+    config still refers to and were not given anew."""
+    out = dict(given_entries)
+    for name in refs:
+        if name not in out and name in head_entries:
+            out[name] = head_entries[name]
+    return out

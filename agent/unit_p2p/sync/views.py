@@ -14,6 +14,7 @@ from unit_p2p.sync.applier import Applier
 from unit_p2p.sync.candidates import Candidates
 from unit_p2p.sync.convergence import Convergence
 from unit_p2p.sync.drift import Drift
+from unit_p2p.sync.resources import certificate_views, js_module_views
 from unit_p2p.sync.revision import Head
 
 
@@ -43,7 +44,7 @@ class ReconcilerViews:
         our head. Raises UnitError when Unit does not answer."""
         config, digest = await self.applier.read()
         return {"config": config, "digest": digest, "head": self._head_view(),
-                "in_sync": bool(self.head and self.head_unit_digest == digest)}
+                "in_sync": bool(self.head and self.applier.expected_digest == digest)}
 
     def _head_view(self) -> dict | None:
         if self.head is None:
@@ -66,11 +67,14 @@ class ReconcilerViews:
                 "unit_error": applier.error,
                 "digest": applier.local_digest,
                 # a digest read before Unit went away says nothing about what it holds now
-                "in_sync": bool(applier.reachable and self.head
-                                and applier.local_digest == self.head_unit_digest),
+                "in_sync": bool(self.head and applier.in_sync),
                 "on_drift": self.settings.on_drift,
                 "drift": self.drift.view(),
             },
+            "certificates": certificate_views(applier.expected.certificates
+                                              if applier.expected else {}),
+            "js_modules": js_module_views(applier.expected.js_modules
+                                          if applier.expected else {}),
             "last_error": self.last_error,
             "pending": [str(r) for r in self.candidates.pending()],
             "peers": {

@@ -329,6 +329,13 @@ class UnitClient:
     def put(self, path: UnitPath, value: Any) -> Any:
         return self._call("PUT", path, value)
 
+    def put_raw(self, path: UnitPath, body: bytes) -> Any:
+        """PUT ``body`` as it is: a certificate bundle (PEM) or a JS module's text, which Unit
+        takes unwrapped (``PUT /certificates/NAME``, ``PUT /js_modules/NAME``)."""
+        p = _as_path(path)
+        return self._result("PUT", p, self._exchange("PUT", p, bytes(body),
+                                                     {"Content-Type": "application/octet-stream"}))
+
     def post(self, path: UnitPath, value: Any) -> Any:
         """Append ``value`` to the array at ``path`` (Unit allows POST on arrays only)."""
         return self._call("POST", path, value)
@@ -416,6 +423,9 @@ class AsyncUnitClient:
 
     async def put(self, path: UnitPath, value: Any) -> Any:
         return await self._run(self.sync.put, path, value)
+
+    async def put_raw(self, path: UnitPath, body: bytes) -> Any:
+        return await self._run(self.sync.put_raw, path, body)
 
     async def post(self, path: UnitPath, value: Any) -> Any:
         return await self._run(self.sync.post, path, value)
