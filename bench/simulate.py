@@ -581,7 +581,8 @@ def render(results: dict) -> str:
                      f"latency {params['latency']}, loss {params['loss']}, "
                      f"CPU per received message {params.get('cpu_per_msg_ms', 0)} ms, "
                      f"peer_target {params['peer_target']}, gossip D {params['d']} "
-                     f"(Dlo {params['d_lo']}, Dhi {params['d_hi']}), "
+                     f"(Dlo {params['d_lo']}, Dhi {params['d_hi']}, IHAVE window "
+                     f"{params.get('gossip_window', 3)}), "
                      f"{params['publishes']} steady publishes, churn {params['churn']}, "
                      f"partition {params['partition']} healed after {params['heal']} s, "
                      f"settle {params['settle']} s, seed {params['seed']}")
@@ -757,6 +758,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU ms each received message costs its host, one at a time (default "
                          "0: infinite CPU, simulated time is network time only)")
     ap.add_argument("--peer-target", type=int, default=8)
+    ap.add_argument("--gossip-window", type=int, default=gossip.gossip_window,
+                    help="heartbeats a message id is in IHAVE gossip (default: the agent's "
+                         f"GossipParams, {gossip.gossip_window}); a what-if knob")
+    ap.add_argument("--have-fanout", type=int, default=None,
+                    help="what-if: offer a fetched revision to at most this many connected peers "
+                         "(sync.spread.HAVE_FANOUT; default: the agent's)")
     ap.add_argument("--churn", type=float, default=0.05, help="fraction leaving (and joining)")
     ap.add_argument("--partition", type=float, default=0.2, help="fraction cut off")
     ap.add_argument("--heal", type=float, default=10.0, help="s after the publish")
@@ -791,12 +798,17 @@ def main(argv: list[str] | None = None) -> int:
     label = args.label or code_commit
     topo = Topology(peer_target=args.peer_target, d=gossip.degree, d_lo=gossip.degree_low,
                     d_hi=gossip.degree_high, heartbeat=float(gossip.heartbeat_interval),
-                    gossip_window=gossip.gossip_window)
+                    gossip_window=args.gossip_window)
     latency = Latency.parse(args.latency)
+    if args.have_fanout is not None:
+        from unit_p2p.sync import spread
+
+        spread.HAVE_FANOUT = args.have_fanout
     run_ = {"commit": code_commit, "machine": machine(), "machine_line": machine_line(machine()),
             "params": {"latency": str(latency), "loss": args.loss,
                        "cpu_per_msg_ms": args.cpu_per_msg, "peer_target": topo.peer_target,
                        "d": topo.d, "d_lo": topo.d_lo, "d_hi": topo.d_hi,
+                       "gossip_window": topo.gossip_window, "have_fanout": args.have_fanout,
                        "publishes": args.publishes, "churn": args.churn,
                        "partition": args.partition, "heal": args.heal, "settle": args.settle,
                        "routes": args.routes, "deadline": args.deadline, "seed": args.seed,

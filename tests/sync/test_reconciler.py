@@ -193,7 +193,7 @@ async def test_oversized_and_garbage_messages_are_counted_not_applied(tmp_path):
         with trio.fail_after(5):
             await c.rec.on_announcement(a.peer_id, wire.encode(wire.Announce(MESH, big)))
             for junk in (b"", b"\xff" * 100, b"[]", b'{"v":2}', b'{"v":3,"type":"nohead"}',
-                         b"x" * 10000):
+                         b"x" * (wire.MAX_ANY_BYTES + 1)):
                 await c.rec.on_announcement(a.peer_id, junk)
         assert c.rejected("too_large") >= 2
         assert c.rejected("malformed") >= 2
@@ -374,9 +374,9 @@ async def test_one_publish_is_one_flood_and_one_report_per_peer(tmp_path):
             # appliers flood nothing; each reports once, straight to the origin
             assert sum(v for (proto, _, way), v in node.metrics.message_counts().items()
                        if proto == "gossip" and way == "sent") == 0
-            assert count(node, "notify", "report", "sent") == 1
+            assert count(node, "notify", "reports", "sent") == 1
             assert count(node, "pull", "pull", "sent") == 1
-        assert count(origin, "notify", "report", "received") == len(others)
+        assert count(origin, "notify", "reports", "received") == len(others)
 
 
 async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_parent(tmp_path):
@@ -392,10 +392,10 @@ async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_
 
         # c pulled from b, its neighbour, and b carried c's report on: no dial, no flood
         assert count(c, "pull", "pull", "sent") == 1 and count(b, "pull", "served", "sent") == 1
-        assert count(c, "notify", "report", "sent") == 1
-        assert count(b, "notify", "report", "sent") == 2
-        assert count(a, "notify", "report", "received") == 2
-        assert count(c, "gossip", "report", "sent") == 0
+        assert count(c, "notify", "reports", "sent") == 1
+        assert count(b, "notify", "reports", "sent") == 2
+        assert count(a, "notify", "reports", "received") == 2
+        assert count(c, "gossip", "reports", "sent") == 0
 
 
 async def test_a_document_nobody_serves_is_retried_with_backoff(tmp_path, monkeypatch):

@@ -74,7 +74,8 @@ def test_valid_messages_round_trip(msg):
     (b'{"v":2,"type":"report","mesh":"m","revision":"1@x","digest":"' + DIGEST.encode()
      + b'","status":"applied","reason":null}', "schema"),
     (b'{"v":2,"type":"nohead","mesh":"m","n":NaN}', "malformed"),
-    (b"[" * 5000, "too_large"),
+    (b"[" * (wire.MAX_ANY_BYTES + 1), "too_large"),
+    (b'{"v":2,"type":"nohead","mesh":"m"}' + b" " * 5000, "too_large"),  # its own bound: 4 KiB
     (b"[" * 3000, "malformed"),
     (json.dumps({"v": 9, "type": "nohead", "mesh": "m"}).encode(), "unsupported_version"),
 ])

@@ -25,6 +25,7 @@ def valid_messages():
         wire.NoHead("m"),
         wire.Report("m", rev, DIGEST, "applied", None, ORIGIN),
         wire.Report("m", rev, DIGEST, "failed", "unit_rejected: nope", ORIGIN),
+        wire.Reports("m", rev, DIGEST, (wire.Report("m", rev, DIGEST, "applied", None, ORIGIN),)),
         wire.Pull("m", DIGEST),
         wire.Served(DIGEST, 10),
         wire.ServeError("not_found"),
@@ -73,12 +74,13 @@ any_input = st.one_of(st.binary(max_size=5000), mutated(), mangled_bytes(),
 
 def check_accepted(msg) -> None:
     """What decode accepts must satisfy the schema: re-encoding round-trips exactly."""
-    assert isinstance(msg, (wire.Announce, wire.NoHead, wire.Report, wire.Pull, wire.Served,
-                            wire.ServeError))
+    assert isinstance(msg, (wire.Announce, wire.NoHead, wire.Report, wire.Reports, wire.Pull,
+                            wire.Served, wire.ServeError))
     again = wire.decode(wire.encode(msg))
     assert again == msg
     if isinstance(msg, wire.Announce):
         assert len(msg.head.signature) == 64
         assert base64.b64encode(msg.head.signature)
-    if isinstance(msg, wire.Report):
-        assert (msg.status == "failed") == (msg.reason is not None)
+    for report in msg.reports if isinstance(msg, wire.Reports) else (msg,):
+        if isinstance(report, wire.Report):
+            assert (report.status == "failed") == (report.reason is not None)

@@ -48,13 +48,13 @@ class _TokenBucket:
         self.tokens = burst
         self.stamp = trio.current_time()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
         now = trio.current_time()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1.0:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1.0
+        self.tokens -= cost
         return True
 
 
@@ -85,8 +85,9 @@ class Admission:
                 self._last_log.clear()
             log.warning("rejected from peer=%s reason=%s: %s", peer, reason, detail)
 
-    def within_rate(self, peer: str, reports: bool = False) -> bool:
-        """``reports``: the peer's report bucket, apart from its other messages."""
+    def within_rate(self, peer: str, reports: int = 0) -> bool:
+        """``reports``: a message carrying this many reports, taken from the peer's report
+        bucket (one token per report, apart from its other messages)."""
         table = self._report_buckets if reports else self._buckets
         bucket = table.get(peer)
         if bucket is None:
@@ -94,7 +95,7 @@ class Admission:
                 table.clear()
             bucket = table[peer] = (_TokenBucket(REPORT_RATE_PER_S, REPORT_BURST) if reports
                                     else _TokenBucket())
-        if bucket.take():
+        if bucket.take(reports or 1):
             return True
         self.refuse(peer, "rate_limited", "too many reports" if reports else "too many messages")
         return False
@@ -112,12 +113,12 @@ class Admission:
             self.refuse(peer, "untrusted_peer", "message from a peer not on the trusted list")
             return None
         try:
-            msg = wire.decode(data)  # at most MAX_MESSAGE_BYTES: cheap, even for a flood
+            msg = wire.decode(data)  # a few KiB at most (wire.MAX_ANY_BYTES): cheap
         except WireError as exc:
             if self.within_rate(peer):
                 self.refuse(peer, exc.reason, exc.detail)
             return None
-        if not self.within_rate(peer, reports=isinstance(msg, wire.Report)):
+        if not self.within_rate(peer, reports=_report_count(msg)):
             return None
         mesh = getattr(msg, "mesh", self.mesh_name)
         if mesh != self.mesh_name:
@@ -141,9 +142,11 @@ class Admission:
             return False
         if isinstance(msg, wire.Announce):
             return self.head(origin, msg.head)
-        if isinstance(msg, wire.Report):
-            if not self.trust.is_trusted(msg.peer):
-                self.refuse(origin, "untrusted_peer", f"gossiped report about {msg.peer}")
+        if isinstance(msg, wire.Report | wire.Reports):
+            about = [msg.peer] if isinstance(msg, wire.Report) else [r.peer for r in msg.reports]
+            untrusted = [p for p in about if not self.trust.is_trusted(p)]
+            if untrusted:
+                self.refuse(origin, "untrusted_peer", f"gossiped report about {untrusted[0]}")
                 return False
             return True
         if isinstance(msg, wire.NoHead):
@@ -192,3 +195,10 @@ class Admission:
     def _refused(self, peer: str, reason: str, detail: str) -> str:
         self.refuse(peer, reason, detail)
         return reason
+
+
+def _report_count(msg: wire.Message) -> int:
+    """How many reports ``msg`` carries (0: it is not a report)."""
+    if isinstance(msg, wire.Reports):
+        return len(msg.reports)
+    return 1 if isinstance(msg, wire.Report) else 0

@@ -220,7 +220,7 @@ class Reconciler(ReconcilerViews):
         await self._merge_remote_state(peer_id, data, GOSSIP)
 
     async def _serve_notify(self, peer: str, stream: Any) -> None:
-        data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, wire.STREAM_TIMEOUT)
+        data = await stream.receive_all(wire.MAX_ANY_BYTES, wire.STREAM_TIMEOUT)
         await stream.close()
         await self._merge_remote_state(peer, data, NOTIFY)
 
@@ -234,23 +234,26 @@ class Reconciler(ReconcilerViews):
             self.candidates.note_peer(peer, None)
             self.spread.behind(peer)
         elif isinstance(msg, wire.Report):
-            self._report(peer, msg, protocol)
+            self._report(peer, (msg,), protocol)
+        elif isinstance(msg, wire.Reports):
+            self._report(peer, msg.reports, protocol)
         elif isinstance(msg, wire.Wave):
             self.rollouts.on_wave(peer, msg)
         elif msg is not None:
             self.admission.refuse(peer, "unexpected", f"{type(msg).__name__} is not valid here")
 
-    def _report(self, sender: str, report: wire.Report, protocol: str) -> None:
-        # A trusted sender may forward another agent's report (towards the origin), but only
+    def _report(self, sender: str, reports: tuple[wire.Report, ...], protocol: str) -> None:
+        # A trusted sender may forward other agents' reports (towards the origin), but only
         # a report about a trusted agent counts.
-        if not self.trust.is_trusted(report.peer):
-            self.admission.refuse(sender, "untrusted_peer",
-                                  f"report about {report.peer}, not a trusted peer")
-            return
-        self.convergence.record(report.peer, report.revision, report.status, report.reason)
-        self.rollouts.reported(report.peer, report)
-        if report.revision.origin != self.peer_id and protocol == NOTIFY:
-            self._spawn(self.spread.forward, report, sender)
+        for report in reports:
+            if not self.trust.is_trusted(report.peer):
+                self.admission.refuse(sender, "untrusted_peer",
+                                      f"report about {report.peer}, not a trusted peer")
+                continue
+            self.convergence.record(report.peer, report.revision, report.status, report.reason)
+            self.rollouts.reported(report.peer, report)
+            if report.revision.origin != self.peer_id and protocol == NOTIFY:
+                self.spread.forward(report, sender)
 
     def _consider(self, peer: str, head: Head, holds_only: bool = False) -> None:
         """``peer`` announced ``head`` as its own head, or (``holds_only``) as a document it
@@ -271,7 +274,7 @@ class Reconciler(ReconcilerViews):
             reason = (f"too_large: {head.size} bytes, max_config_bytes here is "
                       f"{self.admission.max_config_bytes}")
             self.candidates.give_up(rev, reason)
-            self._spawn(self.spread.report, rev, head.digest, FAILED, reason)
+            self.spread.send_report(rev, head.digest, FAILED, reason)
         if why is not None:
             return
         if not holds_only:
@@ -346,7 +349,7 @@ class Reconciler(ReconcilerViews):
                     log.error("revision %s not applied: %s", rev, exc)
                     self.convergence.record(self.peer_id, rev, FAILED, reason[:500])
                     self.rollouts.failed_here(rev, reason[:500])
-                    self._spawn(self.spread.report, rev, best.head.digest, FAILED, reason[:500])
+                    self.spread.send_report(rev, best.head.digest, FAILED, reason[:500])
 
     async def _record_error(self, revision: Revision, reason: str, detail: str) -> None:
         self.last_error = {"revision": str(revision), "reason": reason, "detail": detail,

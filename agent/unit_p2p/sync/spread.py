@@ -4,14 +4,16 @@ Every fan-out decision lives here: gossip, direct pushes, the relay after an app
 to a publisher, the heads exchange (memberlist's LocalState / MergeRemoteState pair) and the
 anti-entropy rounds. One publish costs O(N) messages in all and a constant per host
 (docs/sync.md counts them): one gossip flood (the origin's signed head), about one push per
-connection, one pull per host, and one report per host that travels up the pull tree.
+connection, one pull per host, and the reports, batched up the pull tree.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -30,14 +32,31 @@ log = logging.getLogger("unit_p2p.sync.spread")
 ANTI_ENTROPY_FANOUT = 3
 #: seconds an agent waits before telling its neighbours it holds a revision it applied
 RELAY_DELAY = (0.0, 0.1)
+#: connected peers not known to hold a revision that a host offers it to (None: all of them)
+HAVE_FANOUT: int | None = None
 #: a report is pushed towards its origin this many times (0.5 s, then 1 s apart) before gossip
 REPORT_TRIES = 3
 REPORT_RETRY = 0.5
+#: reports about one revision leave a host at most once per this many seconds, batched: the first
+#: after a quiet spell at once, the ones that arrive meanwhile together when it is up
+REPORT_LINGER = 0.1
+#: revisions whose report batches are tracked
+BATCHES_KEPT = 64
 
 #: ``protocol`` labels of the message counters
 GOSSIP, NOTIFY, HEADS = "gossip", "notify", "heads"
 
 Merge = Callable[[str, bytes, str], Awaitable[Any]]
+
+
+@dataclass
+class _Batch:
+    """The reports about one revision waiting to leave this host, and when the last left."""
+
+    #: the report about each peer, and whom it came from (None: our own)
+    waiting: dict[str, tuple[wire.Report, str | None]] = field(default_factory=dict)
+    flushing: bool = False
+    last_flush: float = float("-inf")
 
 
 class Spread:
@@ -56,6 +75,7 @@ class Spread:
         self._merge = merge
         self._spawn = spawn
         self.parents = parents
+        self._batches: OrderedDict[tuple[Revision, str], _Batch] = OrderedDict()
 
     # --- what we say --------------------------------------------------------------------------
 
@@ -117,21 +137,27 @@ class Spread:
             log.debug("gossip publish failed: %s", exc)
 
     async def broadcast(self, msg: wire.Message, skip_holders_of: Revision | None = None,
-                        gossip: bool = True, skip: set[str] | frozenset[str] = frozenset(),
-                        ) -> None:
-        """Gossip ``msg`` and push it directly to connected trusted peers, all in parallel."""
+                        gossip: bool = True, skip: Collection[str] = frozenset(),
+                        limit: int | None = None) -> None:
+        """Gossip ``msg`` and push it directly to connected trusted peers (``limit``: to at most
+        that many of them, picked at random), all in parallel."""
+        peers = []
+        for peer in self.mesh.connected_peers():
+            if peer in skip:
+                continue
+            known = self.candidates.peer_revision(peer)
+            if skip_holders_of is not None and known is not None \
+                    and known >= skip_holders_of:
+                continue
+            if self.trust.is_trusted(peer):
+                peers.append(peer)
+        if limit is not None and len(peers) > limit:
+            peers = random.sample(peers, limit)
         async with trio.open_nursery() as nursery:
             if gossip:
                 nursery.start_soon(self.gossip, msg)
-            for peer in self.mesh.connected_peers():
-                if peer in skip:
-                    continue
-                known = self.candidates.peer_revision(peer)
-                if skip_holders_of is not None and known is not None \
-                        and known >= skip_holders_of:
-                    continue
-                if self.trust.is_trusted(peer):
-                    nursery.start_soon(self.push, peer, msg)
+            for peer in peers:
+                nursery.start_soon(self.push, peer, msg)
 
     # --- when we say it -----------------------------------------------------------------------
 
@@ -152,29 +178,66 @@ class Spread:
         neighbours fetches first tells the other, who then knows not to tell back: about one
         push per connection, a constant per host.
         """
-        self._spawn(self._offer, head, frozenset(holders))
+        self._spawn(self._offer, head, holders)
 
-    async def _offer(self, head: Head, holders: frozenset[str]) -> None:
-        # A little jitter, so two neighbours that fetched together rarely push to each other.
+    async def _offer(self, head: Head, holders: Collection[str]) -> None:
+        # A little jitter, so two neighbours that fetched together rarely push to each other
+        # (``holders`` is the candidate's own set: who says so meanwhile is skipped too).
         await trio.sleep(random.uniform(*RELAY_DELAY))
         mine = self._head()
         if mine is None or mine.revision <= head.revision:
             await self.broadcast(wire.Have(self.mesh_name, head), skip_holders_of=head.revision,
-                                 gossip=False, skip=holders)
+                                 gossip=False, skip=holders, limit=HAVE_FANOUT)
 
     def applied(self, head: Head) -> None:
         """We applied ``head``: report it to its origin (the neighbours heard ``have``)."""
-        self._spawn(self.report, head.revision, head.digest, APPLIED, None)
+        self.send_report(head.revision, head.digest, APPLIED, None)
+
+    def send_report(self, revision: Revision, digest: str, status: str,
+                    reason: str | None) -> None:
+        """Tell the revision's origin (its publisher, who may be waiting) how it went here."""
+        if revision.origin != self.mesh.peer_id:
+            self.forward(wire.Report(self.mesh_name, revision, digest, status, reason,
+                                     self.mesh.peer_id))
 
     async def report(self, revision: Revision, digest: str, status: str,
                      reason: str | None) -> None:
-        """Tell the revision's origin (its publisher, who may be waiting) how it went here."""
-        if revision.origin != self.mesh.peer_id:
-            await self.forward(wire.Report(self.mesh_name, revision, digest, status, reason,
-                                           self.mesh.peer_id))
+        """``send_report`` for callers that run it as a task."""
+        self.send_report(revision, digest, status, reason)
 
-    async def forward(self, report: wire.Report, came_from: str | None = None) -> None:
-        """Move ``report`` one hop towards the origin of its revision, the first way that works:
+    def forward(self, report: wire.Report, came_from: str | None = None) -> None:
+        """Send ``report`` on towards the origin of its revision, batched with the others about
+        that revision that this host sends (its own, its pull subtree's).
+
+        A batch leaves at once when none left in the last REPORT_LINGER seconds, else when that
+        is up, with whatever arrived meanwhile: the last report of a publish, which arrives after
+        a quiet spell, is never held back, and a host near the origin sends its subtree's
+        hundreds of reports as a few messages instead of one each. A later report about the same
+        peer replaces one still waiting.
+        """
+        key = (report.revision, report.digest)
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = _Batch()
+            while len(self._batches) > BATCHES_KEPT:
+                self._batches.popitem(last=False)
+        batch.waiting[report.peer] = (report, came_from)
+        if not batch.flushing:
+            batch.flushing = True
+            self._spawn(self._flush, batch)
+
+    async def _flush(self, batch: _Batch) -> None:
+        await trio.sleep_until(batch.last_flush + REPORT_LINGER)
+        waiting, batch.waiting = batch.waiting, {}
+        batch.last_flush = trio.current_time()
+        batch.flushing = False
+        came_from = {frm for _, frm in waiting.values() if frm is not None}
+        async with trio.open_nursery() as nursery:
+            for msg in wire.pack_reports([r for r, _ in waiting.values()]):
+                nursery.start_soon(self._deliver, msg, came_from)
+
+    async def _deliver(self, msg: wire.Reports, came_from: set[str]) -> None:
+        """Move ``msg`` one hop towards the origin of its revision, the first way that works:
 
         1. straight to the origin when connected to it;
         2. to the peer that served us the revision, our parent in its pull tree (one hop
@@ -188,22 +251,24 @@ class Spread:
         for attempt in range(REPORT_TRIES):
             if attempt:
                 await trio.sleep(REPORT_RETRY * attempt)
-            if await self._push_towards_origin(report, came_from):
+            if await self._push_towards_origin(msg, came_from):
                 return
-        await self.gossip(report)
+        log.warning("%d reports about %s could not be pushed towards its origin in %d tries: "
+                    "gossiped", len(msg.reports), msg.revision, REPORT_TRIES)
+        await self.gossip(msg)
 
-    async def _push_towards_origin(self, report: wire.Report, came_from: str | None) -> bool:
-        origin = report.revision.origin
+    async def _push_towards_origin(self, msg: wire.Reports, came_from: set[str]) -> bool:
+        origin = msg.revision.origin
         connected = self.mesh.connected_peers()
-        if origin in connected and await self.push(origin, report):
+        if origin in connected and await self.push(origin, msg):
             return True
-        parent = self.parents.get(report.revision)
-        if parent not in (None, origin, came_from) and parent in connected \
-                and await self.push(parent, report):
+        parent = self.parents.get(msg.revision)
+        if parent is not None and parent != origin and parent not in came_from \
+                and parent in connected and await self.push(parent, msg):
             return True
         if origin in connected:
             return False
-        delivered = await self.push(origin, report)
+        delivered = await self.push(origin, msg)
         release = getattr(self.mesh, "release", None)  # in-memory meshes hold none
         if release is not None:
             await release(origin)

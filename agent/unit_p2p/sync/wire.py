@@ -10,7 +10,10 @@ Messages (``v`` is the wire version, 1):
 - ``have``: a signed head whose document the sender holds, fetched and verified but not yet
   applied: "pull it from me". It says nothing about the sender's own head.
 - ``nohead``: the heads exchange of an agent that has no revision yet.
-- ``report``: "I applied / failed to apply revision R", from the reporting agent itself.
+- ``report``: "agent P applied / failed to apply revision R".
+- ``reports``: many reports about one revision (a subtree's, forwarded towards the origin as
+  one message); each entry is a ``report`` without the fields they share. Its own size bound,
+  ``MAX_REPORTS_BYTES``.
 - ``pull``: "send me the document with this digest".
 - ``served`` / ``error``: the answer to a pull; ``served`` is followed by the document bytes.
 - ``wave``: where a staged rollout stands ("wave k of R open", "halted", "aborted",
@@ -37,6 +40,9 @@ from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
 VERSION = 2
 #: announcements, reports, heads and pull requests are tiny; anything larger is hostile
 MAX_MESSAGE_BYTES = 4096
+#: a ``reports`` batch: about 340 "applied" entries (a failed one carries its reason, up to 512)
+MAX_REPORTS_BYTES = 32 * 1024
+MAX_REPORTS_ENTRIES = 512
 _MAX_REASON = 512
 _PEER_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{16,128}")
 _MAX_SIZE = 1 << 40
@@ -61,6 +67,8 @@ class _Message:
 
     TYPE: ClassVar[str] = ""
     FIELDS: ClassVar[frozenset[str]] = frozenset()
+    #: the largest encoding of this message accepted
+    MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
 
     def to_obj(self) -> dict:
         raise NotImplementedError
@@ -153,6 +161,73 @@ class Report(_Message):
             raise WireError("schema", "a failed report needs a reason, an applied one has none")
         return cls(_mesh(obj), _revision(obj), _digest(obj), status, reason,
                    _peer(obj, "peer"))
+
+
+@dataclass(frozen=True)
+class Reports(_Message):
+    """Reports about one revision (and digest), from any agents: a batch a peer forwards towards
+    the origin. Entries are ``Report``s, encoded by Report's own codec without the fields they
+    share (``SHARED``), so a field added to Report travels in batches too."""
+
+    mesh: str
+    revision: Revision
+    digest: str
+    reports: tuple[Report, ...]
+
+    TYPE = "reports"
+    SHARED: ClassVar[frozenset[str]] = frozenset({"mesh", "revision", "digest"})
+    FIELDS = SHARED | {"reports"}
+    MAX_BYTES = MAX_REPORTS_BYTES
+
+    def to_obj(self) -> dict:
+        return {"mesh": self.mesh, "revision": str(self.revision), "digest": self.digest,
+                "reports": [_entry(r) for r in self.reports]}
+
+    @classmethod
+    def from_obj(cls, obj: dict) -> Reports:
+        mesh, revision, digest = _mesh(obj), _revision(obj), _digest(obj)
+        entries = obj["reports"]
+        if type(entries) is not list or not 1 <= len(entries) <= MAX_REPORTS_ENTRIES:
+            raise WireError("schema", f"reports must be a list of 1 to {MAX_REPORTS_ENTRIES}")
+        keys = Report.FIELDS - cls.SHARED
+        reports, peers = [], set()
+        for entry in entries:
+            if type(entry) is not dict or set(entry) != keys:
+                raise WireError("schema", f"a reports entry must have exactly {sorted(keys)}")
+            report = Report.from_obj({**entry, "mesh": mesh, "revision": str(revision),
+                                      "digest": digest})
+            if report.peer in peers:
+                raise WireError("schema", "two reports about one peer")
+            peers.add(report.peer)
+            reports.append(report)
+        return cls(mesh, revision, digest, tuple(reports))
+
+
+def _entry(report: Report) -> dict:
+    return {k: v for k, v in report.to_obj().items() if k not in Reports.SHARED}
+
+
+def pack_reports(reports: list[Report]) -> list[Reports]:
+    """``reports`` as few ``Reports`` messages as their bounds allow: one per revision and digest
+    (in first-seen order), split where one would pass MAX_REPORTS_BYTES or MAX_REPORTS_ENTRIES.
+    A later report about the same peer replaces an earlier one."""
+    groups: dict[tuple[str, Revision, str], dict[str, Report]] = {}
+    for r in reports:
+        groups.setdefault((r.mesh, r.revision, r.digest), {})[r.peer] = r
+    out = []
+    for (mesh, revision, digest), by_peer in groups.items():
+        room = MAX_REPORTS_BYTES - len(encode(Reports(mesh, revision, digest, ())))
+        batch: list[Report] = []
+        used = 0
+        for r in by_peer.values():
+            size = len(json.dumps(_entry(r), separators=(",", ":"), ensure_ascii=True)) + 1
+            if batch and (used + size > room or len(batch) == MAX_REPORTS_ENTRIES):
+                out.append(Reports(mesh, revision, digest, tuple(batch)))
+                batch, used = [], 0
+            batch.append(r)
+            used += size
+        out.append(Reports(mesh, revision, digest, tuple(batch)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -265,8 +340,11 @@ class Query(_Message):
         return cls(_mesh(obj), _revision(obj))
 
 
-Message = Announce | Have | NoHead | Report | Pull | Served | ServeError | Wave | Query
+Message = (Announce | Have | NoHead | Report | Reports | Pull | Served | ServeError | Wave
+           | Query)
 _TYPES: dict[str, type[_Message]] = {cls.TYPE: cls for cls in Message.__args__}
+#: the largest message of any type: what a stream that may carry any of them reads at most
+MAX_ANY_BYTES = max(cls.MAX_BYTES for cls in _TYPES.values())
 _ENVELOPE = frozenset({"v", "type"})
 
 
@@ -348,8 +426,8 @@ def decode(data: bytes) -> Message:
     """Decode one message, or raise WireError. Never raises anything else."""
     if not isinstance(data, bytes | bytearray):
         raise WireError("malformed", "not bytes")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise WireError("too_large", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
+    if len(data) > MAX_ANY_BYTES:
+        raise WireError("too_large", f"{len(data)} bytes > {MAX_ANY_BYTES}")
     try:
         obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=unique_keys,
                          parse_constant=_reject_constant)
@@ -369,6 +447,8 @@ def decode(data: bytes) -> Message:
     cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError("schema", f"unknown message type {str(kind)[:32]!r}")
+    if len(data) > cls.MAX_BYTES:
+        raise WireError("too_large", f"{kind}: {len(data)} bytes > {cls.MAX_BYTES}")
     fields = cls.FIELDS | _ENVELOPE
     if set(obj) != fields:
         extra, missing = sorted(set(obj) - fields), sorted(fields - set(obj))
