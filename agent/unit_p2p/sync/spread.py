@@ -23,7 +23,6 @@ from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
 from unit_p2p.sync.admission import TrustLike
 from unit_p2p.sync.candidates import Candidates
-from unit_p2p.sync.convergence import APPLIED
 from unit_p2p.sync.revision import Head, Revision
 
 log = logging.getLogger("unit_p2p.sync.spread")
@@ -188,10 +187,6 @@ class Spread:
         if mine is None or mine.revision <= head.revision:
             await self.broadcast(wire.Have(self.mesh_name, head), skip_holders_of=head.revision,
                                  gossip=False, skip=holders, limit=HAVE_FANOUT)
-
-    def applied(self, head: Head) -> None:
-        """We applied ``head``: report it to its origin (the neighbours heard ``have``)."""
-        self.send_report(head.revision, head.digest, APPLIED, None)
 
     def send_report(self, revision: Revision, digest: str, status: str,
                     reason: str | None) -> None:
