@@ -221,3 +221,18 @@ async def test_bundles_go_only_to_the_peers_in_trusted_peers(tmp_path):
         assert a.rejected("secret_withheld") == 1
         a.rec.fetcher.secrets_to = lambda peer: True
         assert a.rec.fetcher._servable("12D3KooWfriend", digest) == pem
+
+
+async def test_history_says_a_rotation_changed_a_certificate(tmp_path):
+    old, _ = bundle()
+    new, _ = bundle()
+    async with cluster(tmp_path, n=1) as (_, (a,)):
+        with trio.fail_after(10):
+            await a.rec.publish(tls_config(js=False), certificates={"site": old.decode()})
+            await a.rec.publish(tls_config(js=False), certificates={"site": new.decode()})
+            views = await a.rec.revisions.views()
+        assert views[0]["summary"] == "certificates ~1"
+        assert views[0]["certificates"][0]["fingerprint"] != \
+            views[1]["certificates"][0]["fingerprint"]
+        shown = await a.rec.revisions.show("head")
+        assert shown["config"] == tls_config(js=False) and shown["certificates"]

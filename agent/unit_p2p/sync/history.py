@@ -196,20 +196,20 @@ class Revisions:
         kept (a document gone is unknown, not "nothing changed"). Each document is read once;
         summaries are cached, since nothing changes under a digest."""
         kept = {e.digest for _, e in pairs if self.store.has_document(e.digest)}
-        trees: dict[str, dict | None] = {}
+        docs: dict[str, Document | None] = {}
 
-        def tree(digest: str) -> dict | None:
-            if digest not in trees:
-                trees[digest] = self._load(digest)
-            return trees[digest]
+        def load(digest: str) -> Document | None:
+            if digest not in docs:
+                docs[digest] = self.store.load_document(digest)
+            return docs[digest]
 
         for prev, entry in pairs:
             key = (prev.digest if prev else None, entry.digest)
             if key in self._summaries or not {d for d in key if d} <= kept:
                 continue
-            new, old = tree(entry.digest), tree(prev.digest) if prev else None
+            new, old = load(entry.digest), load(prev.digest) if prev else None
             if new is not None and (prev is None or old is not None):
-                self._summaries[key] = changes.summary(old, new)
+                self._summaries[key] = _summary(old, new)
         return kept, self._summaries
 
     def head_fleet(self) -> dict | None:
@@ -240,3 +240,23 @@ class Revisions:
                 later = head is not None and head.revision > revision
                 counts["moved_on" if later else "pending"] += 1
         return {**counts, "failed_peers": failed}
+
+
+def _summary(old: Document | None, new: Document) -> str:
+    """The config's summary (changes.summary), and the bundles and modules added, removed or
+    changed (by content): ``routes ~1, certificates ~1``."""
+    text = changes.summary(old.tree if old else None, new.tree)
+    if old is None:
+        return text
+    parts = []
+    for kind in resources.KINDS:
+        a = {n: e["digest"] for n, e in old.members.get(kind, {}).items()}
+        b = {n: e["digest"] for n, e in new.members.get(kind, {}).items()}
+        signs = [f"{sign}{n}" for sign, n in (
+            ("+", len(b.keys() - a.keys())), ("-", len(a.keys() - b.keys())),
+            ("~", sum(1 for k in a.keys() & b.keys() if a[k] != b[k]))) if n]
+        if signs:
+            parts.append(f"{kind} {' '.join(signs)}")
+    if not parts:
+        return text
+    return ", ".join(parts) if text == "same config" else f"{text}, {', '.join(parts)}"
