@@ -12,7 +12,10 @@ BASE_IMAGE="${UNIT_P2P_BASE_IMAGE:-localhost/unit-p2p-base:bookworm}"
 # The host's interpreter builds the venv and the wheels; the containers run Debian 12's python3 (3.11),
 # so the host must be a CPython 3.11 too or the cp311 wheels would not install inside.
 PYTHON="${UNIT_P2P_HOST_PYTHON:-python3}"
-MOLECULE_REQS=("molecule==26.10.0" "molecule-plugins[podman]==26.10.12" "ansible-core>=2.19,<2.20")
+# cryptography: the mesh scenario makes its test CA and certificate bundles on the controller
+# (molecule/mesh/files/make_bundle.py). ansible-core depends on it too; named so that it stays.
+MOLECULE_REQS=("molecule==26.10.0" "molecule-plugins[podman]==26.10.12" "ansible-core>=2.19,<2.20"
+               "cryptography>=42")
 ANSIBLE_BUNDLE="ansible==12.3.0"
 # Collections taken from the ansible bundle: containers.podman (molecule-plugins' podman playbooks and
 # the podman connection plugin). The role and the scenarios use ansible.builtin only.
