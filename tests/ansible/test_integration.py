@@ -4,16 +4,21 @@ Each agent is a ``unit-p2p agent`` process with its own Unit emulator; nodes 1 a
 from node 0. Ansible runs with a local connection against node 0's API socket: check mode
 (nothing published), a real publish with ``wait: true`` (all three Units hold the config), the
 same again (``changed: false``), the ad-hoc form by the module's short name, and the failures
-when Unit rejects the config or is down.
+when Unit rejects the config or is down. Then TLS bundles: published from a file on the host,
+rotated under the same NAME from another host, a mismatched one refused, and
+``unit_p2p_info`` reporting the head's certificate; no line of a private key in any output.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
-from ansible_helpers import ad_hoc_result, run_ansible, tool
+from ansible_helpers import REPO, ad_hoc_result, run_ansible, tool, unix_get, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +141,112 @@ def test_ad_hoc_without_agent_fails_clearly(ansible_env, tmp_path):
     status, result = ad_hoc_result(proc)
     assert status == "FAILED!"
     assert result["msg"] == f"agent socket {missing} not found: is unit-p2p running?"
+
+
+MAKE_BUNDLE = REPO / "molecule" / "mesh" / "files" / "make_bundle.py"
+TLS_CONFIG = {
+    "listeners": {"127.0.0.1:28443": {"pass": "routes", "tls": {"certificate": "site"}}},
+    "routes": [{"action": {"return": 200}}],
+    "applications": {},
+}
+
+
+def _bundle(directory, name: str) -> dict:
+    """A test CA (once) and a bundle signed by it; the molecule scenario's maker, not a copy."""
+    made = subprocess.run([sys.executable, str(MAKE_BUNDLE), str(directory), name,
+                           "mesh.unit-p2p.test"], capture_output=True, text=True, timeout=60,
+                          check=True)
+    return json.loads(made.stdout)
+
+
+def _key_lines(bundle_path) -> list[str]:
+    """The base64 lines of a bundle's private key: none may appear anywhere else."""
+    text = Path(bundle_path).read_text()
+    key = text[text.index("-----BEGIN PRIVATE KEY-----"):]
+    return [line for line in key.splitlines() if line and not line.startswith("-----")]
+
+
+def _unit_certificates(node) -> dict:
+    status, certificates = unix_get(node.unit_sock, "/certificates")
+    assert status == 200, certificates
+    return certificates
+
+
+def test_tls_bundles_published_rotated_and_refused_through_the_module(agent_fleet, ansible_env,
+                                                                       tmp_path):
+    nodes = agent_fleet.prepare(3)
+    for node in nodes:
+        args = ["--unit", f"unix:{node.unit_sock}", "--api", f"unix:{node.api_sock}",
+                "--state-dir", str(node.dir / "state"), "--key", str(node.key),
+                "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--trust", "any",
+                "--mesh", MESH]
+        if node.index:
+            args += ["--bootstrap", nodes[0].multiaddr]
+        agent_fleet.start_agent(node, args)
+    agent_fleet.wait_connected()
+    tls = tmp_path / "tls"
+    first, second = _bundle(tls, "site-1"), _bundle(tls, "site-2")
+    secrets = _key_lines(first["bundle"]) + _key_lines(second["bundle"])
+
+    def module(name: str, args: dict, *flags: str) -> tuple[str, dict, str]:
+        proc = run_ansible([tool("ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                            "-m", name, "-a", json.dumps(args), *flags], ansible_env)
+        output = proc.stdout + proc.stderr
+        assert not [line for line in secrets if line in output], output[-3000:]
+        status, result = ad_hoc_result(proc)
+        return status, result, output
+
+    def served_everywhere(fingerprint: str) -> None:
+        for node in nodes:
+            wait_for(lambda n=node: [c.get("fingerprint") for c in
+                                     n.status().get("certificates") or []] == [fingerprint],
+                     30, f"node {node.index} to report {fingerprint}", node.logs)
+            wait_for(lambda n=node: len(_unit_certificates(n)) == 1, 30,
+                     f"node {node.index}'s Unit to hold one bundle", node.logs)
+            (held,) = _unit_certificates(node)
+            assert held.startswith("site"), held
+            listener = node.unit_config()["listeners"]["127.0.0.1:28443"]
+            assert listener["tls"]["certificate"] in (held, [held]), listener
+
+    # 1. check mode with diff: the fingerprint that would come, nothing published
+    status, checked, output = module("unit_p2p_publish", {
+        "socket": str(nodes[0].api_sock), "config": TLS_CONFIG,
+        "certificates": {"site": {"path": first["bundle"]}}}, "--check", "--diff")
+    assert status in ("CHANGED", "SUCCESS") and checked["changed"] is True, checked
+    assert first["fingerprint"] in output
+    assert all(node.status()["head"] is None for node in nodes)
+
+    # 2. published from a file on the host, waited for: every Unit holds it, every agent reports it
+    status, published, _ = module("unit_p2p_publish", {
+        "socket": str(nodes[0].api_sock), "config": TLS_CONFIG, "wait": True, "timeout": 60,
+        "certificates": {"site": {"path": first["bundle"]}}})
+    assert status == "CHANGED" and published["converged"] is True, published
+    assert [c["fingerprint"] for c in published["certificates"]] == [first["fingerprint"]]
+    assert published["certificates"][0]["expires_in"] > 86400
+    served_everywhere(first["fingerprint"])
+
+    # 3. rotation under the same NAME from another host, the bundle given as text
+    status, rotated, output = module("unit_p2p_publish", {
+        "socket": str(nodes[1].api_sock), "config": TLS_CONFIG, "wait": True, "timeout": 60,
+        "certificates": {"site": {"content": Path(second["bundle"]).read_text()}}}, "--diff")
+    assert status == "CHANGED" and rotated["converged"] is True, rotated
+    assert first["fingerprint"] in output and second["fingerprint"] in output  # the diff
+    served_everywhere(second["fingerprint"])
+
+    # 4. a bundle whose key is not its certificate's: refused before anything changes
+    first_text, second_text = Path(first["bundle"]).read_text(), Path(second["bundle"]).read_text()
+    mismatched = (first_text[:first_text.index("-----BEGIN PRIVATE KEY-----")]
+                  + second_text[second_text.index("-----BEGIN PRIVATE KEY-----"):])
+    head = nodes[2].status()["head"]["revision"]
+    status, refused, _ = module("unit_p2p_publish", {
+        "socket": str(nodes[2].api_sock), "config": TLS_CONFIG,
+        "certificates": {"site": {"content": mismatched}}})
+    assert status == "FAILED!"
+    assert refused["msg"].startswith("the unit-p2p agent refused the request"), refused
+    assert {node.status()["head"]["revision"] for node in nodes} == {head}
+
+    # 5. unit_p2p_info: the head's certificate with its expiry
+    status, info, _ = module("unit_p2p_info", {"socket": str(nodes[2].api_sock)})
+    assert status == "SUCCESS", info
+    assert [c["fingerprint"] for c in info["certificates"]] == [second["fingerprint"]]
+    assert info["certificates"][0]["expires_in"] > 86400
