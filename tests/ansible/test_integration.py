@@ -175,11 +175,13 @@ def _unit_certificates(node) -> dict:
 def test_tls_bundles_published_rotated_and_refused_through_the_module(agent_fleet, ansible_env,
                                                                        tmp_path):
     nodes = agent_fleet.prepare(3)
+    # bundles travel to the peers in trusted_peers only
+    trusted = [arg for node in nodes for arg in ("--trusted-peer", node.peer_id)]
     for node in nodes:
         args = ["--unit", f"unix:{node.unit_sock}", "--api", f"unix:{node.api_sock}",
                 "--state-dir", str(node.dir / "state"), "--key", str(node.key),
-                "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--trust", "any",
-                "--mesh", MESH]
+                "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--trust", "allowlist",
+                *trusted, "--mesh", MESH]
         if node.index:
             args += ["--bootstrap", nodes[0].multiaddr]
         agent_fleet.start_agent(node, args)
@@ -242,7 +244,9 @@ def test_tls_bundles_published_rotated_and_refused_through_the_module(agent_flee
         "socket": str(nodes[2].api_sock), "config": TLS_CONFIG,
         "certificates": {"site": {"content": mismatched}}})
     assert status == "FAILED!"
-    assert refused["msg"].startswith("the unit-p2p agent refused the request"), refused
+    assert refused["msg"].startswith(
+        "the unit-p2p agent refused the request (bad_certificate; nothing was published): "
+        "certificate site:"), refused
     assert {node.status()["head"]["revision"] for node in nodes} == {head}
 
     # 5. unit_p2p_info: the head's certificate with its expiry

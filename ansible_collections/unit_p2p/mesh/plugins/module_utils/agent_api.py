@@ -20,6 +20,10 @@ PERMISSION_DENIED = ("permission denied on agent socket %s: run the task as root
                      "a member of the agent's api_group")
 
 
+# 422 codes of the agent's checks of a publish request itself, not of Unit's answer
+REFUSED_INPUT = ("bad_certificate", "bad_js_module", "bad_name", "not_an_object", "not_canonical")
+
+
 class AgentError(Exception):
     """The agent could not be reached or answered with an error; str() is the task's message."""
 
@@ -32,9 +36,16 @@ class AgentError(Exception):
 def _error_message(socket_path, status, code, detail):
     if status == 503 and code == "unit_unreachable":
         return "the unit-p2p agent cannot reach NGINX Unit (nothing was published): %s" % detail
-    if status == 422:
+    if status == 422 and code in REFUSED_INPUT:
+        # the agent's own checks of what the task sent (a bundle, a module, a NAME)
+        return "the unit-p2p agent refused the request (%s; nothing was published): %s" % (
+            code, detail)
+    if status == 422 and code in ("unit_rejected", "error"):
         return ("NGINX Unit rejected the given config; Unit keeps its current config and nothing "
                 "was published: %s" % detail)
+    if status == 422:
+        return ("the unit-p2p agent could not apply the config here (%s); Unit keeps its "
+                "current config and nothing was published: %s" % (code, detail))
     if status == 400:
         return "the unit-p2p agent refused the request: %s" % detail
     if status == 409:

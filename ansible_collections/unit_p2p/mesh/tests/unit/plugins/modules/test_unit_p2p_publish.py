@@ -62,6 +62,11 @@ class FakeAgent:
                 return 422, {"error": "unit_rejected",
                              "detail": 'Unit 400 on PUT /config: Invalid configuration. Unknown '
                                        'parameter "bogus".'}
+            for name, pem in sorted((body.get("certificates") or {}).items()):
+                if "MISMATCH" in pem:
+                    return 422, {"error": "bad_certificate",
+                                 "detail": "certificate %s: the private key does not match the "
+                                           "leaf certificate" % name}
             candidate = self.local if config is None else config
             head_config = self.head[1] if self.head else None
             changed = head_config is None or _digest(candidate) != _digest(head_config)
@@ -378,3 +383,13 @@ def test_main_keeps_bundles_and_their_paths_out_of_its_output(agent, tmp_path):
                                         "js_modules": {"auth": {"content": "export default {}"}}})
     assert code == 1
     assert "mutually exclusive" in out["msg"] and "js_modules" in out["msg"]
+
+
+def test_a_bundle_the_agent_refuses_is_named_and_not_taken_for_unit_rejecting(agent):
+    with pytest.raises(mod.AgentError) as caught:
+        _run(agent, config=CONFIG_2, certificates={"site": {"content": "MISMATCH"}})
+    assert str(caught.value) == (
+        "the unit-p2p agent refused the request (bad_certificate; nothing was published): "
+        "certificate site: the private key does not match the leaf certificate")
+    assert caught.value.status == 422 and caught.value.code == "bad_certificate"
+    assert agent.head is None and agent.local == CONFIG_1
