@@ -236,3 +236,43 @@ async def test_history_says_a_rotation_changed_a_certificate(tmp_path):
             views[1]["certificates"][0]["fingerprint"]
         shown = await a.rec.revisions.show("head")
         assert shown["config"] == tls_config(js=False) and shown["certificates"]
+
+
+async def test_publishing_unit_s_own_config_maps_bundle_names_back(tmp_path):
+    old, _ = bundle()
+    new, _ = bundle()
+    async with cluster(tmp_path, n=2) as (_, (a, b)):
+        with trio.fail_after(15):
+            first = await a.rec.publish(tls_config(js=False),
+                                        certificates={"site": old.decode()}, wait=True,
+                                        timeout=10)
+            # Unit holds site.<12 hex>: published again from Unit, it is the same revision
+            again = await b.rec.publish()
+            assert not again.changed and again.digest == first.digest
+            assert b.rec.status()["local"]["in_sync"] is True
+            # after a rotation, b's Unit is pointed by hand at the old bundle (uploaded by hand
+            # again): no revision carries that one, so publishing it is refused
+            await a.rec.publish(tls_config(js=False), certificates={"site": new.decode()},
+                                wait=True, timeout=10)
+            b.unit.certificates[unit_name(old)] = old
+            b.unit.config = {**b.unit.config, "listeners": {"127.0.0.1:8443": {
+                "pass": "routes", "tls": {"certificate": unit_name(old)}}}}
+            with pytest.raises(PublishRefused, match="refers to certificate") as info:
+                await b.rec.publish()
+            assert unit_name(old) in str(info.value)
+
+
+async def test_unit_holding_an_older_envelope_s_config_is_not_published_over_the_head(tmp_path):
+    pem, _ = bundle()
+    async with cluster(tmp_path, n=2) as (_, (a, b)):
+        for node in (a, b):
+            node.rec.drift.action = "report"  # on_drift: report, Unit is left as it is
+        with trio.fail_after(15):
+            await a.rec.publish(tls_config(1, js=False), certificates={"site": pem.decode()},
+                                wait=True, timeout=10)
+            older = dict(b.unit.config)
+            await a.rec.publish(tls_config(2, js=False), wait=True, timeout=10)
+            b.unit.config = older  # a Unit restarted from a stale state
+            await until(lambda: b.rec.status()["local"]["drift"] is not None)
+            with pytest.raises(PublishRefused, match="the config of an older revision"):
+                await b.rec.publish()

@@ -168,13 +168,15 @@ class StateStore:
     def _prune_blobs(self) -> None:
         """Remove the blobs no kept document names. One younger than BLOB_GRACE is left: it
         may belong to a document being fetched or published right now, saved after its blobs."""
+        held = [p for folder in (self.blobs, self.secrets) for p in folder.iterdir()
+                if not p.name.startswith(".")]
+        if not held:
+            return  # nothing to prune: the kept documents need not be read
         named = set().union(*(blobs for _, blobs in self._kept_meta().values()))
         old = time.time() - BLOB_GRACE
-        for folder in (self.blobs, self.secrets):
-            for path in folder.iterdir():
-                if ("sha256:" + path.name) not in named and not path.name.startswith(".") \
-                        and path.stat().st_mtime < old:
-                    path.unlink(missing_ok=True)
+        for path in held:
+            if ("sha256:" + path.name) not in named and path.stat().st_mtime < old:
+                path.unlink(missing_ok=True)
 
     def load_unit_resources(self) -> dict[str, list[str]]:
         """The names this agent uploaded to its Unit: {"certificates": [...], "js_modules":
