@@ -10,8 +10,9 @@ Resources go first (sync/resources.py): each certificate bundle Unit lacks is up
 content-derived name ``NAME.<12 hex>`` and the config's references are renamed to it; each JS
 module under its NAME. Then the config, read back with the names mapped back to NAME before the
 digest is compared. Then the bundles and modules this agent uploaded that the new config no longer
-names are deleted. A failure before the config PUT leaves the old config serving (an uploaded,
-unreferenced bundle is harmless and deleted by a later apply).
+names are deleted (the uploads and deletes are sync/uploads.py's; the order, the config and the
+JS module swap are here). A failure before the config PUT leaves the old config serving (an
+uploaded, unreferenced bundle is harmless and deleted by a later apply).
 """
 
 from __future__ import annotations
@@ -34,21 +35,15 @@ from unit_p2p.errors import (
 from unit_p2p.metrics import Metrics
 from unit_p2p.sync import resources
 from unit_p2p.sync.resources import (
-    CERTIFICATES,
     JS_MODULES,
     from_unit_names,
-    js_module_refs,
     rename_certificates,
     to_unit_names,
-    unit_certificate_name,
+    without_js_modules,
 )
-from unit_p2p.sync.revision import (
-    Document,
-    digest_of_bytes,
-    merge_exclusions,
-    with_excluded_values,
-)
+from unit_p2p.sync.revision import Document, merge_exclusions, with_excluded_values
 from unit_p2p.sync.store import StateStore
+from unit_p2p.sync.uploads import Uploads
 from unit_p2p.unit.client import unit_path
 
 log = logging.getLogger("unit_p2p.sync.applier")
@@ -66,11 +61,6 @@ class UnitLike(Protocol):
     async def put(self, path: str, value: Any) -> Any: ...
     async def put_raw(self, path: str, body: bytes) -> Any: ...
     async def delete(self, path: str) -> Any: ...
-
-
-def _unit_reason(exc: UnitRejected) -> str:
-    """Unit's own words for a refusal (never the body sent: a bundle holds a private key)."""
-    return " ".join(p for p in (exc.error, exc.detail) if p) or f"status {exc.status}"
 
 
 class Applier:
@@ -96,8 +86,7 @@ class Applier:
         #: the document Unit should hold (the head's): its config digest is what the watch
         #: compares, its certificates name the bundles Unit holds under content-derived names
         self.expected: Document | None = None
-        #: the certificates and modules this agent uploaded (store.load_unit_resources)
-        self._uploads: dict[str, list[str]] | None = None
+        self.uploads = Uploads(unit, store)
 
     def expect(self, doc: Document | None) -> None:
         """``doc`` is the head's document now: Unit should hold it."""
@@ -166,8 +155,8 @@ class Applier:
     async def move(self, doc: Document, local: Any, label: str, *, put: bool = True) -> None:
         """Move Unit from ``local`` (what it holds) to ``doc``: resources, the config (unless
         ``put`` is false and no module had to be swapped), the cleanup. Raises as ``apply``."""
-        await self._upload_certificates(doc)
-        swapped = await self._upload_js_modules(doc)
+        await self.uploads.upload_certificates(doc)
+        swapped = await self.uploads.upload_js_modules(doc)
         target = merge_exclusions(rename_certificates(doc.tree, to_unit_names(doc.certificates)),
                                   local, self.exclusions)
         if put or swapped:
@@ -176,85 +165,7 @@ class Applier:
             await self._swap_js_modules(doc, swapped, target, local)
         elif put:
             await self.put_verified(target, doc, rollback=local)
-        await self._delete_unused(doc)
-
-    # --- resources ----------------------------------------------------------------------------
-
-    async def _listing(self, path: str, kind: str, doc: Document) -> dict:
-        try:
-            held = await self.unit.get(path)
-        except UnitPathNotFound:
-            raise RevisionRejected(
-                "unit_rejected", f"{kind} {', '.join(sorted(doc.members[kind]))}: this Unit "
-                f"has no {path} (built without {'TLS' if kind == CERTIFICATES else 'njs'})"
-            ) from None
-        return held if isinstance(held, dict) else {}
-
-    async def _blob(self, kind: str, name: str, digest: str) -> bytes:
-        held = await trio.to_thread.run_sync(self.store.load_blob, digest)
-        if held is None:
-            raise RevisionRejected("resource_missing", f"{kind[:-1].replace('_', ' ')} {name}: "
-                                   f"its bytes ({digest}) are not held here")
-        return held[0]
-
-    async def _mine(self) -> dict[str, list[str]]:
-        """What this agent uploaded to its Unit (read from the state dir once)."""
-        if self._uploads is None:
-            self._uploads = await trio.to_thread.run_sync(self.store.load_unit_resources)
-        return self._uploads
-
-    async def _uploaded(self, kind: str, name: str, add: bool = True) -> None:
-        """Record that this agent uploaded (or deleted) ``name``: it deletes only its own."""
-        names = await self._mine()
-        names[kind] = [n for n in names[kind] if n != name] + ([name] if add else [])
-        await trio.to_thread.run_sync(self.store.save_unit_resources, names)
-
-    async def _upload_certificates(self, doc: Document) -> None:
-        """Upload each bundle of ``doc`` that Unit lacks, under its content-derived name."""
-        if not doc.certificates:
-            return
-        held = await self._listing("/certificates", CERTIFICATES, doc)
-        for name, entry in sorted(doc.certificates.items()):
-            unit_name = unit_certificate_name(name, entry["digest"])
-            if unit_name in held:
-                continue
-            data = await self._blob(CERTIFICATES, name, entry["digest"])
-            try:
-                await self.unit.put_raw(unit_path("certificates", unit_name), data)
-            except UnitRejected as exc:
-                if exc.error == "Certificate already exists.":
-                    continue  # uploaded since the listing: same name, same content
-                raise RevisionRejected(
-                    "unit_rejected", f"certificate {name} (as {unit_name}): Unit refused it: "
-                    f"{_unit_reason(exc)}") from None
-            await self._uploaded(CERTIFICATES, unit_name)
-            log.info("uploaded certificate %s as %s", name, unit_name)
-
-    async def _upload_js_modules(self, doc: Document) -> dict[str, str]:
-        """Upload each module of ``doc`` that Unit lacks; returns the modules Unit holds with
-        other text (NAME -> the old text), which must be swapped (``_swap_js_modules``)."""
-        if not doc.js_modules:
-            return {}
-        held = await self._listing("/js_modules", JS_MODULES, doc)
-        swap = {}
-        for name, entry in sorted(doc.js_modules.items()):
-            if name in held:
-                old = held[name]
-                if isinstance(old, str) and digest_of_bytes(
-                        old.encode("utf-8", "surrogateescape")) != entry["digest"]:
-                    swap[name] = old
-                continue
-            await self._put_js_module(name, await self._blob(JS_MODULES, name, entry["digest"]))
-        return swap
-
-    async def _put_js_module(self, name: str, data: bytes) -> None:
-        try:
-            await self.unit.put_raw(unit_path("js_modules", name), data)
-        except UnitRejected as exc:
-            raise RevisionRejected("unit_rejected", f"JS module {name}: Unit refused it: "
-                                   f"{_unit_reason(exc)}") from None
-        await self._uploaded(JS_MODULES, name)
-        log.info("uploaded JS module %s", name)
+        await self.uploads.delete_unused(doc)
 
     async def _swap_js_modules(self, doc: Document, old: dict[str, str], target: Any,
                                local: Any) -> None:
@@ -263,7 +174,7 @@ class Applier:
         with those modules left out of ``settings.js_module``), delete and upload them, PUT the
         target. Any failure puts the old modules and the old config back. Between the interim
         and the target config, routes that call those modules run without them."""
-        interim = _without_js_modules(local, set(old))
+        interim = without_js_modules(local, set(old))
         try:
             if interim != local:
                 await self.put_verified(interim, None, rollback=local)
@@ -275,52 +186,21 @@ class Applier:
         swapped: list[str] = []
         try:
             for name in sorted(old):
-                await self._delete(JS_MODULES, name, strict=True)
+                await self.uploads.delete(JS_MODULES, name, strict=True)
                 swapped.append(name)
-                await self._put_js_module(name, await self._blob(
+                await self.uploads.put_js_module(name, await self.uploads.blob(
                     JS_MODULES, name, doc.js_modules[name]["digest"]))
             await self.put_verified(target, doc, rollback=interim)
         except (UnitError, SyncError):
             for name in swapped:
                 try:
-                    await self._delete(JS_MODULES, name, strict=False)
+                    await self.uploads.delete(JS_MODULES, name, strict=False)
                     await self.unit.put_raw(unit_path("js_modules", name),
                                             old[name].encode("utf-8", "surrogateescape"))
                 except UnitError as exc:
                     log.error("putting JS module %s back failed: %s", name, exc)
             await self._restore(local)
             raise
-
-    async def _delete(self, kind: str, unit_name: str, *, strict: bool) -> bool:
-        """Delete a certificate or module from Unit. Returns whether it is gone; ``strict``
-        raises RevisionRejected when Unit refuses, else a refusal is logged (in use by a
-        host-local part of the config, say) and the next apply tries again."""
-        path = unit_path("certificates" if kind == CERTIFICATES else "js_modules", unit_name)
-        try:
-            await self.unit.delete(path)
-        except UnitPathNotFound:
-            pass
-        except UnitRejected as exc:
-            what = "certificate" if kind == CERTIFICATES else "JS module"
-            if strict:
-                raise RevisionRejected("unit_rejected", f"{what} {unit_name}: Unit refused "
-                                       f"to delete it: {_unit_reason(exc)}") from None
-            log.warning("%s %s is no longer in the head but Unit keeps it: %s", what,
-                        unit_name, _unit_reason(exc))
-            return False
-        await self._uploaded(kind, unit_name, add=False)
-        return True
-
-    async def _delete_unused(self, doc: Document) -> None:
-        """Delete what this agent uploaded that ``doc`` no longer names."""
-        mine = await self._mine()
-        keep = {CERTIFICATES: set(to_unit_names(doc.certificates).values()),
-                JS_MODULES: set(doc.js_modules)}
-        for kind in (CERTIFICATES, JS_MODULES):
-            for name in sorted(set(mine[kind]) - keep[kind]):  # a copy: _delete edits it
-                if await self._delete(kind, name, strict=False):
-                    log.info("deleted %s %s from Unit (no longer in the head)",
-                             kind[:-1].replace("_", " "), name)
 
     async def _read_excluded(self) -> dict[str, Any] | None:
         """Unit's values at the excluded pointers, each read by its own path; None when a
@@ -411,22 +291,3 @@ class Applier:
             took = trio.current_time() - started
             await trio.sleep(max(UNIT_POLL_INTERVAL, took * UNIT_POLL_COST_FACTOR))
 
-
-def _without_js_modules(config: Any, names: set[str]) -> Any:
-    """``config`` with ``names`` left out of ``settings.js_module``."""
-    used = js_module_refs(config)
-    if not used & names:
-        return config
-    settings = dict(config["settings"])
-    value = settings["js_module"]
-    rest = [n for n in (value if isinstance(value, list) else [value]) if n not in names]
-    if rest:
-        settings["js_module"] = rest if isinstance(value, list) else rest[0]
-    else:
-        del settings["js_module"]
-    out = dict(config)
-    if settings:
-        out["settings"] = settings
-    else:
-        del out["settings"]
-    return out

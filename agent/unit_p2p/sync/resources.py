@@ -111,6 +111,26 @@ def js_module_refs(config: Any) -> set[str]:
     return set()
 
 
+def without_js_modules(config: Any, names: set[str]) -> Any:
+    """``config`` with ``names`` left out of ``settings.js_module``."""
+    used = js_module_refs(config)
+    if not used & names:
+        return config
+    settings = dict(config["settings"])
+    value = settings["js_module"]
+    rest = [n for n in (value if isinstance(value, list) else [value]) if n not in names]
+    if rest:
+        settings["js_module"] = rest if isinstance(value, list) else rest[0]
+    else:
+        del settings["js_module"]
+    out = dict(config)
+    if settings:
+        out["settings"] = settings
+    else:
+        del out["settings"]
+    return out
+
+
 def rename_certificates(config: Any, mapping: dict[str, str]) -> Any:
     """A copy of ``config`` whose certificate references are renamed by ``mapping`` (names not
     in it are left as they are); ``config`` itself when nothing is renamed."""
