@@ -252,6 +252,8 @@ class Reconciler(ReconcilerViews):
                 continue
             self.convergence.record(report.peer, report.revision, report.status, report.reason)
             self.rollouts.reported(report.peer, report)
+            if report.peer == sender and report.status == APPLIED:
+                self.spread.holds(sender, report.revision)
             if report.revision.origin != self.peer_id and protocol == NOTIFY:
                 self.spread.forward(report, sender)
 
@@ -277,7 +279,9 @@ class Reconciler(ReconcilerViews):
             self.spread.send_report(rev, head.digest, FAILED, reason)
         if why is not None:
             return
-        if not holds_only:
+        if holds_only:
+            self.spread.holds(peer, rev)
+        else:
             self.candidates.note_peer(peer, head)
             self.convergence.record(peer, rev, APPLIED, None, implied=True)
         mine = self.head.revision if self.head else None

@@ -10,6 +10,7 @@ connection, one pull per host, and the reports, batched up the pull tree.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -41,6 +42,12 @@ REPORT_RETRY = 0.5
 REPORT_LINGER = 0.1
 #: revisions whose report batches are tracked
 BATCHES_KEPT = 64
+#: peers whose held revision (and last heads exchange) is remembered (a bound: a flood of peer
+#: IDs cannot grow the tables)
+HOLDING_KEPT = 4096
+#: seconds the end with the larger peer ID waits for the other to start the heads exchange of a
+#: new connection
+CONNECT_GRACE = 1.0
 
 #: ``protocol`` labels of the message counters
 GOSSIP, NOTIFY, HEADS = "gossip", "notify", "heads"
@@ -75,6 +82,10 @@ class Spread:
         self._spawn = spawn
         self.parents = parents
         self._batches: OrderedDict[tuple[Revision, str], _Batch] = OrderedDict()
+        #: the newest revision each peer told us it holds (``have``, or its own report)
+        self._holding: dict[str, Revision] = {}
+        #: when we last exchanged heads with each peer (either end started it)
+        self._exchanged: dict[str, float] = {}
 
     # --- what we say --------------------------------------------------------------------------
 
@@ -104,6 +115,7 @@ class Spread:
         except (MeshError, WireError, trio.TooSlowError) as exc:
             log.debug("heads exchange with %s failed: %s", peer, exc)
             return
+        self._stamp_exchange(peer)
         await self._merge(peer, data, HEADS)
 
     async def serve_heads(self, peer: str, stream: Any) -> None:
@@ -112,7 +124,13 @@ class Spread:
         await stream.send_all(self._encode(HEADS, self.local_state()))
         await stream.close_write()
         await stream.close()
+        self._stamp_exchange(peer)
         await self._merge(peer, data, HEADS)
+
+    def _stamp_exchange(self, peer: str) -> None:
+        if len(self._exchanged) >= HOLDING_KEPT:
+            self._exchanged.clear()
+        self._exchanged[peer] = trio.current_time()
 
     async def push(self, peer: str, msg: wire.Message) -> bool:
         """Send ``msg`` one way over ``/unit-p2p/notify``; False if it could not be sent."""
@@ -274,9 +292,29 @@ class Spread:
         if self._head() is not None and peer in self.mesh.connected_peers():
             self._spawn(self.push, peer, self.local_state())
 
+    def holds(self, peer: str, revision: Revision) -> None:
+        """``peer`` holds ``revision``'s document (it said so, or reported it applied): an
+        anti-entropy round has nothing to tell it about that revision."""
+        known = self._holding.get(peer)
+        if known is None or revision > known:
+            if len(self._holding) >= HOLDING_KEPT:
+                self._holding.clear()
+            self._holding[peer] = revision
+
     def connected(self, peer: str) -> None:
         if self.trust.is_trusted(peer):
-            self._spawn(self.exchange_heads, peer)
+            self._spawn(self._exchange_on_connect, peer)
+
+    async def _exchange_on_connect(self, peer: str) -> None:
+        # One heads exchange per new connection, not one from each end (both ends merge what it
+        # carries): the end with the smaller peer ID starts it; the other starts one only if
+        # none came within CONNECT_GRACE (that end's event was lost, its exchange failed).
+        if self.mesh.peer_id > peer:
+            since = trio.current_time()
+            await trio.sleep(CONNECT_GRACE)
+            if self._exchanged.get(peer, -math.inf) >= since:
+                return
+        await self.exchange_heads(peer)
 
     async def anti_entropy(self, interval: float, after_round: Callable[[], None]) -> None:
         """Every interval, exchange heads with up to ANTI_ENTROPY_FANOUT connected peers not
@@ -291,7 +329,9 @@ class Spread:
             mine = head.revision
             revs = {p: self.candidates.peer_revision(p) for p in self.mesh.connected_peers()
                     if self.trust.is_trusted(p)}
-            stale = [p for p, r in revs.items() if r != mine]
+            # A peer that holds our head's document is not behind on anything a heads exchange
+            # could tell it: after a publish that is about every neighbour (each offered it).
+            stale = [p for p, r in revs.items() if r != mine and self._holding.get(p) != mine]
             # A few stale peers per round: during a slow rollout every peer is stale to every
             # other, and exchanging with all of them competed with the rollout itself.
             picked = random.sample(stale, min(len(stale), ANTI_ENTROPY_FANOUT)) if stale \
