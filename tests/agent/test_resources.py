@@ -218,3 +218,41 @@ async def test_a_bundle_served_tampered_is_refused_then_taken_intact(tmp_path):
             finally:
                 f.stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_command_line_publishes_shows_and_diffs_bundles_by_their_public_parts(
+        tmp_path, capsys):
+    from unit_p2p import cli
+
+    first, first_key = bundle("cli.example.com")
+    second, second_key = bundle("cli.example.com")
+    (tmp_path / "tls.json").write_text(json.dumps(tls_config(1)))
+    (tmp_path / "auth.js").write_text(JS)
+    for name, pem in (("one.pem", first), ("two.pem", second)):
+        (tmp_path / name).write_bytes(pem)
+    async with running_agent(tmp_path) as (agent, emulator):
+        api = agent.settings.api
+
+        def run(*argv: str) -> str:
+            assert cli.main([*argv, "--api", api]) == 0
+            return capsys.readouterr().out
+
+        with trio.fail_after(60):
+            out = await trio.to_thread.run_sync(lambda: run(
+                "publish", "--config-file", str(tmp_path / "tls.json"), "--certificate",
+                f"site={tmp_path / 'one.pem'}", "--js-module", f"auth={tmp_path / 'auth.js'}"))
+            assert "changed true" in out
+            out = await trio.to_thread.run_sync(lambda: run(
+                "publish", "--config-file", str(tmp_path / "tls.json"), "--certificate",
+                f"site={tmp_path / 'two.pem'}"))
+            status = await trio.to_thread.run_sync(lambda: run("status"))
+            diff = await trio.to_thread.run_sync(lambda: run("diff", "head"))
+            history = await trio.to_thread.run_sync(lambda: run("history"))
+        assert emulator.certificates == {unit_name(second): second}
+        assert "cert      site  expires" in status and "CN=cli.example.com" in status
+        assert "certificate site: subject" in diff and "fingerprint sha256:" in diff
+        assert "certificates ~1" in history
+        shown = out + status + diff + history
+        assert "PRIVATE KEY" not in shown
+        for key in (first_key, second_key):
+            assert not any(line.decode() in shown for line in secrets_of(key))

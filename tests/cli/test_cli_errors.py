@@ -25,6 +25,7 @@ def files(tmp_path):
     (tmp_path / "comments.json").write_text('{"listeners": {}, // Unit takes this\n}')
     (tmp_path / "nan.json").write_text('{"settings": {"x": NaN}}')
     (tmp_path / "plain").write_text("x")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
     (tmp_path / "token").write_text("t" * 20)
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     return tmp_path
@@ -40,6 +41,9 @@ def files(tmp_path):
     (["publish", "--timeout", "1e300"], 2, "--timeout: must be in (0, 3600]"),
     (["publish", "--timeout", "nan"], 2, "--timeout: must be in"),
     (["publish", "--wait", "--min-peers", "-3"], 2, "--min-peers: must be 0 or more"),
+    (["publish", "--certificate", "site"], 2, "--certificate: expected NAME=FILE"),
+    (["publish", "--certificate", "site={d}/absent.pem"], 2, "absent.pem: No such file"),
+    (["publish", "--js-module", "auth={d}/binary"], 2, "binary: not UTF-8 text"),
     (["status", "--api", "bogus://x"], 2, "--api"),
     (["status", "--api", "http://192.0.2.1:80", "--token-file", "{d}/token"], 2, "loopback"),
     (["status", "--api", "127.0.0.1:1", "--token-file", "{d}/absent"], 2, "--token-file"),
