@@ -369,9 +369,11 @@ class Rollouts:
                 log.info("rollout %s: superseded by %s, the driver stops", rev, mine.revision)
                 return
             waves = self.tally(r)
-            opened = waves[:state.wave]
-            failed = {p: why for w in opened for p, why in w["failed"].items()}
-            pending = [p for w in opened for p in w["pending"]]
+            # Failures count over every open wave; only the current wave is waited for: a
+            # signed "wave k open" says its signer saw waves 1..k-1 through (so a host that
+            # resumes after the driver died need not hear from, say, the dead publisher).
+            failed = {p: why for w in waves[:state.wave] for p, why in w["failed"].items()}
+            pending = waves[state.wave - 1]["pending"]
             if len(failed) > r.plan.max_failures:
                 why = (f"{len(failed)} host(s) failed, more than max_failures "
                        f"{r.plan.max_failures}: " + "; ".join(
