@@ -184,16 +184,16 @@ async def test_a_bundle_served_tampered_is_refused_then_taken_intact(tmp_path):
                 a.bootstrap = [origin.listen_addrs[0]]
                 a.extra_args = ["--no-mdns"]
             fetcher = origin.reconciler.fetcher
-            intact = fetcher._servable
+            intact = fetcher._held
             digest = digest_of_bytes(pem)
 
-            def tampered(peer, wanted):
-                data = intact(peer, wanted)
-                if wanted == digest and isinstance(data, bytes):
-                    return data.replace(b"MI", b"MJ", 1)
-                return data
+            def tampered(wanted):
+                found = intact(wanted)
+                if wanted == digest and found is not None:
+                    return found[0].replace(b"MI", b"MJ", 1), found[1]
+                return found
 
-            fetcher._servable = tampered
+            fetcher._held = tampered
             try:
                 with trio.fail_after(60):
                     await f.start()
@@ -206,7 +206,7 @@ async def test_a_bundle_served_tampered_is_refused_then_taken_intact(tmp_path):
                             await trio.sleep(0.1)
                 for a in f:
                     assert a.emulator.certificates == {} and await a.head_digest() is None
-                fetcher._servable = intact  # the next try gets it intact
+                fetcher._held = intact  # the next try gets it intact
                 with trio.fail_after(90):
                     await f.wait_converged(result.digest)
                 for a in f:

@@ -99,14 +99,15 @@ async def test_a_tampered_bundle_from_a_relaying_peer_is_refused(tmp_path):
     pem, _ = bundle()
     async with cluster(tmp_path) as (net, (a, b, c)):
         digest = digest_of_bytes(pem)
-        served = b.rec.fetcher._servable
+        held = b.rec.fetcher._held
 
-        def tampered(peer, wanted):
-            data = served(peer, wanted)
-            return data.replace(b"MI", b"MJ", 1) if wanted == digest and isinstance(
-                data, bytes) else data
+        def tampered(wanted):
+            found = held(wanted)
+            if wanted == digest and found is not None:
+                return found[0].replace(b"MI", b"MJ", 1), found[1]
+            return found
 
-        b.rec.fetcher._servable = tampered
+        b.rec.fetcher._held = tampered
         net.cut.add(frozenset((a.peer_id, c.peer_id)))  # c can pull only from b
         with trio.fail_after(15):
             result = await a.rec.publish(tls_config(js=False),
@@ -213,14 +214,14 @@ async def test_a_unit_refusing_a_bundle_keeps_the_old_config_and_names_it(tmp_pa
 async def test_bundles_go_only_to_the_peers_in_trusted_peers(tmp_path):
     pem, _ = bundle()
     async with cluster(tmp_path, n=1) as (_, (a,)):
+        digest = digest_of_bytes(pem)
         with trio.fail_after(10):
             await a.rec.publish(tls_config(js=False), certificates={"site": pem.decode()})
-        digest = digest_of_bytes(pem)
-        a.rec.fetcher.secrets_to = lambda peer: False
-        assert a.rec.fetcher._servable("12D3KooWanyone", digest) == "forbidden"
-        assert a.rejected("secret_withheld") == 1
-        a.rec.fetcher.secrets_to = lambda peer: True
-        assert a.rec.fetcher._servable("12D3KooWfriend", digest) == pem
+            a.rec.fetcher.secrets_to = lambda peer: False
+            assert await a.rec.fetcher.servable("12D3KooWanyone", digest) == "forbidden"
+            assert a.rejected("secret_withheld") == 1
+            a.rec.fetcher.secrets_to = lambda peer: True
+            assert await a.rec.fetcher.servable("12D3KooWfriend", digest) == pem
 
 
 async def test_history_says_a_rotation_changed_a_certificate(tmp_path):

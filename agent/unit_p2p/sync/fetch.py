@@ -164,7 +164,7 @@ class Fetcher:
             self.admission.refuse(peer, exc.reason, f"pull: {exc}")
             await stream.reset()
             return
-        data = await trio.to_thread.run_sync(self._servable, peer, request.digest)
+        data = await self.servable(peer, request.digest)
         if isinstance(data, str):
             await stream.send_all(wire.encode(wire.ServeError(data)) + b"\n")
             self.metrics.message(PULL, wire.ServeError.TYPE, "sent")
@@ -175,17 +175,22 @@ class Fetcher:
         await stream.close_write()
         await stream.close()
 
-    def _servable(self, peer: str, digest: str) -> bytes | str:
-        """The bytes of a held document or blob, or why not (``not_found``, ``forbidden``: a
-        certificate bundle asked for by a peer ``secrets_to`` does not allow). Blocking."""
+    def _held(self, digest: str) -> tuple[bytes, bool] | None:
+        """(bytes, secret) of a held document or blob, verified; None when not held. Blocking."""
         data = self.store.load_document_bytes(digest)
         if data is not None:
-            return data
-        blob = self.store.load_blob(digest)
-        if blob is None:
+            return data, False
+        return self.store.load_blob(digest)
+
+    async def servable(self, peer: str, digest: str) -> bytes | str:
+        """What to serve ``peer`` asking for ``digest``: the bytes, or why not (``not_found``,
+        ``forbidden``: a certificate bundle, and ``secrets_to`` does not allow this peer)."""
+        held = await trio.to_thread.run_sync(self._held, digest)
+        if held is None:
             return "not_found"
-        if blob[1] and not self.secrets_to(peer):
-            self.admission.metrics.refused("secret_withheld")
-            log.warning("withheld a certificate bundle from %s: not in trusted_peers", peer)
+        data, secret = held
+        if secret and not self.secrets_to(peer):
+            self.admission.refuse(peer, "secret_withheld",
+                                  "asked for a certificate bundle, not in trusted_peers")
             return "forbidden"
-        return blob[0]
+        return data
