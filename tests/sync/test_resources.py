@@ -277,3 +277,20 @@ async def test_unit_holding_an_older_envelope_s_config_is_not_published_over_the
             await until(lambda: b.rec.status()["local"]["drift"] is not None)
             with pytest.raises(PublishRefused, match="the config of an older revision"):
                 await b.rec.publish()
+
+
+async def test_a_rollback_brings_the_previous_bundle_back(tmp_path):
+    old, _ = bundle()
+    new, _ = bundle()
+    async with cluster(tmp_path, n=2) as (_, (a, b)):
+        with trio.fail_after(20):
+            await a.rec.publish(tls_config(js=False), certificates={"site": old.decode()},
+                                wait=True, timeout=10)
+            await a.rec.publish(tls_config(js=False), certificates={"site": new.decode()},
+                                wait=True, timeout=10)
+            _, result = await b.rec.rollback(wait=True, timeout=10)
+        assert result.converged and result.changed
+        for node in (a, b):
+            assert holds(node.unit, old) and set(node.unit.certificates) == {unit_name(old)}
+        assert [c["fingerprint"] for c in b.rec.status()["certificates"]] == \
+            [c["fingerprint"] for c in result.to_json(False)["certificates"]]
