@@ -273,9 +273,12 @@ class Rollouts:
             adm.refuse(sender, "equivocation",
                        f"wave of {msg.revision} names {msg.digest}, the revision is {digest}")
             return
-        self.host._spawn(self._merge, msg, sender)
+        self.host._spawn(self._merge, msg)
 
-    async def _merge(self, msg: wire.Wave, came_from: str | None) -> bool:
+    async def _merge(self, msg: wire.Wave, spread: bool = False) -> bool:
+        """Take ``msg`` if it is later than what we know; ``spread``: we moved the rollout, so
+        we flood it (one gossip and a push per connection). Receivers do not relay it again:
+        the mover's flood reached the mesh, anti-entropy covers a host it missed."""
         r = self._rollout(msg.revision, msg.digest)
         if not _later(msg, r.wave):
             return False
@@ -293,8 +296,8 @@ class Rollouts:
             mine = r.plan.wave_of(self.host.peer_id)
             if msg.state == COMPLETE or (mine is not None and mine <= msg.wave):
                 self._release(msg.revision)
-        skip = {came_from} if came_from else set()
-        await self.host.spread.broadcast(msg, skip=skip)
+        if spread:
+            await self.host.spread.broadcast(msg)
         return True
 
     async def move(self, rev: Revision, state: str, wave: int, reason: str | None = None
@@ -304,7 +307,7 @@ class Rollouts:
         seq = (r.wave.seq + 1) if r.wave else 1
         msg = sign_wave(self.host.private_key, self.host.mesh_name, rev, r.digest, state, wave,
                         seq, self.host.peer_id, reason)
-        await self._merge(msg, None)
+        await self._merge(msg, spread=True)
         return msg
 
     def latest(self) -> Rollout | None:
