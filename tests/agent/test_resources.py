@@ -7,6 +7,7 @@ Unit's state is checked directly: what it holds, at every step of a rotation).
 from __future__ import annotations
 
 import json
+import time
 from contextlib import asynccontextmanager
 
 import pytest
@@ -152,6 +153,9 @@ async def test_bundles_and_modules_converge_rotate_and_never_leak(tmp_path):
                 for spec in ("head", "previous"):
                     answers.append(await a.call("revision", spec))
                 answers.append({"metrics": await a.call("metrics")})
+        expiry = [line for line in answers[-1]["metrics"].splitlines()
+                  if line.startswith('unit_p2p_certificate_expiry_seconds{name="site"}')]
+        assert len(expiry) == 1 and float(expiry[0].split()[-1]) > time.time()
         seen = json.dumps(answers).encode()
         for a in f:
             seen += a.log.read_bytes()

@@ -213,7 +213,10 @@ async def test_a_unit_refusing_a_bundle_keeps_the_old_config_and_names_it(tmp_pa
 
 async def test_bundles_go_only_to_the_peers_in_trusted_peers(tmp_path):
     pem, _ = bundle()
-    async with cluster(tmp_path, n=1) as (_, (a,)):
+    async with cluster(tmp_path, n=2, extra_untrusted=1) as (_, (a, b, other)):
+        # the rule the reconciler gives its fetcher: listed in trusted_peers, whatever the mode
+        assert a.rec.fetcher.secrets_to(b.peer_id) and not a.rec.fetcher.secrets_to(
+            other.peer_id)
         digest = digest_of_bytes(pem)
         with trio.fail_after(10):
             await a.rec.publish(tls_config(js=False), certificates={"site": pem.decode()})
