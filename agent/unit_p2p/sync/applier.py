@@ -44,7 +44,6 @@ from unit_p2p.sync.resources import (
 from unit_p2p.sync.revision import Document, merge_exclusions, with_excluded_values
 from unit_p2p.sync.store import StateStore
 from unit_p2p.sync.uploads import Uploads
-from unit_p2p.unit.client import unit_path
 
 log = logging.getLogger("unit_p2p.sync.applier")
 
@@ -195,9 +194,9 @@ class Applier:
             for name in swapped:
                 try:
                     await self.uploads.delete(JS_MODULES, name, strict=False)
-                    await self.unit.put_raw(unit_path("js_modules", name),
-                                            old[name].encode("utf-8", "surrogateescape"))
-                except UnitError as exc:
+                    await self.uploads.put_js_module(
+                        name, old[name].encode("utf-8", "surrogateescape"))
+                except (UnitError, SyncError) as exc:
                     log.error("putting JS module %s back failed: %s", name, exc)
             await self._restore(local)
             raise
