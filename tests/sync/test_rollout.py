@@ -20,12 +20,15 @@ class FakeGate:
 
     configured = True
 
-    def __init__(self, passed: bool = True):
+    def __init__(self, passed: bool = True, hold: trio.Event | None = None):
         self.passed = passed
+        self.hold = hold
         self.checks = 0
 
     async def check(self) -> GateResult:
         self.checks += 1
+        if self.hold is not None:
+            await self.hold.wait()
         return GateResult(True) if self.passed else GateResult(False, "health_gate: GET "
                                                               "http://127.0.0.1:1/ answered 500")
 
@@ -143,3 +146,34 @@ async def test_a_staged_publish_with_impossible_stages_is_refused(tmp_path):
     async with cluster(tmp_path, 2) as (_, nodes):
         with pytest.raises(PublishRefused, match="adds no host"), trio.fail_after(10):
             await nodes[0].rec.publish(config(1), stages=[5, 6, "100%"])
+
+
+async def test_abort_keeps_the_closed_waves_out_and_revert_goes_back(tmp_path):
+    async with cluster(tmp_path, 3) as (_, nodes):
+        with trio.fail_after(20):
+            base = await nodes[0].rec.publish(config(1), wait=True, timeout=10)
+        first, second, third = ordered(nodes)
+        gate_runs = trio.Event()  # the second wave's gate runs until the test lets it end
+        for node in nodes:
+            node.rec.rollouts.gate = FakeGate(True, gate_runs if node is second else None)
+        with trio.fail_after(30):
+            result = await first.rec.publish(config(2), stages=[1, 2, "100%"], wait=False)
+            rev = result.revision
+            await until(lambda: second.rec.rollouts.gate.checks == 1
+                        and rev in third.rec.rollouts.held)
+        # an operator aborts from the third host, with a revert, while the second wave runs
+        with trio.fail_after(20):
+            await third.rec.rollouts.abort(str(rev), revert=True)
+            await until(lambda: all(n.rec.rollouts.by_revision[rev].wave.state == "aborted"
+                                    for n in nodes))
+            reverted = third.rec.rollouts.by_revision[rev].reverted_by
+            await until(lambda: all(str(n.rec.head.revision) == reverted for n in nodes))
+            gate_runs.set()
+        for node in nodes:
+            assert node.unit.config == config(1)
+        assert rev in third.rec.candidates.failed  # never applied, given up
+        with trio.fail_after(10):
+            await until(lambda: len(third.rec.history.entries) == 2)
+        assert [e.revision for e in third.rec.history.entries] == [str(base.revision), reverted]
+        with pytest.raises(PublishRefused, match="aborted"):
+            await first.rec.rollouts.resume(str(rev))
