@@ -143,16 +143,6 @@ class Revisions:
         # (previous digest, digest) -> summary: documents do not change under a digest
         self._summaries: dict[tuple[str | None, str], str] = {}
 
-    async def document(self, spec: str | None) -> tuple[Entry, dict]:
-        """The entry named by ``spec`` (see History.find) and its kept document.
-        Raises UnknownRevision."""
-        entry = self.history.find(spec)
-        tree = await trio.to_thread.run_sync(self._load, entry.digest)
-        if tree is None:
-            raise UnknownRevision("unknown_revision", f"the document of revision "
-                                  f"{entry.revision} is no longer kept here (keep_configs)")
-        return entry, tree
-
     async def kept(self, spec: str | None) -> tuple[Entry, Document]:
         """The entry named by ``spec`` and its kept document (with its resources' manifest).
         Raises UnknownRevision."""
@@ -162,10 +152,6 @@ class Revisions:
             raise UnknownRevision("unknown_revision", f"the document of revision "
                                   f"{entry.revision} is no longer kept here (keep_configs)")
         return entry, doc
-
-    def _load(self, digest: str) -> dict | None:
-        doc = self.store.load_document(digest)
-        return doc.tree if doc is not None else None
 
     async def show(self, spec: str | None) -> dict[str, Any]:
         """One revision's entry with its document and the revision before it here."""
