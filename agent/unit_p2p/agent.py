@@ -123,15 +123,15 @@ class Agent:
         return await self.reconciler.rollback(spec, **options)
 
     async def rollout(self, spec: str | None) -> dict:
-        return await self.reconciler.rollouts.view(spec)
+        return await self.reconciler.rollouts.driver.view(spec)
 
     async def rollout_resume(self, spec: str | None) -> dict:
-        r = await self.reconciler.rollouts.resume(spec)
-        return await self.reconciler.rollouts.view(str(r.revision), gather=False)
+        r = await self.reconciler.rollouts.driver.resume(spec)
+        return await self.reconciler.rollouts.driver.view(str(r.revision), gather=False)
 
     async def rollout_abort(self, spec: str | None, revert: bool) -> dict:
-        r = await self.reconciler.rollouts.abort(spec, revert)
-        return await self.reconciler.rollouts.view(str(r.revision), gather=False)
+        r = await self.reconciler.rollouts.driver.abort(spec, revert)
+        return await self.reconciler.rollouts.driver.view(str(r.revision), gather=False)
 
     def status(self) -> dict:
         out = self.reconciler.status()

@@ -23,7 +23,7 @@ from tests.mesh.helpers import new_keypair, peer_id_of, start_node
 from unit_p2p.fleet import free_ports
 from unit_p2p.sync import wire
 from unit_p2p.sync.revision import Document, Head
-from unit_p2p.sync.rollout import sign_wave
+from unit_p2p.sync.waves import sign_wave
 
 pytestmark = pytest.mark.slow
 

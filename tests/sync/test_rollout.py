@@ -12,7 +12,7 @@ from unit_p2p.errors import PublishRefused
 from unit_p2p.sync import wire
 from unit_p2p.sync.health import GateResult, status_matches
 from unit_p2p.sync.plan import EVERYONE, Plan, PlanError, make_plan
-from unit_p2p.sync.rollout import sign_wave
+from unit_p2p.sync.waves import sign_wave
 
 
 class FakeGate:
@@ -163,7 +163,7 @@ async def test_abort_keeps_the_closed_waves_out_and_revert_goes_back(tmp_path):
                         and rev in third.rec.rollouts.held)
         # an operator aborts from the third host, with a revert, while the second wave runs
         with trio.fail_after(20):
-            await third.rec.rollouts.abort(str(rev), revert=True)
+            await third.rec.rollouts.driver.abort(str(rev), revert=True)
             await until(lambda: all(n.rec.rollouts.by_revision[rev].wave.state == "aborted"
                                     for n in nodes))
             reverted = third.rec.rollouts.by_revision[rev].reverted_by
@@ -176,4 +176,4 @@ async def test_abort_keeps_the_closed_waves_out_and_revert_goes_back(tmp_path):
             await until(lambda: len(third.rec.history.entries) == 2)
         assert [e.revision for e in third.rec.history.entries] == [str(base.revision), reverted]
         with pytest.raises(PublishRefused, match="aborted"):
-            await first.rec.rollouts.resume(str(rev))
+            await first.rec.rollouts.driver.resume(str(rev))

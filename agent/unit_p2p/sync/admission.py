@@ -19,6 +19,7 @@ from unit_p2p.errors import WireError
 from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
 from unit_p2p.sync.revision import Head, Revision, verify_revision
+from unit_p2p.sync.waves import wave_refusal
 
 log = logging.getLogger("unit_p2p.sync.admission")
 
@@ -153,8 +154,6 @@ class Admission:
             return True
         if isinstance(msg, wire.Wave):
             # a forged or altered wave goes no further than the first hop either
-            from unit_p2p.sync.rollout import wave_refusal
-
             why = wave_refusal(self.mesh_name, msg, self.trust)
             if why is not None:
                 self.refuse(origin, *why)

@@ -174,7 +174,7 @@ class Publisher:
                                size=head.size, before=before, after=doc.tree,
                                resources=doc.members)
         if plan is not None:
-            result.rollout = await host.rollouts.wait_done(head.revision, wait, timeout)
+            result.rollout = await host.rollouts.driver.wait_done(head.revision, wait, timeout)
             wait = False  # the rollout's end is the wait; the tally below is where it stands
         await self._wait(result, wait, timeout, min_peers, require_all)
         return result

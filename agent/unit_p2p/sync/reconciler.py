@@ -54,10 +54,11 @@ from unit_p2p.sync.revision import (
     Head,
     Revision,
 )
-from unit_p2p.sync.rollout import Rollouts, plan_of
+from unit_p2p.sync.rollout import Rollouts
 from unit_p2p.sync.spread import GOSSIP, NOTIFY, Spread
 from unit_p2p.sync.store import StateStore
 from unit_p2p.sync.views import ReconcilerViews
+from unit_p2p.sync.waves import plan_of
 
 __all__ = ["MeshLike", "PublishResult", "Reconciler", "TrustLike", "UnitLike"]
 
