@@ -179,6 +179,12 @@ certificates:
   sample: [{"name": "site", "subject": "CN=www.example.com", "issuer": "CN=Example CA",
             "not_after": "2027-03-01T12:00:00Z", "fingerprint": "sha256:5d0f...",
             "expires_in": 7776000}]
+js_modules:
+  description: The JS modules of the head as the agent reports them (name, digest, size).
+  returned: when the agent's status lists JS modules
+  type: list
+  elements: dict
+  sample: [{"name": "auth", "digest": "sha256:0c1d...", "size": 412}]
 config:
   description: The kept configuration of O(revision).
   returned: when O(revision) is set
@@ -193,6 +199,7 @@ from ansible_collections.unit_p2p.mesh.plugins.module_utils.agent_api import (
 )
 from ansible_collections.unit_p2p.mesh.plugins.module_utils.resources import (
     certificate_summaries,
+    js_module_summaries,
 )
 
 ARGUMENT_SPEC = dict(
@@ -214,6 +221,8 @@ def run(params, api):
     }
     if "certificates" in status:
         result["certificates"] = certificate_summaries(status["certificates"])
+    if "js_modules" in status:
+        result["js_modules"] = js_module_summaries(status["js_modules"])
     if params.get("revision"):
         shown = api.get("/v1/revisions/" + quote(params["revision"], safe="@"))
         result["config"] = shown.get("config")

@@ -234,9 +234,12 @@ def test_certificates_reported_as_a_mapping_are_listed_by_name():
 
 
 def test_info_returns_the_heads_certificates_with_expiry():
+    module = {"name": "auth", "digest": "sha256:" + "c" * 64, "size": len(JS)}
     status = {"peer_id": ORIGIN, "head": {"revision": "2@" + ORIGIN},
-              "certificates": [dict(CERT_V2, key=KEY_BODY), CERT_V1]}
+              "certificates": [dict(CERT_V2, key=KEY_BODY), CERT_V1],
+              "js_modules": [dict(module, source=JS)]}
     result = info.run({}, FakeAPI(status=status))
+    assert result["js_modules"] == [module]
     assert [c["fingerprint"] for c in result["certificates"]] == [CERT_V2["fingerprint"],
                                                                   CERT_V1["fingerprint"]]
     assert all(isinstance(c["expires_in"], int) for c in result["certificates"])
@@ -246,7 +249,7 @@ def test_info_returns_the_heads_certificates_with_expiry():
 
 def test_info_without_certificates_in_the_status_returns_none():
     result = info.run({}, FakeAPI(status={"peer_id": ORIGIN, "head": None}))
-    assert "certificates" not in result
+    assert "certificates" not in result and "js_modules" not in result
 
 
 def test_a_bundle_file_is_read_as_it_is(tmp_path):
