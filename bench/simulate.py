@@ -349,6 +349,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
     applied = net.applied[marker]
     missing = [i for i in live if i not in applied]
     hops = [net.learn_hops[i] for i in live if i in net.learn_hops and i != origin]
+    took = sorted(applied[i] - t0 for i in live if i in applied and i != origin)
     msgs = after["msgs"] - before["msgs"]
     nbytes = after["bytes"] - before["bytes"]
     lost = after["lost"] - before["lost"]
@@ -370,6 +371,9 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         "partitioned": len(cut),
         "t_all_applied_s": t_all,
         "t_reports_s": reports_at[0] if reports_at else None,
+        # each host's time from the publish to its Unit holding the config (nearest rank)
+        "t_host_p50_s": _rank(took, 0.50),
+        "t_host_p99_s": _rank(took, 0.99),
         "publisher_saw": publisher_saw[0],
         "window_s": window,
         "hops_max": max(hops) if hops else None,
@@ -395,6 +399,10 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
         "gossip_duplicates": after["gossip_duplicates"] - before["gossip_duplicates"],
         "wall_s": time.monotonic() - wall0,
     }
+
+
+def _rank(values: list[float], q: float) -> float | None:
+    return values[min(len(values) - 1, math.ceil(q * len(values)) - 1)] if values else None
 
 
 async def simulate(p: SimParams, progress: Any = None) -> dict:
@@ -454,7 +462,7 @@ def run(p: SimParams, progress: Any = None) -> dict:
 CONTROL_KINDS = ("ihave", "iwant", "graft")
 SUMMARY_KEYS = ("msgs", "msgs_sync", "bytes", "msgs_per_host_mean", "msgs_per_host_max",
                 "msgs_per_host_max_others", "recv_per_host_max", "sent_by_origin",
-                "recv_by_origin", "t_all_applied_s", "t_reports_s",
+                "recv_by_origin", "t_all_applied_s", "t_reports_s", "t_host_p50_s", "t_host_p99_s",
                 "hops_max", "hops_mean")
 
 
@@ -469,6 +477,8 @@ def summarize(size: dict, scenario: str) -> dict | None:
         return None
     for r in rows:  # rows written before the column existed
         r.setdefault("msgs_per_host_max_others", None)
+        r.setdefault("t_host_p50_s", None)
+        r.setdefault("t_host_p99_s", None)
         r.setdefault("msgs_sync", r["msgs"] - sum(r["by_kind"].get(k, {}).get("msgs", 0)
                                                   for k in CONTROL_KINDS))
     out: dict[str, Any] = {k: _mean([r[k] for r in rows]) for k in SUMMARY_KEYS}
@@ -515,7 +525,8 @@ def render(results: dict) -> str:
     runs = _ordered(results["runs"])
     header = ["N", "policy", "msgs / publish", "msgs / N", "without gossipsub control / N",
               "KiB / publish", "per host mean", "per host max (publisher)",
-              "per host max (others)", "all applied s", "publisher saw all s",
+              "per host max (others)", "host applied p50 / p99 s", "all applied s",
+              "publisher saw all s",
               "hops max (mean)", "misses", "refused by the hosts", "wall s (size)"]
     lines += [*summary_table(runs), ""]
     for scenario in ("steady", "churn", "partition"):
@@ -545,6 +556,7 @@ def render(results: dict) -> str:
                              _fmt(s["msgs_per_host_max_others"])
                              if s["msgs_per_host_max_others"] is not None
                              else _fmt(s["msgs_per_host_max"]) + " (any host)",
+                             f"{_fmt(s['t_host_p50_s'], 2)} / {_fmt(s['t_host_p99_s'], 2)}",
                              _fmt(s["t_all_applied_s"], 2),
                              _fmt(s["t_reports_s"], 2) if s["t_reports_s"] is not None
                              else f"never (saw {s['publisher_saw']})",
@@ -615,6 +627,7 @@ def summary_table(runs: dict, labels: list[str] | None = None) -> list[str]:
     header = ["N"]
     for label in runs:
         header += [f"{label}: msgs / publish (/ N)", f"{label}: busiest other host",
+                   f"{label}: host applied p50 / p99 s",
                    f"{label}: all applied s (publisher saw all s)"]
     rows = []
     for n in sizes:
@@ -624,12 +637,14 @@ def summary_table(runs: dict, labels: list[str] | None = None) -> list[str]:
             s = summarize(size, "steady") if size else None
             if s is None:
                 error = (size or {}).get("error") or "not run"
-                row += ["not run (see the notes)" if error.startswith("not run") else error, "", ""]
+                row += ["not run (see the notes)" if error.startswith("not run") else error, "",
+                        "", ""]
                 continue
             others = s["msgs_per_host_max_others"]
             row += [f"{_fmt(s['msgs'])} ({_fmt(s['msgs'] / n, 1)})",
                     _fmt(others) if others is not None
                     else f"{_fmt(s['msgs_per_host_max'])} (any host)",
+                    f"{_fmt(s['t_host_p50_s'], 2)} / {_fmt(s['t_host_p99_s'], 2)}",
                     f"{_fmt(s['t_all_applied_s'], 2)} ("
                     + (_fmt(s["t_reports_s"], 2) if s["t_reports_s"] is not None
                        else f"never: {_fmt(s['publisher_saw'])} of {n:,}") + ")"]
