@@ -597,7 +597,11 @@ def render(results: dict) -> str:
                      f"{params.get('gossip_window', 3)}), "
                      f"{params['publishes']} steady publishes, churn {params['churn']}, "
                      f"partition {params['partition']} healed after {params['heal']} s, "
-                     f"settle {params['settle']} s, seed {params['seed']}")
+                     f"settle {params['settle']} s, seed {params['seed']}"
+                     + (f", what-if: offers to at most {params['have_fanout']} peers"
+                        if params.get("have_fanout") is not None else "")
+                     + (", what-if: no gossip of the announcement"
+                        if params.get("no_gossip_announce") else ""))
         for n_key in sorted(run_["sizes"], key=int):
             size = run_["sizes"][n_key]
             extra = f", stopped: {size['error']}" if size.get("error") else ""
@@ -779,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--have-fanout", type=int, default=None,
                     help="what-if: offer a fetched revision to at most this many connected peers "
                          "(sync.spread.HAVE_FANOUT; default: the agent's)")
+    ap.add_argument("--no-gossip-announce", action="store_true",
+                    help="what-if: the publisher pushes its head to its connected peers but does "
+                         "not gossip it (the holders' offers carry it on)")
     ap.add_argument("--churn", type=float, default=0.05, help="fraction leaving (and joining)")
     ap.add_argument("--partition", type=float, default=0.2, help="fraction cut off")
     ap.add_argument("--heal", type=float, default=10.0, help="s after the publish")
@@ -815,15 +822,21 @@ def main(argv: list[str] | None = None) -> int:
                     d_hi=gossip.degree_high, heartbeat=float(gossip.heartbeat_interval),
                     gossip_window=args.gossip_window)
     latency = Latency.parse(args.latency)
-    if args.have_fanout is not None:
-        from unit_p2p.sync import spread
+    from unit_p2p.sync import spread
 
+    if args.have_fanout is not None:
         spread.HAVE_FANOUT = args.have_fanout
+    if args.no_gossip_announce:
+        async def published(self: Any) -> None:
+            await self.broadcast(self.local_state(), gossip=False)
+
+        spread.Spread.published = published
     run_ = {"commit": code_commit, "machine": machine(), "machine_line": machine_line(machine()),
             "params": {"latency": str(latency), "loss": args.loss,
                        "cpu_per_msg_ms": args.cpu_per_msg, "peer_target": topo.peer_target,
                        "d": topo.d, "d_lo": topo.d_lo, "d_hi": topo.d_hi,
                        "gossip_window": topo.gossip_window, "have_fanout": args.have_fanout,
+                       "no_gossip_announce": args.no_gossip_announce,
                        "publishes": args.publishes, "churn": args.churn,
                        "partition": args.partition, "heal": args.heal, "settle": args.settle,
                        "routes": args.routes, "deadline": args.deadline, "seed": args.seed,

@@ -51,8 +51,9 @@ class GossipParams:
     # mesh link lost. The sync layer is the lazy push here (Plumtree's split: gossip is the
     # eager tree): a host that fetched a revision offers it to every connected peer not known
     # to hold it, and heads are exchanged on every new connection. Simulated (N=1,000, 1 % loss,
-    # docs/sync.md): windows of 3 / 1 / 0 cost 14.5 / 4.8 / 0 N messages a publish, with no IWANT
-    # at all in a steady publish and the same time to all applied at every window.
+    # bench/results/simulate-whatif.md): a publish cost 31.0 N messages with a window of 3 and
+    # 16.5 N with none, each host applied after 0.30 / 0.44 s (p50 / p99) and 0.32 / 0.46 s;
+    # 11 of the 14,502 IHAVE of a publish were answered by an IWANT.
     gossip_window: int = 0
     gossip_history: int = 5
     # IDONTWANT (/meshsub/1.2.0) only for messages of at least this size, as go-libp2p does
