@@ -58,7 +58,7 @@ class AgentView(Protocol):
     async def revision(self, spec: str) -> dict: ...
     async def rollback(self, spec: str | None, **options: Any) -> tuple[str, PublishResult]: ...
     async def rollout(self, spec: str | None) -> dict: ...
-    async def rollout_resume(self, spec: str | None) -> dict: ...
+    async def rollout_resume(self, spec: str | None, next_wave: bool = False) -> dict: ...
     async def rollout_abort(self, spec: str | None, revert: bool) -> dict: ...
 
 
@@ -125,8 +125,8 @@ class Agent:
     async def rollout(self, spec: str | None) -> dict:
         return await self.reconciler.rollouts.driver.view(spec)
 
-    async def rollout_resume(self, spec: str | None) -> dict:
-        r = await self.reconciler.rollouts.driver.resume(spec)
+    async def rollout_resume(self, spec: str | None, next_wave: bool = False) -> dict:
+        r = await self.reconciler.rollouts.driver.resume(spec, next_wave)
         return await self.reconciler.rollouts.driver.view(str(r.revision), gather=False)
 
     async def rollout_abort(self, spec: str | None, revert: bool) -> dict:

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "latest rollout known here)")
     p.add_argument("--revert", action="store_true",
                    help="with abort: publish the previous config again")
+    p.add_argument("--next", action="store_true",
+                   help="with resume: open the next wave now, even though the current one has "
+                        "not finished (a host of it is gone for good)")
 
     p = add("history", help="list the revisions this host knows, newest first",
                        description="The revisions this host published or followed (newest "
@@ -494,7 +497,7 @@ def _cmd_rollout(api, args: argparse.Namespace) -> int:
     if args.action == "status":
         answer = api.rollout(args.revision)
     elif args.action == "resume":
-        answer = api.rollout_resume(args.revision)
+        answer = api.rollout_resume(args.revision, next_wave=args.next)
     else:
         answer = api.rollout_abort(args.revision, revert=args.revert)
     print(json.dumps(answer, indent=2) if args.json else _format_rollout(answer))

@@ -130,10 +130,14 @@ async def test_a_second_wave_failing_its_gate_halts_and_auto_revert_restores_the
             for a in f:
                 assert await a.unit.get("/config") == full(a.http_port, BASE_ROUTES)
             # the third wave never applied the staged revision; the second did, then went back
-            third_history = [r["revision"] for r in (await third.call("revisions"))["revisions"]]
-            assert third_history == [reverted, base["revision"]]
-            second_history = [r["revision"] for r in (await second.call("revisions"))["revisions"]]
-            assert second_history == [reverted, result["revision"], base["revision"]]
+            # (a host records its history just after it takes the head)
+            async def history(agent):
+                async def recorded():
+                    listing = [r["revision"] for r in (await agent.call("revisions"))["revisions"]]
+                    return listing if listing[0] == reverted else None
+                return await until(recorded)
+            assert await history(third) == [reverted, base["revision"]]
+            assert await history(second) == [reverted, result["revision"], base["revision"]]
             # any host shows the rollout, wave by wave (the CLI's table)
             shown = await cli(third, "rollout", "status")
             assert shown.returncode == 0, shown.stderr
@@ -206,8 +210,10 @@ async def test_killing_the_publisher_mid_rollout_leaves_complete_configs_and_ano
             result = await publisher.call("publish", config=site(STAGED_ROUTES),
                                           stages=[1, 2, "100%"], http_timeout=60)
             rev = result["revision"]
+            # killed once the hosts know the second wave is open (killed between deciding and
+            # telling, the rollout would stay at wave 1, waiting for the dead publisher's gate)
             async def second_wave_open():
-                return (await publisher.call("rollout", rev))["wave"] >= 2
+                return all([(await a.call("rollout", rev))["wave"] >= 2 for a in f])
             await until(second_wave_open)
             publisher.kill(signal.SIGKILL)
             # every host holds a complete config, old or new, never a mix

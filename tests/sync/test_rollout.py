@@ -177,3 +177,72 @@ async def test_abort_keeps_the_closed_waves_out_and_revert_goes_back(tmp_path):
         assert [e.revision for e in third.rec.history.entries] == [str(base.revision), reverted]
         with pytest.raises(PublishRefused, match="aborted"):
             await first.rec.rollouts.driver.resume(str(rev))
+
+
+async def test_a_host_away_during_the_rollout_learns_where_it_stands_when_it_connects(tmp_path):
+    async with cluster(tmp_path, 3) as (_, nodes):
+        first, second, late = ordered(nodes)
+        for node in nodes:
+            node.rec.rollouts.gate = FakeGate(True)
+        late.mesh.up = False
+        with trio.fail_after(30):
+            result = await first.rec.publish(config(1), stages=[1, 2, "100%"])
+            rollout = first.rec.rollouts.by_revision[result.revision]
+            # the last wave is open, and waits for the host that is away
+            await until(lambda: rollout.wave.wave == 3)
+        view = await first.rec.rollouts.driver.view(None, gather=False)
+        assert view["state"] == "open" and view["waves"][2]["pending"] == [late.peer_id]
+        assert late.unit.config == config(0)
+        # back: its peers see a new connection (as the mesh reports one) and tell it
+        late.mesh.up = True
+        for node in (first, second):
+            await node.rec.on_peer_connected(late.peer_id)
+            await late.rec.on_peer_connected(node.peer_id)
+        with trio.fail_after(20):
+            await until(lambda: late.rec.head is not None
+                        and late.rec.head.revision == result.revision)
+            await until(lambda: rollout.wave.state == "complete")
+        assert late.unit.config == config(1)
+
+
+async def test_a_restart_during_the_gate_runs_it_again(tmp_path):
+    async with cluster(tmp_path, 2) as (_, nodes):
+        first, second = ordered(nodes)
+        gate_runs = trio.Event()
+        first.rec.rollouts.gate = FakeGate(True)
+        second.rec.rollouts.gate = FakeGate(True, gate_runs)
+        with trio.fail_after(30):
+            result = await first.rec.publish(config(1), stages=[1, "100%"], wait=False)
+            await until(lambda: second.rec.rollouts.gate.checks == 1)
+        # the agent stops before its gate ends: a new one on the same state dir runs it again
+        from unit_p2p.sync.rollout import Rollouts
+
+        again = Rollouts(second.rec, second.settings.state_dir, FakeGate(True))
+        spawned = []
+        second.rec._spawn = lambda fn, *args: spawned.append(fn.__name__)
+        await again.load(second.rec.head)
+        assert second.rec.head.revision == result.revision
+        assert spawned == ["_gate_and_report"]
+        gate_runs.set()
+
+
+async def test_resume_next_passes_a_wave_that_cannot_finish(tmp_path):
+    async with cluster(tmp_path, 3) as (_, nodes):
+        first, second, third = ordered(nodes)
+        gate_runs = trio.Event()  # the second wave's gate never ends (its host is as if gone)
+        for node in nodes:
+            node.rec.rollouts.gate = FakeGate(True, gate_runs if node is second else None)
+        with trio.fail_after(30):
+            result = await first.rec.publish(config(1), stages=[1, 2, "100%"])
+            rev = result.revision
+            await until(lambda: second.rec.rollouts.gate.checks == 1
+                        and rev in third.rec.rollouts.held)
+            # a plain resume drives the open wave: it still waits for the second host
+            await third.rec.rollouts.driver.resume(str(rev))
+            assert rev in third.rec.rollouts.held
+            await third.rec.rollouts.driver.resume(str(rev), next_wave=True)
+            await until(lambda: third.rec.head is not None and third.rec.head.revision == rev)
+            assert third.rec.rollouts.by_revision[rev].wave.signer == third.peer_id
+            gate_runs.set()
+            await until(lambda: first.rec.rollouts.by_revision[rev].wave.state == "complete")
+        assert third.unit.config == config(1)

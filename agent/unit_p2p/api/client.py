@@ -98,11 +98,13 @@ class ApiClient:
         return self._json("GET", "/v1/rollout" + ("" if revision is None
                                                   else "/" + quote(revision, safe="@")))
 
-    def rollout_resume(self, revision: str | None = None) -> dict:
+    def rollout_resume(self, revision: str | None = None, next_wave: bool = False) -> dict:
         """Drive a rollout from this host: an open one from its current wave, a halted one
-        from its next wave."""
-        return self._json("POST", "/v1/rollout/resume",
-                          {} if revision is None else {"revision": revision})
+        (or with ``next_wave`` an open one) from its next wave."""
+        body: dict[str, Any] = {"next": True} if next_wave else {}
+        if revision is not None:
+            body["revision"] = revision
+        return self._json("POST", "/v1/rollout/resume", body)
 
     def rollout_abort(self, revision: str | None = None, revert: bool = False) -> dict:
         """Stop a rollout: hosts outside its open waves never apply it; ``revert`` (or the

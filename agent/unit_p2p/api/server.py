@@ -192,7 +192,10 @@ class AgentApi:
         return 200, await self.agent.rollout(_optional_revision(req, set()))
 
     async def rollout_resume(self, req: dict) -> tuple[int, Any]:
-        return 200, await self.agent.rollout_resume(_optional_revision(req, set()))
+        next_wave = req.get("next", False)
+        if not isinstance(next_wave, bool):
+            raise ApiProblem(400, "bad_request", "next must be true or false")
+        return 200, await self.agent.rollout_resume(_optional_revision(req, {"next"}), next_wave)
 
     async def rollout_abort(self, req: dict) -> tuple[int, Any]:
         revert = req.get("revert", False)

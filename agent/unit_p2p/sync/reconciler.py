@@ -148,7 +148,7 @@ class Reconciler(ReconcilerViews):
         self.candidates.max_seen = max_seen
         self.last_error = await trio.to_thread.run_sync(self.store.load_last_error)
         await trio.to_thread.run_sync(self.history.load, head, self.applied_at)
-        await trio.to_thread.run_sync(self.rollouts.load)
+        await self.rollouts.load(head)
         if self.head:
             self.applier.expect(await self._head_document())
             self.metrics.head_counter.set(self.head.revision.counter)

@@ -73,7 +73,15 @@ class Rollouts:
 
     # --- persistence ----------------------------------------------------------------------
 
-    def load(self) -> None:
+    async def load(self, head: Head | None) -> None:
+        """Read the rollouts this host knew before it stopped. A staged head whose gate had not
+        finished then (the agent stopped in between) runs it again: the driver waits for it."""
+        await trio.to_thread.run_sync(self._load)
+        r = self.by_revision.get(head.revision) if head is not None else None
+        if head is not None and r is not None and r.plan is not None and r.own is None:
+            self.applied(head)
+
+    def _load(self) -> None:
         try:
             raw = json.loads(self.path.read_bytes())
             for item in raw["rollouts"]:
@@ -157,6 +165,8 @@ class Rollouts:
         self.host._spawn(self._gate_and_report, head)
 
     async def _gate_and_report(self, head: Head) -> None:
+        if head.revision in self.by_revision:
+            await self._save()  # with its plan: a restart during the gate runs it again
         result = await self.gate.check() if self.gate.configured else GateResult(True)
         status, reason = (APPLIED, None) if result.passed else (FAILED, result.reason)
         rev = head.revision

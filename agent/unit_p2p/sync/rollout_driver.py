@@ -24,9 +24,11 @@ from unit_p2p.sync.waves import ABORTED, COMPLETE, HALTED, OPEN, TERMINAL, Rollo
 
 log = logging.getLogger("unit_p2p.sync.rollout")
 
-#: a driver asks the hosts of the current wave it has no report from this often (seconds); the
-#: origin, to whom reports travel anyway, waits this long before it asks the first time
+#: a driver asks the hosts of the current wave it has no report from this often (seconds, doubling
+#: up to QUERY_MAX while none answers); the origin, to whom reports travel anyway, waits
+#: ORIGIN_QUERY_AFTER before it asks the first time
 QUERY_EVERY = 2.0
+QUERY_MAX = 60.0
 ORIGIN_QUERY_AFTER = 5.0
 #: ``protocol`` label of the message counters for rollout queries
 ROLLOUT = "rollout"
@@ -59,7 +61,11 @@ class Driver:
         r = self.rollouts.by_revision[rev]
         assert r.plan is not None
         origin = rev.origin == self.host.peer_id
-        asked_at = trio.current_time() + (ORIGIN_QUERY_AFTER if origin else 0.0) - QUERY_EVERY
+        # the first question after ORIGIN_QUERY_AFTER (the origin) or at once (anyone else),
+        # then QUERY_EVERY apart, doubling up to QUERY_MAX while nobody new answers: a host
+        # that is down is not dialled every 2 s for as long as the wave waits for it
+        every = QUERY_EVERY
+        next_ask = trio.current_time() + (ORIGIN_QUERY_AFTER if origin else 0.0)
         while True:
             state = r.wave
             assert state is not None
@@ -88,12 +94,15 @@ class Driver:
                     await self.rollouts.move(rev, COMPLETE, state.wave)
                     return
                 await self.rollouts.move(rev, OPEN, state.wave + 1)
+                every = QUERY_EVERY
                 continue
-            if trio.current_time() - asked_at >= QUERY_EVERY:
-                asked_at = trio.current_time()
+            if trio.current_time() >= next_ask:
                 await self.ask(r, pending)
+                still = [p for p in pending if p not in r.reports]
+                every = QUERY_EVERY if len(still) < len(pending) else min(every * 2, QUERY_MAX)
+                next_ask = trio.current_time() + every
                 continue
-            with trio.move_on_after(QUERY_EVERY):
+            with trio.move_on_after(max(0.0, next_ask - trio.current_time())):
                 await self.rollouts.changed.wait()
 
     async def revert(self, rev: Revision) -> str | None:
@@ -115,9 +124,10 @@ class Driver:
                     result.revision)
         return r.reverted_by
 
-    async def resume(self, spec: str | None) -> Rollout:
+    async def resume(self, spec: str | None, next_wave: bool = False) -> Rollout:
         """Continue a rollout from this host: an open one is driven from its current wave (its
-        driver may have died with its host); a halted one opens its next wave."""
+        driver may have died with its host); a halted one, or with ``next_wave`` an open one
+        whose wave cannot finish (a host of it is gone), opens its next wave."""
         r = self._find(spec)
         if r.plan is None:
             raise UnknownRevision("unknown_rollout", f"this host does not hold the plan of "
@@ -126,10 +136,10 @@ class Driver:
         assert state is not None
         if state.state in TERMINAL:
             raise PublishRefused("rollout_finished", f"rollout {r.revision} is {state.state}")
-        if state.state == HALTED:
+        if state.state == HALTED or next_wave:
             if state.wave == len(r.plan.waves):
                 await self.rollouts.move(r.revision, COMPLETE, state.wave,
-                                         "resumed past its failures")
+                                         "resumed past the last wave's failures or silence")
                 return r
             await self.rollouts.move(r.revision, OPEN, state.wave + 1)
         self.start(r.revision)
