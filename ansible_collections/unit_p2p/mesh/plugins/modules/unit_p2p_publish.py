@@ -93,6 +93,32 @@ options:
       - The configuration references them by NAME (C(settings.js_module)), as it would on one Unit.
       - Mutually exclusive with O(rollback).
     type: dict
+  stages:
+    description:
+      - Roll the revision out in waves (a staged rollout, see the agent's docs/rollout.md).
+        Each stage is the cumulative size of a wave, as a host count (V(1)), a share of the
+        fleet (V(10%)) or an explicit list of peer IDs; the last stage must be V(100%) (every
+        other host, including hosts the agent does not know yet).
+      - The publishing host is the first host of the first wave. Each next wave opens when every
+        host of the current one applied the revision and passed its health gate (the agents'
+        C(health_url) setting).
+      - With O(wait=true) the task waits for the rollout to end and fails unless it completed,
+        naming the wave it halted at and each failed host with its reason (see RV(rollout)).
+      - Mutually exclusive with O(rollback).
+    type: list
+    elements: raw
+  max_failures:
+    description:
+      - With O(stages), halt the rollout when more hosts than this failed to apply the revision
+        or failed their health gate.
+    type: int
+    default: 0
+  auto_revert:
+    description:
+      - With O(stages), when the rollout halts, publish the previous configuration again as a new
+        revision, so the hosts that took the revision go back and the others never apply it.
+    type: bool
+    default: false
   force:
     description:
       - Publish even when the agent's guards refuse it, that is when the configuration has no
@@ -211,6 +237,23 @@ EXAMPLES = r"""
     wait: true
   run_once: true
 
+- name: Roll a new config out in three waves, each gated on the hosts' health checks
+  unit_p2p.mesh.unit_p2p_publish:
+    config: "{{ lookup('file', 'new.json') | from_json }}"
+    stages: [1, "10%", "100%"]
+    max_failures: 0
+    auto_revert: true
+    wait: true
+    timeout: 600
+  run_once: true
+  register: rollout
+  ignore_errors: true
+
+- name: Show where it stopped, if it did
+  ansible.builtin.debug:
+    msg: "{{ rollout.rollout.state }} at wave {{ rollout.rollout.wave }}: {{ rollout.rollout.waves | map(attribute='failed') | list }}"
+  run_once: true
+
 - name: Set the agent socket once for every module of the collection
   module_defaults:
     group/unit_p2p.mesh.agent:
@@ -313,6 +356,36 @@ js_modules:
   type: list
   elements: dict
   sample: [{"name": "auth", "digest": "sha256:0c1d...", "size": 412}]
+rollout:
+  description:
+    - With O(stages), where the staged rollout stands, as the agent reports it (C(GET /v1/rollout)).
+  returned: when O(stages) is set and a revision was published
+  type: dict
+  contains:
+    state:
+      description: V(open), V(halted) (more than O(max_failures) hosts failed), V(aborted) or V(complete).
+      type: str
+    wave:
+      description: The last wave opened (1-based).
+      type: int
+    reason:
+      description: Why it halted or was aborted.
+      type: str
+    reverted_by:
+      description: The revision that published the previous configuration again (O(auto_revert)).
+      type: str
+    waves:
+      description: Per wave, its hosts and who applied it, who failed (peer ID to reason, such as a
+        failed health gate) and who is pending.
+      type: list
+      elements: dict
+  sample: {"state": "halted", "wave": 2, "reverted_by": "10@12D3KooW...",
+           "reason": "1 host(s) failed, more than max_failures 0: ...",
+           "waves": [{"wave": 1, "open": true, "hosts": ["12D3KooW...A"], "applied": ["12D3KooW...A"],
+                      "failed": {}, "pending": []},
+                     {"wave": 2, "open": true, "hosts": ["12D3KooW...B"], "applied": [],
+                      "failed": {"12D3KooW...B": "health_gate: GET http://127.0.0.1:8080/healthz answered 500, expected 2xx (try 1 of 3)"},
+                      "pending": []}]}
 rolled_back_to:
   description: With O(rollback), the revision whose configuration was published again.
   returned: when O(rollback) is set
@@ -352,9 +425,12 @@ ARGUMENT_SPEC = dict(
     # no_log: the bundles hold private keys; Ansible then also keeps them out of the journal
     certificates=dict(type="dict", no_log=True),
     js_modules=dict(type="dict"),
+    stages=dict(type="list", elements="raw"),
+    max_failures=dict(type="int", default=0),
+    auto_revert=dict(type="bool", default=False),
 )
 MUTUALLY_EXCLUSIVE = [("config", "rollback"), ("certificates", "rollback"),
-                      ("js_modules", "rollback")]
+                      ("js_modules", "rollback"), ("stages", "rollback")]
 # Extra seconds on top of the agent's own wait so the agent, not the HTTP client, reports
 # a timeout (its answer lists the pending peers). A dry run never waits for peers, so the
 # margin alone bounds it.
@@ -398,8 +474,10 @@ def _validate(params):
         if params["require_all"]:
             raise AgentError("min_peers needs require_all=false (require_all=true waits for "
                              "every trusted peer)")
+    if params["max_failures"] < 0:
+        raise AgentError("max_failures must be 0 or more, got %s" % params["max_failures"])
     if params["rollback"] is not None:
-        for other in ("config", "certificates", "js_modules"):
+        for other in ("config", "certificates", "js_modules", "stages"):
             if params[other] is not None:
                 raise AgentError("parameters are mutually exclusive: %s|rollback" % other)
 
@@ -432,6 +510,8 @@ def _result(answer, diff, head_status=None):
         result["size"] = answer["size"]
     if answer.get("rolled_back_to"):
         result["rolled_back_to"] = answer["rolled_back_to"]
+    if answer.get("rollout") is not None:
+        result["rollout"] = answer["rollout"]
     certificates = certificate_summaries(answer.get("certificates"))
     js_modules = js_module_summaries(answer.get("js_modules"))
     if "certificates" in answer:
@@ -461,6 +541,25 @@ def _result(answer, diff, head_status=None):
     return result
 
 
+def _rollout_failure(revision, rollout, timeout):
+    """Why a staged rollout the task waited for did not complete, in one sentence."""
+    state, wave = rollout.get("state"), rollout.get("wave")
+    if state == "open":
+        text = "the rollout of %s did not complete within %s s (wave %s open)" % (
+            revision, timeout, wave)
+    else:
+        text = "the rollout of %s %s at wave %s" % (revision, state, wave)
+    failed = {}
+    for entry in rollout.get("waves") or []:
+        failed.update(entry.get("failed") or {})
+    if failed:
+        text += "; failed: " + ", ".join(
+            "%s (%s)" % (peer, reason) for peer, reason in sorted(failed.items()))
+    if rollout.get("reverted_by"):
+        text += "; the previous config was published again as %s" % rollout["reverted_by"]
+    return text
+
+
 def run(params, api, check_mode=False, diff=False):
     """Publish through ``api`` (an AgentAPI); returns the task result or raises AgentError /
     PublishFailed. Kept free of AnsibleModule so it is tested without Ansible."""
@@ -480,6 +579,9 @@ def run(params, api, check_mode=False, diff=False):
             body[option] = texts
     if params["force"]:
         body["force"] = True
+    if params["stages"]:
+        body.update(stages=params["stages"], max_failures=params["max_failures"],
+                    auto_revert=params["auto_revert"])
     send = api.publish
     if params["rollback"] is not None:
         send = api.rollback
@@ -517,6 +619,9 @@ def run(params, api, check_mode=False, diff=False):
         msg = "published revision %s (%s)" % (result["revision"], result["digest"])
     else:
         msg = "nothing changed: the config already is the mesh head %s" % result["revision"]
+    rollout = result.get("rollout")
+    if wait and rollout is not None and rollout.get("state") != "complete":
+        raise PublishFailed(_rollout_failure(result["revision"], rollout, timeout), result)
     if wait:
         result["converged"] = bool(answer.get("converged"))
         convergence = _convergence_text(result["peers"])

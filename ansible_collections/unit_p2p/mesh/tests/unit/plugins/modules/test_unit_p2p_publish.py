@@ -50,6 +50,12 @@ class FakeAgent:
         # peer id -> "applied" | "pending" | "failed:<reason>"
         self.peers = {ORIGIN: "applied", PEER_A: "applied", PEER_B: "applied"}
         self.requests = []
+        # the rollout a staged publish reports (docs/api.md GET /v1/rollout)
+        self.rollout = {"state": "complete", "wave": 2, "reason": None, "reverted_by": None,
+                        "waves": [{"wave": 1, "open": True, "hosts": [ORIGIN],
+                                   "applied": [ORIGIN], "failed": {}, "pending": []},
+                                  {"wave": 2, "open": True, "hosts": [PEER_A, PEER_B],
+                                   "applied": [PEER_A, PEER_B], "failed": {}, "pending": []}]}
 
     def publish(self, body):
         with self.lock:
@@ -102,6 +108,8 @@ class FakeAgent:
             # The agent blocks for the whole timeout when peers stay silent.
             time.sleep(body.get("timeout", 30))
         answer["peers"] = {"applied": applied, "failed": failed, "pending": pending}
+        if body.get("stages") and changed:
+            answer["rollout"] = self.rollout
         if body.get("wait"):
             answer["converged"] = not failed and not pending
         return 200, answer
@@ -393,3 +401,37 @@ def test_a_bundle_the_agent_refuses_is_named_and_not_taken_for_unit_rejecting(ag
         "certificate site: the private key does not match the leaf certificate")
     assert caught.value.status == 422 and caught.value.code == "bad_certificate"
     assert agent.head is None and agent.local == CONFIG_1
+
+
+def test_staged_rollout_options_reach_the_agent_and_its_state_comes_back(agent):
+    result = _run(agent, config=CONFIG_2, stages=[1, "50%", "100%"], max_failures=1,
+                  auto_revert=True, wait=True, timeout=5)
+    sent = agent.requests[-1]
+    assert (sent["stages"], sent["max_failures"], sent["auto_revert"]) == (
+        [1, "50%", "100%"], 1, True)
+    assert result["rollout"]["state"] == "complete" and result["converged"] is True
+    plain = _run(agent, config=CONFIG_1)
+    assert "stages" not in agent.requests[-1] and "rollout" not in plain
+
+
+def test_a_halted_rollout_fails_the_task_naming_the_wave_and_the_gate(agent):
+    agent.rollout = {"state": "halted", "wave": 2, "reverted_by": "3@" + ORIGIN,
+                     "reason": "1 host(s) failed, more than max_failures 0",
+                     "waves": [{"wave": 1, "open": True, "hosts": [ORIGIN], "applied": [ORIGIN],
+                                "failed": {}, "pending": []},
+                               {"wave": 2, "open": True, "hosts": [PEER_A], "applied": [],
+                                "failed": {PEER_A: "health_gate: GET http://127.0.0.1:8080/ "
+                                                   "answered 500, expected 2xx (try 1 of 3)"},
+                                "pending": []}]}
+    with pytest.raises(mod.PublishFailed) as caught:
+        _run(agent, config=CONFIG_2, stages=[1, "100%"], auto_revert=True, wait=True, timeout=5)
+    message = str(caught.value)
+    assert "halted at wave 2" in message and "answered 500" in message and PEER_A in message
+    assert "published again as 3@" + ORIGIN in message
+    assert caught.value.result["rollout"]["state"] == "halted"
+
+
+def test_stages_with_rollback_is_refused_before_calling(agent):
+    with pytest.raises(mod.AgentError, match="mutually exclusive: stages|rollback"):
+        _run(agent, rollback="previous", stages=["100%"])
+    assert not agent.requests
