@@ -5,8 +5,9 @@ role runs with ``unit_p2p_manage_service: false`` over local connections, each h
 directories, into this test's venv (where unit-p2p is installed). What is checked for real:
 the identity key is created on the host, the settings file is accepted by ``unit-p2p agent``,
 trusted_peers and bootstrap hold every host, a second run and a check-mode run change nothing,
-and three agents started from those files (trust: allowlist) form a mesh that converges on a
-publish made with unit_p2p_publish; with one of them down, a wait names it as pending.
+and three agents started from those files (trust: allowlist) form a mesh that takes a publish
+made with unit_p2p_publish (the host given a health gate by host vars runs it and reports its
+failure); with one of them down, a wait names it as pending.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.slow
 
 ROLE = REPO / "ansible_collections/unit_p2p/mesh/roles/agent"
 ROLE_VARS = ROLE / "vars" / "main.yml"
-NEW_CONFIG = {"listeners": {"127.0.0.1:28081": {"pass": "routes"}},
+NEW_LISTENER = "127.0.0.1:28081"
+NEW_CONFIG = {"listeners": {NEW_LISTENER: {"pass": "routes"}},
               "routes": [{"action": {"return": 200}}], "applications": {}}
 
 
@@ -192,6 +194,11 @@ def test_role_writes_a_working_mesh(agent_fleet, ansible_env, tmp_path):
             "unit_p2p_listen_address": "127.0.0.1",
             "unit_p2p_port": port,
         }
+    # one host with a health gate, from host vars; the code as a number, as YAML reads it
+    gated = {"unit_p2p_health_url": f"http://{NEW_LISTENER}/healthz",
+             "unit_p2p_health_status": 200, "unit_p2p_health_attempts": 2,
+             "unit_p2p_health_interval": 0.2}
+    hosts["n1"].update(gated)
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": {"mesh": {
         "hosts": hosts,
@@ -241,6 +248,15 @@ def test_role_writes_a_working_mesh(agent_fleet, ansible_env, tmp_path):
             for n, p in zip(nodes, ports, strict=True) if n is not node)
         assert effective["trust"] == "allowlist"
         assert effective["announce_interval"] == 2.0
+        gate = {key: effective[key] for key in ("health_url", "health_status", "health_timeout",
+                                                "health_attempts", "health_interval")}
+        if node.index == 1:
+            # set: as given (the code as text); unset: the agent's defaults
+            assert gate == {"health_url": gated["unit_p2p_health_url"], "health_status": "200",
+                            "health_timeout": 5.0, "health_attempts": 2,
+                            "health_interval": 0.2}, gate
+        else:
+            assert gate["health_url"] is None, gate
 
     # idempotence, and a check-mode run that changes nothing either
     for extra in ([], ["--check", "--diff"]):
@@ -274,10 +290,15 @@ def test_role_writes_a_working_mesh(agent_fleet, ansible_env, tmp_path):
                         "-m", "unit_p2p_publish",
                         "-a", json.dumps({"socket": str(nodes[2].api_sock), "wait": True,
                                           "timeout": 60, "config": NEW_CONFIG})], ansible_env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    _, published = ad_hoc_result(proc)
+    status, published = ad_hoc_result(proc)
     print(f"publish with wait: {time.monotonic() - started:.1f} s")
-    assert published["changed"] is True and published["converged"] is True, published
+    # n1's gate is on and fails: the emulators here bind no listeners (all three would want the
+    # port), so nothing answers the URL; the config is applied everywhere all the same
+    assert status == "FAILED!" and published["changed"] is True, published
+    assert list(published["peers"]["failed"]) == [nodes[1].peer_id], published
+    assert published["peers"]["failed"][nodes[1].peer_id].startswith(
+        f"health_gate: GET {gated['unit_p2p_health_url']} failed"), published
+    assert nodes[0].peer_id in published["peers"]["applied"], published
     for node in nodes:
         wait_for(lambda n=node: unix_get(n.unit_sock, "/config")[1] == NEW_CONFIG, 30,
                  f"node {node.index} to apply the published config", node.logs)
