@@ -75,11 +75,17 @@ class Rollouts:
 
     async def load(self, head: Head | None) -> None:
         """Read the rollouts this host knew before it stopped. A staged head whose gate had not
-        finished then (the agent stopped in between) runs it again: the driver waits for it."""
+        finished then (the agent stopped in between) runs it again: the driver waits for it. An
+        open rollout this host drove is driven again."""
         await trio.to_thread.run_sync(self._load)
         r = self.by_revision.get(head.revision) if head is not None else None
         if head is not None and r is not None and r.plan is not None and r.own is None:
             self.applied(head)
+        # An open rollout this host moved last was driven here: drive it again after a restart.
+        latest = self.latest()
+        if latest is not None and latest.plan is not None and latest.wave is not None \
+                and latest.wave.state == OPEN and latest.wave.signer == self.host.peer_id:
+            self.driver.start(latest.revision)
 
     def _load(self) -> None:
         try:
