@@ -133,14 +133,18 @@ class Rollouts:
         mine = plan.wave_of(self.host.peer_id)
         if state is not None and state.state == COMPLETE:
             return True
-        if state is not None and state.state != ABORTED and mine is not None \
-                and mine <= state.wave:
+        if state is not None and state.state == ABORTED:
+            self.host.candidates.give_up(head.revision, "rollout aborted")
+            return False
+        if state is not None and mine is not None and mine <= state.wave:
             return True
+        current = self.host.head
+        for old in [rev for rev in self.held if current is not None and rev <= current.revision]:
+            del self.held[old]  # superseded while held
         holders = self.held.get(head.revision, (head, set()))[1]
         self.held[head.revision] = (head, holders)
-        log.info("holding staged revision %s: %s", head.revision,
-                 "rollout aborted" if state is not None and state.state == ABORTED else
-                 f"this host is in wave {mine}, open: {state.wave if state else 0}")
+        log.info("holding staged revision %s: this host is in wave %s, open: %s",
+                 head.revision, mine, state.wave if state else 0)
         return False
 
     def holds(self, peer: str, head: Head) -> bool:
