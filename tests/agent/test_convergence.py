@@ -60,6 +60,9 @@ async def test_publish_from_one_reaches_five_agents(tmp_path):
         # may leave before gossipsub has a peer: the pushes carry it then, and gossip does not
         # send it later, as it has no IHAVE gossip; this one leaves once the mesh is up.)
         with trio.fail_after(30):
+            # the sender's gossip mesh has a peer once it grafted one or was grafted
+            while not await grafted(f[2]):  # noqa: ASYNC110 - polls another process
+                await trio.sleep(0.2)
             result = await f[2].call("publish", config=config(2), wait=True, timeout=20,
                                      http_timeout=30)
             assert result["converged"], result
@@ -70,6 +73,12 @@ async def test_publish_from_one_reaches_five_agents(tmp_path):
         assert receiver[("gossipsub", "message", "received")] >= 1
         assert receiver[("pull", "pull", "sent")] >= 1
         assert receiver[("pull", "served", "received")] >= 1
+
+
+async def grafted(agent) -> bool:
+    counts = messages(await agent.call("metrics", http_timeout=20))
+    return any(v for (proto, kind, _), v in counts.items()
+               if (proto, kind) == ("gossipsub", "graft"))
 
 
 def messages(metrics_text: str) -> dict[tuple[str, str, str], float]:
