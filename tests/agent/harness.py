@@ -19,7 +19,7 @@ from unit_p2p.fleet import BASE_CONFIG, AgentProc, free_ports
 from unit_p2p.settings import Settings
 from unit_p2p.unit.emulator import UnitEmulator
 
-__all__ = ["BASE_CONFIG", "NEW", "TOKEN", "AgentProc", "Fleet", "running_agent"]
+__all__ = ["BASE_CONFIG", "NEW", "TOKEN", "AgentProc", "Fleet", "running_agent", "running_fleet"]
 
 # Announcements come sooner than the agent's default (tests wait on them) and every log line is
 # kept for the failure report.
@@ -33,6 +33,30 @@ class Fleet(fleet.Fleet):
                  trust_all: bool = True):
         super().__init__(tmp_path, nursery, n, mesh=mesh, trust_all=trust_all,
                          agent_args=TEST_AGENT_ARGS)
+
+
+@asynccontextmanager
+async def running_fleet(tmp_path: Path, n: int, topology: str = "mesh", extra_args=(),
+                        start: bool = True):
+    """``n`` agent processes with their emulated Units, started (unless ``start`` is False) and
+    stopped around the block; on a failure every agent's log tail is printed."""
+    async with trio.open_nursery() as nursery:
+        f = Fleet(tmp_path, nursery, n)
+        f.topology(topology)
+        for a in f:
+            a.extra_args = list(extra_args)
+        try:
+            if start:
+                with trio.fail_after(60):
+                    await f.start()
+            yield f
+        except BaseException:
+            for a in f:
+                print(f"----- agent {a.index} log tail -----\n{a.log_tail()}")
+            raise
+        finally:
+            f.stop()
+            nursery.cancel_scope.cancel()
 
 
 # --- one agent in this trio process (API and hostile-input tests) ------------------------

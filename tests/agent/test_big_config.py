@@ -12,8 +12,7 @@ import json
 import pytest
 import trio
 
-from tests.agent.harness import BASE_CONFIG
-from tests.agent.test_convergence import fleet
+from tests.agent.harness import BASE_CONFIG, running_fleet
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def big_config() -> dict:
 async def test_a_big_config_converges_through_cut_unix_answers(tmp_path) -> None:
     config = big_config()
     assert len(json.dumps(config, separators=(",", ":"))) > 1_500_000
-    async with fleet(tmp_path, 3, extra_args=["--no-mdns", "--unit-timeout", "60"]) as f:
+    async with running_fleet(tmp_path, 3, extra_args=["--no-mdns", "--unit-timeout", "60"]) as f:
         with trio.fail_after(600):
             result = await f[0].call("publish", config=config, wait=True, timeout=540,
                                      http_timeout=590)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import collections
 import signal
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from tests.agent.harness import BASE_CONFIG, Fleet
+from tests.agent.harness import BASE_CONFIG, running_fleet
 
 pytestmark = pytest.mark.slow
 
@@ -22,29 +21,10 @@ def config(n: int) -> dict:
             "applications": {}}
 
 
-@asynccontextmanager
-async def fleet(tmp_path, n: int, topology: str = "mesh", extra_args=(), start=True):
-    async with trio.open_nursery() as nursery:
-        f = Fleet(tmp_path, nursery, n)
-        f.topology(topology)
-        for a in f:
-            a.extra_args = list(extra_args)
-        try:
-            if start:
-                with trio.fail_after(60):
-                    await f.start()
-            yield f
-        except BaseException:
-            for a in f:
-                print(f"----- agent {a.index} log tail -----\n{a.log_tail()}")
-            raise
-        finally:
-            f.stop()
-            nursery.cancel_scope.cancel()
 
 
 async def test_publish_from_one_reaches_five_agents(tmp_path):
-    async with fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
         with trio.fail_after(60):
             result = await f[2].call("publish", config=config(1), wait=True, timeout=45,
                                      http_timeout=60)
@@ -96,7 +76,7 @@ def messages(metrics_text: str) -> dict[tuple[str, str, str], float]:
 
 async def test_star_topology_converges(tmp_path):
     # Every agent knows only agent 0; no mDNS, no DHT: the hub's direct pushes must carry it.
-    async with fleet(tmp_path, 5, "star", extra_args=["--no-mdns", "--no-dht"]) as f:
+    async with running_fleet(tmp_path, 5, "star", extra_args=["--no-mdns", "--no-dht"]) as f:
         with trio.fail_after(60):
             result = await f[3].call("publish", config=config(2), wait=True, timeout=45,
                                      http_timeout=60)
@@ -105,7 +85,7 @@ async def test_star_topology_converges(tmp_path):
 
 
 async def test_killed_agent_catches_up_after_restart(tmp_path):
-    async with fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
         victim = f[4]
         victim.kill(signal.SIGKILL)
         with trio.fail_after(60):
@@ -120,7 +100,7 @@ async def test_killed_agent_catches_up_after_restart(tmp_path):
 
 
 async def test_simultaneous_publishers_agree_on_one_winner(tmp_path):
-    async with fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
         results = {}
 
         async def publish(i, n):
@@ -139,7 +119,7 @@ async def test_simultaneous_publishers_agree_on_one_winner(tmp_path):
 
 
 async def test_unit_rejection_on_one_node_is_reported_to_the_publisher(tmp_path):
-    async with fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 5, extra_args=["--no-mdns"]) as f:
         bad = f[1]
         bad.emulator.fail_next_puts(1, status=500)
         with trio.fail_after(60):
@@ -155,7 +135,7 @@ async def test_unit_rejection_on_one_node_is_reported_to_the_publisher(tmp_path)
 
 
 async def test_agent_started_before_its_unit_converges_when_unit_appears(tmp_path):
-    async with fleet(tmp_path, 3, extra_args=["--no-mdns"], start=False) as f:
+    async with running_fleet(tmp_path, 3, extra_args=["--no-mdns"], start=False) as f:
         late = f[2]
         with trio.fail_after(60):
             for a in f:
@@ -174,7 +154,7 @@ async def test_agent_started_before_its_unit_converges_when_unit_appears(tmp_pat
 
 
 async def test_mdns_discovery_without_bootstrap(tmp_path):
-    async with fleet(tmp_path, 3, extra_args=["--no-dht"], start=False) as f:
+    async with running_fleet(tmp_path, 3, extra_args=["--no-dht"], start=False) as f:
         for a in f:
             a.bootstrap = []
         with trio.fail_after(60):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.agent.test_convergence import config, fleet
+from tests.agent.harness import running_fleet
+from tests.agent.test_convergence import config
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,7 @@ async def until_unit_holds(agent, expected) -> None:
 
 
 async def test_a_unit_reinstalled_empty_gets_the_mesh_config_back(tmp_path):
-    async with fleet(tmp_path, 3, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 3, extra_args=["--no-mdns"]) as f:
         with trio.fail_after(60):
             result = await f[0].call("publish", config=config(1), wait=True, timeout=30,
                                      http_timeout=40)
@@ -35,7 +36,7 @@ async def test_a_unit_reinstalled_empty_gets_the_mesh_config_back(tmp_path):
 
 
 async def test_under_report_a_drifted_host_is_reported_failed_and_left_alone(tmp_path):
-    async with fleet(tmp_path, 3, extra_args=["--no-mdns", "--on-drift", "report"]) as f:
+    async with running_fleet(tmp_path, 3, extra_args=["--no-mdns", "--on-drift", "report"]) as f:
         with trio.fail_after(60):
             result = await f[0].call("publish", config=config(1), wait=True, timeout=30,
                                      http_timeout=40)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import trio
 
-from tests.agent.test_convergence import fleet
+from tests.agent.harness import running_fleet
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ async def heads(f) -> list[str]:
 
 async def test_rollback_converges_everywhere_and_a_host_down_during_the_bad_revision_skips_it(
         tmp_path):
-    async with fleet(tmp_path, 3, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 3, extra_args=["--no-mdns"]) as f:
         a, b, late = f
         with trio.fail_after(120):
             good = await a.call("publish", config=site(1), wait=True, timeout=30,
@@ -98,7 +98,7 @@ async def test_rollback_converges_everywhere_and_a_host_down_during_the_bad_revi
 
 
 async def test_a_shrinking_publish_is_refused_by_name_and_forced(tmp_path):
-    async with fleet(tmp_path, 2, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 2, extra_args=["--no-mdns"]) as f:
         a, b = f
         with trio.fail_after(120):
             first = await a.call("publish", config=site(1), wait=True, timeout=30,

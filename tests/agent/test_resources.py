@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from tests.agent.harness import Fleet, running_agent
+from tests.agent.harness import Fleet, running_agent, running_fleet
 from tests.tlsbundle import bundle
 from unit_p2p.errors import ApiError
 from unit_p2p.identity import load_or_create_identity, peer_id_of
@@ -38,25 +37,6 @@ def unit_name(pem: bytes) -> str:
     return unit_certificate_name("site", digest_of_bytes(pem))
 
 
-@asynccontextmanager
-async def fleet(tmp_path, n: int):
-    async with trio.open_nursery() as nursery:
-        f = Fleet(tmp_path, nursery, n)
-        f.topology("mesh")
-        for a in f:
-            a.extra_args = ["--no-mdns"]
-        try:
-            with trio.fail_after(60):
-                await f.start()
-            yield f
-        except BaseException:
-            for a in f:
-                print(f"----- agent {a.index} log tail -----\n{a.log_tail()}")
-            raise
-        finally:
-            f.stop()
-            nursery.cancel_scope.cancel()
-
 
 def secrets_of(key_pem: bytes) -> list[bytes]:
     """What would give a private key away: each base64 line of its PEM body."""
@@ -67,7 +47,7 @@ async def test_bundles_and_modules_converge_rotate_and_never_leak(tmp_path):
     first, first_key = bundle("www.example.com")
     second, second_key = bundle("www.example.com")
     answers: list[dict] = []
-    async with fleet(tmp_path, 3) as f:
+    async with running_fleet(tmp_path, 3, extra_args=["--no-mdns"]) as f:
         # --- converge: each Unit holds the bundle (content-derived name) and the module ---
         with trio.fail_after(90):
             result = await f[0].call("publish", config=tls_config(1),
