@@ -219,13 +219,13 @@ async def test_a_restart_during_the_gate_runs_it_again(tmp_path):
 
         again = Rollouts(second.rec, second.settings.state_dir, FakeGate(True))
         spawned = []
-        second.rec._spawn = lambda fn, *args: spawned.append(fn.__name__)
+        second.rec.spawn = lambda fn, *args: spawned.append(fn.__name__)
         await again.load(second.rec.head)
         assert second.rec.head.revision == result.revision
         assert spawned == ["_gate_and_report"]
         # and the publisher, restarted while its rollout waits for that gate, drives it again
         restarted = Rollouts(first.rec, first.settings.state_dir, FakeGate(True))
-        first.rec._spawn = lambda fn, *args: spawned.append(fn.__name__)
+        first.rec.spawn = lambda fn, *args: spawned.append(fn.__name__)
         await restarted.load(first.rec.head)
         assert spawned == ["_gate_and_report", "_drive"]
         gate_runs.set()

@@ -2,8 +2,9 @@
 
 A Unit restarted from a stale state directory, reinstalled empty or edited by hand. The Unit
 watch hands every digest it reads (outside any apply) to ``observed``, which keeps the state and
-says what should happen; the reconciler decides and acts. ``repair`` re-applies the head the way
-an apply does (this host's values at the excluded pointers kept, backup first, read back).
+acts on it by ``on_drift``: ``repair`` re-applies the head the way an apply does (this host's
+values at the excluded pointers kept, backup first, read back), ``report`` leaves Unit alone and
+tells publishers this host does not run the head; both tell them again once it does.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import trio
 
 from unit_p2p.errors import RevisionRejected, SyncError, UnitError
 from unit_p2p.metrics import Metrics
 from unit_p2p.sync.applier import Applier
-from unit_p2p.sync.revision import Head
+from unit_p2p.sync.convergence import APPLIED, FAILED, Convergence
+from unit_p2p.sync.revision import Head, Revision
 from unit_p2p.sync.store import StateStore
 
 log = logging.getLogger("unit_p2p.sync.drift")
@@ -27,8 +31,22 @@ RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
 
 
+class DriftHost(Protocol):
+    """What drift handling reads of the reconciler, and the calls it makes on it."""
+
+    peer_id: str
+    head: Head | None
+    last_error: dict | None
+    convergence: Convergence
+    spread: Any
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None: ...
+    async def record_error(self, revision: Revision, reason: str, detail: str) -> None: ...
+    async def clear_error(self) -> None: ...
+
+
 class Step(enum.Enum):
-    """What ``observed`` asks of the reconciler."""
+    """What a digest read from Unit calls for."""
 
     REPAIR = "repair"  # re-apply the head (``repair``)
     REPORT = "report"  # tell publishers this host does not run the head
@@ -36,8 +54,10 @@ class Step(enum.Enum):
 
 
 class Drift:
-    def __init__(self, action: str, applier: Applier, store: StateStore, metrics: Metrics):
+    def __init__(self, host: DriftHost, action: str, applier: Applier, store: StateStore,
+                 metrics: Metrics):
         """``action``: the ``on_drift`` setting, ``repair`` or ``report``."""
+        self.host = host
         self.action = action
         self.applier = applier
         self.store = store
@@ -53,8 +73,17 @@ class Drift:
     def view(self) -> dict | None:
         return None if self.state is None else dict(self.state)
 
-    def observed(self, digest: str, head: Head | None) -> Step | None:
-        """Unit holds ``digest`` (minus exclusions), read outside any apply."""
+    def observed(self, digest: str) -> None:
+        """Unit holds ``digest`` (minus exclusions), read outside any apply (the Unit watch)."""
+        head = self.host.head
+        step = self.step(digest, head)
+        if step is Step.REPAIR:
+            self.host.spawn(self._repair, head)
+        elif step is not None:
+            self.host.spawn(self._report, head, step, f"Unit holds {digest}")
+
+    def step(self, digest: str, head: Head | None) -> Step | None:
+        """What Unit holding ``digest`` calls for (and the drift state it leaves)."""
         expected = self.applier.expected_digest
         if head is None or expected is None or digest == expected:
             return self._over() if self.state is not None else None
@@ -118,3 +147,26 @@ class Drift:
         self.reported = True
         return True
 
+    async def _repair(self, head: Head) -> None:
+        host = self.host
+        if host.head != head:
+            return  # an apply or a publish moved on meanwhile
+        try:
+            step = await self.repair(head)
+        except (UnitError, SyncError, OSError) as exc:
+            await host.record_error(head.revision, "drift_repair_failed", str(exc))
+            if self.repair_failed_reported():
+                await self._report(head, Step.REPORT, f"repair failed: {exc}")
+            return
+        if host.last_error and host.last_error.get("reason") == "drift_repair_failed":
+            await host.clear_error()
+        if step is not None:
+            await self._report(head, step, "")
+
+    async def _report(self, head: Head, step: Step, detail: str) -> None:
+        """A drifted host must not count as applied in anyone's wait; once Unit holds the head
+        again, it does."""
+        status, reason = (FAILED, f"drift: {detail}"[:500]) if step is Step.REPORT \
+            else (APPLIED, None)
+        self.host.convergence.record(self.host.peer_id, head.revision, status, reason)
+        await self.host.spread.report(head.revision, head.digest, status, reason)

@@ -8,6 +8,7 @@ first, one apply at a time. It only decides; each job is a module of its own:
     candidates   which revisions peers propose, who holds them, peers' heads
     fetch        get a document from the nearest holder; serve ours
     applier      move the local Unit to a document; watch Unit
+    drift        Unit holding something else than the head: repair or report it
     spread       whom we tell about our head, and when (gossip, pushes, heads exchange,
                  anti-entropy)
     convergence  reports per revision; a publisher's wait
@@ -43,7 +44,7 @@ from unit_p2p.sync.admission import Admission, TrustLike
 from unit_p2p.sync.applier import UNIT_RETRY_INTERVAL, Applier, UnitLike
 from unit_p2p.sync.candidates import Candidate, Candidates
 from unit_p2p.sync.convergence import APPLIED, FAILED, Convergence, PublishResult
-from unit_p2p.sync.drift import Drift, Step
+from unit_p2p.sync.drift import Drift
 from unit_p2p.sync.fetch import Fetcher
 from unit_p2p.sync.health import HealthGate
 from unit_p2p.sync.history import History, Revisions
@@ -113,9 +114,9 @@ class Reconciler(ReconcilerViews):
         self.last_error: dict | None = None
         self.candidates = Candidates()
         self.admission = Admission(self.mesh_name, trust, metrics, settings.max_config_bytes)
-        self.applier = Applier(unit, store, self.exclusions, metrics, self._wake_apply,
-                               self._observed)
-        self.drift = Drift(settings.on_drift, self.applier, store, metrics)
+        self.applier = Applier(unit, store, self.exclusions, metrics, self.wake_apply,
+                               lambda digest: self.drift.observed(digest))
+        self.drift = Drift(self, settings.on_drift, self.applier, store, metrics)
         # Certificate bundles hold private keys: they are served only to the peers named in
         # trusted_peers, also with trust: any (where every peer is "trusted").
         self.fetcher = Fetcher(peer_id, mesh, store, self.admission, metrics,
@@ -129,7 +130,7 @@ class Reconciler(ReconcilerViews):
         self._work_send, self._work_receive = trio.open_memory_channel[tuple](math.inf)
         self.spread = Spread(self.mesh_name, mesh, trust, self.candidates, metrics,
                              lambda: self.head,
-                             self._merge_remote_state, self._spawn, self.fetcher.served_by)
+                             self._merge_remote_state, self.spawn, self.fetcher.served_by)
 
         self._wake = trio.Event()
 
@@ -171,7 +172,7 @@ class Reconciler(ReconcilerViews):
             await nursery.start(self.applier.watch)
             task_status.started()
 
-    def _spawn(self, fn: Any, *args: Any) -> None:
+    def spawn(self, fn: Any, *args: Any) -> None:
         """Run ``fn(*args)`` in the reconciler's nursery; queued until ``serve`` runs."""
         self._work_send.send_nowait((fn, args))
 
@@ -195,14 +196,14 @@ class Reconciler(ReconcilerViews):
 
     # --- bookkeeping --------------------------------------------------------------------------
 
-    def _wake_apply(self) -> None:
+    def wake_apply(self) -> None:
         self._wake.set()
 
     def _after_anti_entropy(self) -> None:
         # A revision that failed for a transient reason may succeed now; rejected ones wait
         # for a newer revision.
         if self.candidates:
-            self._wake_apply()
+            self.wake_apply()
         self.rollouts.round()
 
     # --- inbound (MeshEvents) -----------------------------------------------------------------
@@ -298,7 +299,7 @@ class Reconciler(ReconcilerViews):
             self.admission.refuse(peer, "equivocation",
                                   f"revision {rev} announced with two digests")
             return
-        self._wake_apply()
+        self.wake_apply()
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -335,13 +336,13 @@ class Reconciler(ReconcilerViews):
                 except UnitUnreachable as exc:
                     # Transient: keep the candidate and retry when Unit answers again.
                     self.applier.set_state(False, str(exc))
-                    await self._record_error(rev, "unit_unreachable", str(exc))
+                    await self.record_error(rev, "unit_unreachable", str(exc))
                     retry_after = UNIT_RETRY_INTERVAL
                     break
                 except SyncRetryLater as exc:
                     # Nobody could serve it right now: retry later (backing off), the holders
                     # may return, and a new holder makes it worth trying at once.
-                    await self._record_error(rev, exc.reason, exc.detail)
+                    await self.record_error(rev, exc.reason, exc.detail)
                     retry_after = best.back_off()
                     break
                 except SyncError as exc:
@@ -350,19 +351,19 @@ class Reconciler(ReconcilerViews):
                     reason = str(exc)  # "<reason>: <detail>" already
                     self.candidates.give_up(rev, reason)
                     self.metrics.applies.labels("failed").inc()
-                    await self._record_error(rev, exc.reason, exc.detail)
+                    await self.record_error(rev, exc.reason, exc.detail)
                     log.error("revision %s not applied: %s", rev, exc)
                     self.convergence.record(self.peer_id, rev, FAILED, reason[:500])
                     self.rollouts.failed_here(rev, reason[:500])
                     self.spread.send_report(rev, best.head.digest, FAILED, reason[:500])
 
-    async def _record_error(self, revision: Revision, reason: str, detail: str) -> None:
+    async def record_error(self, revision: Revision, reason: str, detail: str) -> None:
         self.last_error = {"revision": str(revision), "reason": reason, "detail": detail,
                            "at": time.time()}
         self.convergence.changed()
         await trio.to_thread.run_sync(self.store.save_last_error, self.last_error)
 
-    async def _clear_error(self) -> None:
+    async def clear_error(self) -> None:
         """A successful apply or publish: the last error is history, not the current state."""
         if self.last_error is not None:
             self.last_error = None
@@ -413,43 +414,7 @@ class Reconciler(ReconcilerViews):
                                       certificate_views(doc.certificates) if doc else None)
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
-        await self._clear_error()
-
-    # --- drift: Unit changed outside an apply (sync/drift.py keeps the state) ---------------
-
-    def _observed(self, digest: str) -> None:
-        """The Unit watch read ``digest`` outside any apply."""
-        head = self.head
-        step = self.drift.observed(digest, head)
-        if step is Step.REPAIR:
-            self._spawn(self._repair_drift, head)
-        elif step is not None:
-            self._spawn(self._report_drift, head, step, f"Unit holds {digest}")
-
-    async def _repair_drift(self, head: Head) -> None:
-        if self.head != head:
-            return  # an apply or a publish moved on meanwhile
-        try:
-            step = await self.drift.repair(head)
-        except (UnitError, SyncError, OSError) as exc:
-            await self._record_error(head.revision, "drift_repair_failed", str(exc))
-            if self.drift.repair_failed_reported():
-                await self._report_drift(head, Step.REPORT, f"repair failed: {exc}")
-            return
-        if self.last_error and self.last_error.get("reason") == "drift_repair_failed":
-            await self._clear_error()
-        if step is not None:
-            await self._report_drift(head, step, "")
-
-    async def _report_drift(self, head: Head, step: Step, detail: str) -> None:
-        """A drifted host must not count as applied in anyone's wait; once Unit holds the head
-        again, it does."""
-        status, reason = (FAILED, f"drift: {detail}"[:500]) if step is Step.REPORT \
-            else (APPLIED, None)
-        self.convergence.record(self.peer_id, head.revision, status, reason)
-        await self.spread.report(head.revision, head.digest, status, reason)
-
-    # --- publishing ---------------------------------------------------------------------------
+        await self.clear_error()
 
     async def head_config(self) -> Any:
         doc = await self._head_document()

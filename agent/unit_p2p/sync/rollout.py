@@ -58,7 +58,7 @@ class Rollouts:
 
     ``host`` is the reconciler (read-only, except for the calls named here): its peer ID,
     private key, mesh, trust, candidates, convergence, spread, admission, publisher, head and
-    ``_spawn``/``_wake_apply``.
+    ``spawn``/``wake_apply``.
     """
 
     def __init__(self, host: Any, state_dir: Path, gate: HealthGate):
@@ -166,13 +166,13 @@ class Rollouts:
             return
         for peer in holders or {head.revision.origin}:
             self.host.candidates.propose(peer, head)
-        self.host._wake_apply()
+        self.host.wake_apply()
 
     # --- this host applied it: the gate, then the report -------------------------------------
 
     def applied(self, head: Head) -> None:
         """Replaces the plain "applied" report: the gate runs first (when configured)."""
-        self.host._spawn(self._gate_and_report, head)
+        self.host.spawn(self._gate_and_report, head)
 
     async def _gate_and_report(self, head: Head) -> None:
         if head.revision in self.by_revision:
@@ -219,7 +219,7 @@ class Rollouts:
             adm.refuse(sender, "equivocation",
                        f"wave of {msg.revision} names {msg.digest}, the revision is {digest}")
             return
-        self.host._spawn(self._merge, msg)
+        self.host.spawn(self._merge, msg)
 
     async def _merge(self, msg: wire.Wave, spread: bool = False) -> bool:
         """Take ``msg`` if it is later than what we know; ``spread``: we moved the rollout, so
@@ -264,7 +264,7 @@ class Rollouts:
         """A new connection learns where the latest rollout stands (a restarted host too)."""
         r = self.latest()
         if r is not None and r.wave is not None and self.host.trust.is_trusted(peer):
-            self.host._spawn(self.host.spread.push, peer, r.wave)
+            self.host.spawn(self.host.spread.push, peer, r.wave)
 
     def round(self) -> None:
         """An anti-entropy round: while a rollout runs (and a few rounds after it ended), push
@@ -278,7 +278,7 @@ class Rollouts:
             r.rounds_after_end += 1
         peers = [p for p in self.host.mesh.connected_peers() if self.host.trust.is_trusted(p)]
         if peers:
-            self.host._spawn(self.host.spread.push, random.choice(peers), r.wave)
+            self.host.spawn(self.host.spread.push, random.choice(peers), r.wave)
 
     # --- starting, driving, resuming, aborting ------------------------------------------------
 

@@ -47,7 +47,7 @@ class Driver:
     def start(self, rev: Revision) -> None:
         if rev not in self._running:
             self._running.add(rev)
-            self.host._spawn(self._drive, rev)
+            self.host.spawn(self._drive, rev)
 
     async def _drive(self, rev: Revision) -> None:
         try:
