@@ -51,9 +51,9 @@ class GossipParams:
     # mesh link lost. The sync layer is the lazy push here (Plumtree's split: gossip is the
     # eager tree): a host that fetched a revision offers it to every connected peer not known
     # to hold it, and heads are exchanged on every new connection. Simulated (N=1,000, 1 % loss,
-    # bench/results/simulate-whatif.md): a publish cost 31.0 N messages with a window of 3 and
-    # 16.5 N with none, each host applied after 0.30 / 0.44 s (p50 / p99) and 0.32 / 0.46 s;
-    # 11 of the 14,502 IHAVE of a publish were answered by an IWANT.
+    # bench/results/simulate-whatif.md): a publish cost 30.3 N messages with a window of 3 and
+    # 15.8 N with none, each host applied after 0.20 / 0.30 s (p50 / p99) and 0.19 / 0.29 s;
+    # at most 11 of the 14,502 IHAVE of a publish were answered by an IWANT.
     gossip_window: int = 0
     gossip_history: int = 5
     # IDONTWANT (/meshsub/1.2.0) only for messages of at least this size, as go-libp2p does

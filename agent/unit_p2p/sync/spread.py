@@ -31,8 +31,8 @@ log = logging.getLogger("unit_p2p.sync.spread")
 #: stale peers whose heads an anti-entropy round exchanges (random ones each round)
 ANTI_ENTROPY_FANOUT = 3
 #: connected peers not known to hold a revision that a host offers it to (None: all of them).
-#: At most 4 saved 2.3 N of a publish's 16.5 N messages in the simulator (N=1,000) but each
-#: host applied later (p99 0.77 s instead of 0.46): a host no neighbour offered it to waits
+#: At most 4 saved 1.8 N of a publish's 15.8 N messages in the simulator (N=1,000) but each
+#: host applied later (p99 0.47 s instead of 0.29): a host no neighbour offered it to waits
 #: for one (fetch.HOLDER_WAIT), then dials the origin
 HAVE_FANOUT: int | None = None
 #: a report is pushed towards its origin this many times (0.5 s, then 1 s apart) before gossip
