@@ -13,7 +13,7 @@ from ansible_helpers import ad_hoc_result, run_ansible, tool
 from ansible_collections.unit_p2p.mesh.plugins.module_utils.agent_api import AgentAPI, AgentError
 from ansible_collections.unit_p2p.mesh.plugins.modules import unit_p2p_info as info
 from ansible_collections.unit_p2p.mesh.plugins.modules import unit_p2p_publish as publish
-from tests.agent.test_convergence import fleet
+from tests.agent.harness import running_fleet
 from tests.agent.test_history import site
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def module(agent, fn, *args, **kwargs):
 
 
 async def test_info_rollback_in_check_diff_and_real_mode_and_force(tmp_path, ansible_env):
-    async with fleet(tmp_path, 2, extra_args=["--no-mdns"]) as f:
+    async with running_fleet(tmp_path, 2, extra_args=["--no-mdns"]) as f:
         a, b = f
         with trio.fail_after(120):
             good = await module(a, publish.run, {"config": site(1), "wait": True})
