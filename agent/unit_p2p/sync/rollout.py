@@ -302,7 +302,7 @@ class Rollouts:
             if r is not None and r.own is not None:
                 answer = wire.Report(self.host.mesh_name, r.revision, r.digest, r.own[0],
                                      r.own[1], self.host.peer_id)
-        await stream.send_all(self.host.spread._encode(ROLLOUT, answer))
+        await stream.send_all(self.host.spread.encode(ROLLOUT, answer))
         await stream.close_write()
         await stream.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from unit_p2p.errors import MeshError, PublishRefused, SyncError, UnknownRevision, WireError
+from unit_p2p.errors import MeshError, PublishRefused, SyncError, UnknownRevision
 from unit_p2p.sync import wire
 from unit_p2p.sync.convergence import APPLIED, FAILED
 from unit_p2p.sync.revision import Revision
@@ -220,20 +220,9 @@ class Driver:
                     nursery.start_soon(self._ask_one, r, peer)
 
     async def _ask_one(self, r: Rollout, peer: str) -> None:
-        spread = self.host.spread
-        try:
-            stream = await self.host.mesh.open_stream(peer, wire.PROTO_ROLLOUT)
-            try:
-                with trio.fail_after(wire.STREAM_TIMEOUT):
-                    await stream.send_all(spread._encode(ROLLOUT,
-                                                         wire.Query(self.host.mesh_name,
-                                                                    r.revision)))
-                    await stream.close_write()
-                    data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, wire.STREAM_TIMEOUT)
-            finally:
-                await stream.close()
-        except (MeshError, WireError, trio.TooSlowError) as exc:
-            log.debug("rollout query to %s failed: %s", peer, exc)
+        data = await self.host.spread.ask(peer, wire.PROTO_ROLLOUT, ROLLOUT,
+                                          wire.Query(self.host.mesh_name, r.revision))
+        if data is None:
             return
         msg = self.host.admission.message(peer, data, ROLLOUT)
         if isinstance(msg, wire.Report) and msg.peer == peer and msg.revision == r.revision:

@@ -97,24 +97,34 @@ class Spread:
             return wire.NoHead(self.mesh_name)
         return wire.Announce(self.mesh_name, head)
 
-    def _encode(self, protocol: str, msg: wire.Message) -> bytes:
+    def encode(self, protocol: str, msg: wire.Message) -> bytes:
+        """``msg`` on the wire, counted as sent over ``protocol`` (a metrics label)."""
         self.metrics.message(protocol, msg.TYPE, "sent")
         return wire.encode(msg)
 
     # --- how we say it ------------------------------------------------------------------------
 
-    async def exchange_heads(self, peer: str) -> None:
+    async def ask(self, peer: str, protocol_id: str, protocol: str,
+                  msg: wire.Message) -> bytes | None:
+        """One request and its answer over a new stream of ``protocol_id``, bounded by
+        STREAM_TIMEOUT; None (logged) when the peer cannot be reached or does not answer."""
         try:
-            stream = await self.mesh.open_stream(peer, wire.PROTO_HEADS)
+            stream = await self.mesh.open_stream(peer, protocol_id)
             try:
                 with trio.fail_after(wire.STREAM_TIMEOUT):
-                    await stream.send_all(self._encode(HEADS, self.local_state()))
+                    await stream.send_all(self.encode(protocol, msg))
                     await stream.close_write()
-                    data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, wire.STREAM_TIMEOUT)
+                    return await stream.receive_all(wire.MAX_MESSAGE_BYTES,
+                                                    wire.STREAM_TIMEOUT)
             finally:
                 await stream.close()
         except (MeshError, WireError, trio.TooSlowError) as exc:
-            log.debug("heads exchange with %s failed: %s", peer, exc)
+            log.debug("%s %s to %s failed: %s", protocol, msg.TYPE, peer, exc)
+            return None
+
+    async def exchange_heads(self, peer: str) -> None:
+        data = await self.ask(peer, wire.PROTO_HEADS, HEADS, self.local_state())
+        if data is None:
             return
         self._stamp_exchange(peer)
         await self._merge(peer, data, HEADS)
@@ -122,7 +132,7 @@ class Spread:
     async def serve_heads(self, peer: str, stream: Any) -> None:
         """The ``/unit-p2p/heads`` handler: answer with our head, then merge theirs."""
         data = await stream.receive_all(wire.MAX_MESSAGE_BYTES, wire.STREAM_TIMEOUT)
-        await stream.send_all(self._encode(HEADS, self.local_state()))
+        await stream.send_all(self.encode(HEADS, self.local_state()))
         await stream.close_write()
         await stream.close()
         self._stamp_exchange(peer)
@@ -139,7 +149,7 @@ class Spread:
             stream = await self.mesh.open_stream(peer, wire.PROTO_NOTIFY)
             try:
                 with trio.fail_after(wire.STREAM_TIMEOUT):
-                    await stream.send_all(self._encode(NOTIFY, msg))
+                    await stream.send_all(self.encode(NOTIFY, msg))
                     await stream.close_write()
             finally:
                 await stream.close()
@@ -150,7 +160,7 @@ class Spread:
 
     async def gossip(self, msg: wire.Message) -> None:
         try:
-            await self.mesh.publish(self._encode(GOSSIP, msg))
+            await self.mesh.publish(self.encode(GOSSIP, msg))
         except MeshError as exc:
             log.debug("gossip publish failed: %s", exc)
 
