@@ -10,15 +10,24 @@ which a staged rollout's driver (sync/rollout.py) counts before it opens the nex
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from dataclasses import dataclass
 
-import httpx
+import requests
 import trio
+from urllib3.exceptions import InsecureRequestWarning
 
 from unit_p2p.settings import Settings
 
 log = logging.getLogger("unit_p2p.sync.health")
+
+# A loopback HTTPS listener of Unit serves a certificate for the site's names, not for
+# 127.0.0.1: the gate checks that Unit serves (verify=False), not who it is. Said once here
+# rather than in a warning per try (the tries run in worker threads, where catch_warnings is not
+# safe).
+warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
 
 @dataclass(frozen=True)
@@ -51,12 +60,13 @@ class HealthGate:
     async def check(self) -> GateResult:
         if self.url is None:
             return GateResult(True)
-        async with httpx.AsyncClient(timeout=self.timeout, verify=False,
-                                     follow_redirects=False, trust_env=False) as client:
+        with requests.Session() as session:
+            # the URL is this host's own loopback listener: no proxy from the environment
+            session.trust_env = False
             for attempt in range(1, self.attempts + 1):
                 if attempt > 1:
                     await trio.sleep(self.interval)
-                problem = await self._try(client)
+                problem = await self._try(session)
                 if problem is not None:
                     reason = (f"health_gate: GET {self.url} {problem}, expected "
                               f"{self.expected} (try {attempt} of {self.attempts})")
@@ -64,16 +74,24 @@ class HealthGate:
                     return GateResult(False, reason[:480])
         return GateResult(True)
 
-    async def _try(self, client: httpx.AsyncClient) -> str | None:
+    async def _try(self, session: requests.Session) -> str | None:
         """None when the answer's status is in the expected class, else what happened."""
+        get = functools.partial(_get, session, self.url, self.timeout)
         try:
-            with trio.fail_after(self.timeout + 1):  # the client's own timeout is per phase
-                answer = await client.get(self.url)
-        except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
+            # requests' timeout bounds each phase, not the whole exchange: this one does
+            with trio.fail_after(self.timeout + 1):
+                status = await trio.to_thread.run_sync(get, abandon_on_cancel=True)
+        except (requests.RequestException, trio.TooSlowError, OSError) as exc:
             return f"failed ({type(exc).__name__}: {str(exc)[:160] or 'no answer'})"
-        if not status_matches(answer.status_code, self.expected):
-            return f"answered {answer.status_code}"
+        if not status_matches(status, self.expected):
+            return f"answered {status}"
         return None
+
+
+def _get(session: requests.Session, url: str, timeout: float) -> int:
+    answer = session.get(url, timeout=timeout, verify=False, allow_redirects=False, stream=True)
+    answer.close()
+    return answer.status_code
 
 
 def status_matches(status: int, expected: str) -> bool:
