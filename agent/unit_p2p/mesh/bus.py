@@ -45,16 +45,19 @@ class GossipParams:
     degree_high: int = 8
     # Fanout TTL (s): only matters for topics we publish to without subscribing; we always are.
     fanout_ttl: int = 60
-    # Message cache: no IHAVE lazy gossip (spec: for the last 3 heartbeats), keep 5 for IWANT.
+    # Message cache: IHAVE lazy gossip for 1 heartbeat (spec: 3), keep 5 for IWANT.
     # IHAVE goes to every connected non-mesh peer (at least 6) each heartbeat a message id is in
-    # the window, about (degree - D) x window messages per host and publish, to repair what a
-    # mesh link lost. The sync layer is the lazy push here (Plumtree's split: gossip is the
-    # eager tree): a host that fetched a revision offers it to every connected peer not known
-    # to hold it, and heads are exchanged on every new connection. Simulated (N=1,000, 1 % loss,
-    # bench/results/simulate-whatif.md): a publish cost 30.3 N messages with a window of 3 and
-    # 15.8 N with none, each host applied after 0.20 / 0.30 s (p50 / p99) and 0.19 / 0.29 s;
-    # at most 11 of the 14,502 IHAVE of a publish were answered by an IWANT.
-    gossip_window: int = 0
+    # the window, about (degree - D) x window messages per host and publish. The sync layer is
+    # the lazy push for revisions (a host that fetched one offers it to every connected peer not
+    # known to hold it; heads are exchanged on every new connection), so the simulator, whose
+    # links never go stale, needs no IHAVE at all: N=1,000, 1 % loss, 15.8 N messages a publish
+    # at window 0, 20.6 N at 1, 30.3 N at 3, the same time to applied (bench/results/
+    # simulate-whatif.md, simulate-ihave-window-1.md). Real py-libp2p 0.8.1 can keep a peer's
+    # pubsub stream on a connection that closed while a newer one exists, and then drops what
+    # it sends there without a word: at window 0 a message published after such a swap never
+    # arrived within 40 s (tests/mesh/test_peers.py); the heartbeat a window of 1 keeps busy
+    # repairs it within ~60 ms. One window is the cheapest that keeps gossip whole.
+    gossip_window: int = 1
     gossip_history: int = 5
     # IDONTWANT (/meshsub/1.2.0) only for messages of at least this size, as go-libp2p does
     # (IDontWantMessageThreshold): py-libp2p 0.8.1 sends one to every mesh peer for every message
@@ -264,7 +267,7 @@ def _wake_on_subscription(pubsub: Pubsub, router: QuietGossipSub) -> None:
     """Wake the heartbeat when a peer subscribes: a subscription usually arrives just after
     the connection, and a mesh below D_low is grafted at the next tick instead of up to
     ``idle_interval`` later. (Until then the new peer heard of messages only by IHAVE gossip,
-    which is off: see GossipParams.gossip_window.)"""
+    which is kept short: see GossipParams.gossip_window.)"""
     handle = pubsub.handle_subscription
 
     def handle_subscription(origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
