@@ -101,7 +101,7 @@ class Rollouts:
     async def save(self) -> None:
         """Persist, and wake whoever waits on a change (drivers, waits, status)."""
         await self._save()
-        self._notify()
+        self.notify()
 
     async def _save(self) -> None:
         body = json.dumps({"rollouts": [r.to_json() for r in self.by_revision.values()]},
@@ -116,7 +116,8 @@ class Rollouts:
                 self.by_revision.popitem(last=False)
         return r
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Wake whoever waits on ``changed`` (a wait on a rollout, its driver)."""
         self.changed.set()
         self.changed = trio.Event()
 
@@ -185,7 +186,7 @@ class Rollouts:
             r.own = (status, reason)
             r.reports[self.host.peer_id] = (status, reason)
             await self._save()
-            self._notify()
+            self.notify()
         self.host.convergence.record(self.host.peer_id, rev, status, reason)
         await self.host.spread.report(rev, head.digest, status, reason)
 
@@ -193,7 +194,7 @@ class Rollouts:
         r = self.by_revision.get(report.revision)
         if r is not None and r.digest == report.digest:
             r.reports[peer] = (report.status, report.reason)
-            self._notify()
+            self.notify()
 
     def failed_here(self, revision: Revision, reason: str) -> None:
         """This host could not apply it (Unit refused it): its own outcome for queries."""
@@ -201,7 +202,7 @@ class Rollouts:
         if r is not None:
             r.own = (FAILED, reason)
             r.reports[self.host.peer_id] = r.own
-            self._notify()
+            self.notify()
 
     # --- wave messages ----------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class Rollouts:
         r.wave = msg
         r.rounds_after_end = 0
         await self._save()
-        self._notify()
+        self.notify()
         log.info("rollout %s: %s wave %d (seq %d, by %s)%s", msg.revision, msg.state, msg.wave,
                  msg.seq, msg.signer, f": {msg.reason}" if msg.reason else "")
         if msg.state == ABORTED:

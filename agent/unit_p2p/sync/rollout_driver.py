@@ -56,6 +56,7 @@ class Driver:
             log.error("rollout %s: the driver stopped: %s", rev, exc)
         finally:
             self._running.discard(rev)
+            self.rollouts.notify()
 
     async def _drive_until_done(self, rev: Revision) -> None:
         r = self.rollouts.by_revision[rev]
@@ -177,12 +178,12 @@ class Driver:
         return r
 
     async def wait_done(self, rev: Revision, wait: bool, timeout: float) -> dict:
-        """With ``wait``, until the rollout of ``rev`` is no longer open (or ``timeout``);
-        then where it stands."""
+        """With ``wait``, until this host's driver of ``rev`` is done (the rollout is no longer
+        open and, with auto-revert, the revert is published) or ``timeout``; then where it
+        stands."""
         if wait:
             with trio.move_on_after(timeout):
-                while (r := self.rollouts.by_revision[rev]).wave is not None \
-                        and r.wave.state == OPEN and rev in self._running:
+                while rev in self._running:
                     await self.rollouts.changed.wait()
         return await self.view(str(rev), gather=False)
 
