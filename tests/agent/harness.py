@@ -8,18 +8,21 @@ key and API socket, talking real libp2p (TCP + Noise + yamux) to the others.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import requests
 import trio
 
 from unit_p2p import fleet
 from unit_p2p.agent import Agent
 from unit_p2p.fleet import BASE_CONFIG, AgentProc, free_ports
+from unit_p2p.httpunix import make_session, parse_address
 from unit_p2p.settings import Settings
 from unit_p2p.unit.emulator import UnitEmulator
 
-__all__ = ["BASE_CONFIG", "NEW", "TOKEN", "AgentProc", "Fleet", "running_agent", "running_fleet"]
+__all__ = ["BASE_CONFIG", "NEW", "TOKEN", "AgentProc", "Fleet", "api_request", "running_agent",
+           "running_fleet"]
 
 # Announcements come sooner than the agent's default (tests wait on them) and every log line is
 # kept for the failure report.
@@ -34,6 +37,17 @@ class Fleet(fleet.Fleet):
         super().__init__(tmp_path, nursery, n, mesh=mesh, trust_all=trust_all,
                          agent_args=TEST_AGENT_ARGS)
 
+    @contextmanager
+    def log_tails_on_failure(self, chars: int | None = None):
+        """On any exception out of the block, print every agent's log tail (then re-raise)."""
+        try:
+            yield self
+        except BaseException:
+            for a in self:
+                tail = a.log_tail() if chars is None else a.log_tail(chars)
+                print(f"----- agent {a.index} log tail -----\n{tail}")
+            raise
+
 
 @asynccontextmanager
 async def running_fleet(tmp_path: Path, n: int, topology: str = "mesh", extra_args=(),
@@ -46,14 +60,11 @@ async def running_fleet(tmp_path: Path, n: int, topology: str = "mesh", extra_ar
         for a in f:
             a.extra_args = list(extra_args)
         try:
-            if start:
-                with trio.fail_after(60):
-                    await f.start()
-            yield f
-        except BaseException:
-            for a in f:
-                print(f"----- agent {a.index} log tail -----\n{a.log_tail()}")
-            raise
+            with f.log_tails_on_failure():
+                if start:
+                    with trio.fail_after(60):
+                        await f.start()
+                yield f
         finally:
             f.stop()
             nursery.cancel_scope.cancel()
@@ -64,6 +75,18 @@ async def running_fleet(tmp_path: Path, n: int, topology: str = "mesh", extra_ar
 TOKEN = "s3cret-token-for-tests-0123456789"
 NEW = {"listeners": {}, "routes": [{"action": {"return": 302, "location": "/x"}}],
        "applications": {}}
+
+
+async def api_request(socket: Path | str, method: str, url: str, body: bytes | str | None = None,
+                      timeout: float = 20) -> requests.Response:
+    """One raw HTTP request to an agent's API unix socket (no client-side checks): what a
+    careless or hostile local client can send."""
+    def send() -> requests.Response:
+        session = make_session(f"unix:{socket}")
+        base = parse_address(f"unix:{socket}").base_url
+        return session.request(method, base + url, data=body, timeout=timeout)
+
+    return await trio.to_thread.run_sync(send)
 
 
 @asynccontextmanager

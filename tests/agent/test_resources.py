@@ -179,26 +179,23 @@ async def test_a_bundle_served_tampered_is_refused_then_taken_intact(tmp_path):
 
             fetcher._held = tampered
             try:
-                with trio.fail_after(60):
-                    await f.start()
-                with trio.fail_after(60):
-                    result = await origin.publish(tls_config(), certificates={
-                        "site": pem.decode()}, js_modules={"auth": JS})
+                with f.log_tails_on_failure():
+                    with trio.fail_after(60):
+                        await f.start()
+                    with trio.fail_after(60):
+                        result = await origin.publish(tls_config(), certificates={
+                            "site": pem.decode()}, js_modules={"auth": JS})
+                        for a in f:
+                            while (await a.call("status"))["counters"]["rejected"].get(  # noqa: ASYNC110 - another process
+                                    "digest_mismatch", 0) < 1:
+                                await trio.sleep(0.1)
                     for a in f:
-                        while (await a.call("status"))["counters"]["rejected"].get(  # noqa: ASYNC110 - another process
-                                "digest_mismatch", 0) < 1:
-                            await trio.sleep(0.1)
-                for a in f:
-                    assert a.emulator.certificates == {} and await a.head_digest() is None
-                fetcher._held = intact  # the next try gets it intact
-                with trio.fail_after(90):
-                    await f.wait_converged(result.digest)
-                for a in f:
-                    assert a.emulator.certificates == {unit_name(pem): pem}
-            except BaseException:
-                for a in f:
-                    print(f"----- agent {a.index} log tail -----\n{a.log_tail()}")
-                raise
+                        assert a.emulator.certificates == {} and await a.head_digest() is None
+                    fetcher._held = intact  # the next try gets it intact
+                    with trio.fail_after(90):
+                        await f.wait_converged(result.digest)
+                    for a in f:
+                        assert a.emulator.certificates == {unit_name(pem): pem}
             finally:
                 f.stop()
         nursery.cancel_scope.cancel()

@@ -60,17 +60,14 @@ async def gated_fleet(tmp_path, n: int, gates: dict[int, tuple[str, ...]], trust
                             "--health-url", f"http://127.0.0.1:{ports[i]}{path}",
                             "--health-attempts", "1", *flags]
         try:
-            with trio.fail_after(90):
-                for a in f:
-                    await f.start_unit(a, full(a.http_port, BASE_ROUTES))
-                    a.start()
-                for a in f:
-                    await a.wait_ready()
-            yield f
-        except BaseException:
-            for a in f:
-                print(f"----- agent {a.index} log tail -----\n{a.log_tail(6000)}")
-            raise
+            with f.log_tails_on_failure(6000):
+                with trio.fail_after(90):
+                    for a in f:
+                        await f.start_unit(a, full(a.http_port, BASE_ROUTES))
+                        a.start()
+                    for a in f:
+                        await a.wait_ready()
+                yield f
         finally:
             f.stop()
             nursery.cancel_scope.cancel()

@@ -15,7 +15,7 @@ import pytest
 import requests
 import trio
 
-from tests.agent.harness import NEW, TOKEN, running_agent
+from tests.agent.harness import NEW, TOKEN, api_request, running_agent
 from unit_p2p.agent import Agent
 from unit_p2p.api.client import ApiClient
 from unit_p2p.errors import ApiError, SettingsError
@@ -116,22 +116,15 @@ async def test_bad_requests_are_400(tmp_path):
     async with running_agent(tmp_path) as (_agent, _):
         path = str(tmp_path / "api.sock")
 
-        def raw(method, url, body):
-            from unit_p2p.httpunix import make_session, parse_address
-
-            session = make_session(f"unix:{path}")
-            base = parse_address(f"unix:{path}").base_url
-            return session.request(method, base + url, data=body, timeout=10)
-
         with trio.fail_after(20):
             for body in (b"{not json", b"[]", b'{"wait": "yes"}', b'{"timeout": -1}',
                          b'{"bogus": 1}', b'{"min_peers": true}'):
-                r = await trio.to_thread.run_sync(raw, "POST", "/v1/publish", body)
+                r = await api_request(path, "POST", "/v1/publish", body, timeout=10)
                 assert r.status_code == 400, body
                 assert r.json()["error"] == "bad_request"
-            r = await trio.to_thread.run_sync(raw, "GET", "/v1/publish", None)
+            r = await api_request(path, "GET", "/v1/publish", timeout=10)
             assert r.status_code == 405
-            r = await trio.to_thread.run_sync(raw, "GET", "/v2/nothing", None)
+            r = await api_request(path, "GET", "/v2/nothing", timeout=10)
             assert r.status_code == 404
 
 
@@ -187,13 +180,6 @@ async def test_bodies_that_are_not_strict_json_are_400_and_change_nothing(tmp_pa
         before = emulator.config
         config = json.dumps(NEW)
 
-        def raw(body):
-            from unit_p2p.httpunix import make_session, parse_address
-
-            session = make_session(f"unix:{path}")
-            base = parse_address(f"unix:{path}").base_url
-            return session.post(base + "/v1/publish", data=body, timeout=10)
-
         bodies = [
             f'{{"config": {config}, "dry_run": true, "dry_run": false}}',
             f'{{"config": {config}, "timeout": NaN}}',
@@ -208,7 +194,7 @@ async def test_bodies_that_are_not_strict_json_are_400_and_change_nothing(tmp_pa
         ]
         with trio.fail_after(30):
             for body in bodies:
-                r = await trio.to_thread.run_sync(raw, body)
+                r = await api_request(path, "POST", "/v1/publish", body, timeout=10)
                 assert r.status_code == 400, (body[:80], r.text[:200])
                 assert r.json()["error"] == "bad_request"
                 assert len(r.text) < 500

@@ -7,7 +7,7 @@ import json
 
 import trio
 
-from tests.agent.harness import NEW, running_agent
+from tests.agent.harness import NEW, api_request, running_agent
 
 SECOND = {"listeners": {}, "routes": [{"action": {"return": 204}}], "applications": {}}
 
@@ -16,15 +16,8 @@ async def test_revisions_show_and_rollback_routes_and_their_errors(tmp_path):
     async with running_agent(tmp_path) as (agent, emulator):
         path = str(tmp_path / "api.sock")
 
-        def raw(method, url, body=None):
-            from unit_p2p.httpunix import make_session, parse_address
-
-            session = make_session(f"unix:{path}")
-            base = parse_address(f"unix:{path}").base_url
-            return session.request(method, base + url, data=body, timeout=10)
-
         async def request(method, url, body=None):
-            return await trio.to_thread.run_sync(raw, method, url, body)
+            return await api_request(path, method, url, body, timeout=10)
 
         with trio.fail_after(30):
             assert (await request("GET", "/v1/revisions")).json() == {"revisions": []}

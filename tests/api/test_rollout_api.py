@@ -7,23 +7,16 @@ import json
 
 import trio
 
-from tests.agent.harness import NEW, running_agent
+from tests.agent.harness import NEW, api_request, running_agent
 
 
 async def test_staged_publish_and_rollout_routes_and_their_errors(tmp_path):
     async with running_agent(tmp_path) as (agent, _emulator):
         path = str(tmp_path / "api.sock")
 
-        def raw(method, url, body=None):
-            from unit_p2p.httpunix import make_session, parse_address
-
-            session = make_session(f"unix:{path}")
-            base = parse_address(f"unix:{path}").base_url
-            return session.request(method, base + url, data=body, timeout=20)
-
         async def request(method, url, body=None):
             data = json.dumps(body) if isinstance(body, dict) else body
-            return await trio.to_thread.run_sync(raw, method, url, data)
+            return await api_request(path, method, url, data)
 
         with trio.fail_after(60):
             missing = await request("GET", "/v1/rollout")
