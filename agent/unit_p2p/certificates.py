@@ -52,9 +52,13 @@ def parse_iso_utc(text: str) -> float:
         tzinfo=datetime.UTC).timestamp()
 
 
-def _spki(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
+def key_matches(private_key, cert: x509.Certificate) -> bool:
+    """Is ``private_key`` the key of ``cert`` (same public key, compared as DER SPKI)?"""
+    def spki(public_key) -> bytes:
+        return public_key.public_bytes(serialization.Encoding.DER,
+                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    return spki(private_key.public_key()) == spki(cert.public_key())
 
 
 def parse_bundle(pem: bytes, *, now: datetime.datetime | None = None) -> BundleInfo:
@@ -87,7 +91,7 @@ def parse_bundle(pem: bytes, *, now: datetime.datetime | None = None) -> BundleI
     if keys > 1:
         raise BadBundle(f"{keys} private keys (one is expected: the leaf's)")
     leaf = certs[0]
-    if _spki(key.public_key()) != _spki(leaf.public_key()):
+    if not key_matches(key, leaf):
         raise BadBundle("the private key does not match the first (leaf) certificate")
     now = now or datetime.datetime.now(datetime.UTC)
     not_after = leaf.not_valid_after_utc

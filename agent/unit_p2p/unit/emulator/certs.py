@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dh, ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from unit_p2p.certificates import key_matches
+
 __all__ = ["Bundle", "InvalidCertificate", "load_bundle"]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([^\r\n-]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
@@ -99,12 +101,6 @@ def _key_text(key) -> str:
     return "unknown"
 
 
-def _public_bytes(key) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def _server_names(cert: x509.Certificate) -> tuple[str, ...]:
     # nxt_openssl_cert_get_names: the DNS alt names if the extension exists, else the CN.
     alt = _alt_names(cert, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
@@ -161,6 +157,6 @@ def load_bundle(pem: bytes) -> Bundle:
     return Bundle(
         pem=pem,
         info={"key": _key_text(key), "chain": chain},
-        key_matches=_public_bytes(key.public_key()) == _public_bytes(certs[0].public_key()),
+        key_matches=key_matches(key, certs[0]),
         server_names=_server_names(certs[0]),
     )
