@@ -88,10 +88,9 @@ class Fetcher:
             log.debug("pulling %s from %s", what, peer)
             try:
                 data = await self._pull_from(peer, digest, cap)
-                got = Document.from_bytes(data, digest) if digest == head.digest else data
-                if digest != head.digest and digest_of_bytes(data) != digest:
-                    raise BadDocument("digest_mismatch", f"served bytes hash to "
-                                      f"{digest_of_bytes(data)}, not {digest}")
+                # parsing and hashing a big document takes a good part of a second: off the
+                # trio loop, so the API and the mesh keep answering meanwhile
+                got = await trio.to_thread.run_sync(_verified, data, digest, head.digest)
             except BadDocument as exc:
                 self.admission.refuse(peer, exc.reason, f"served {what}: {exc}")
                 errors.append(f"{peer[-8:]}: {exc}")
@@ -194,3 +193,14 @@ class Fetcher:
                                   "asked for a certificate bundle, not in trusted_peers")
             return "forbidden"
         return data
+
+
+def _verified(data: bytes, digest: str, document_digest: str) -> Document | bytes:
+    """The served document (``digest`` is the head's), or the served blob's bytes, checked
+    against ``digest``. Raises BadDocument."""
+    if digest == document_digest:
+        return Document.from_bytes(data, digest)
+    got = digest_of_bytes(data)
+    if got != digest:
+        raise BadDocument("digest_mismatch", f"served bytes hash to {got}, not {digest}")
+    return data

@@ -124,7 +124,7 @@ class Publisher:
             target = merge_exclusions(
                 resources.rename_certificates(doc.tree, resources.to_unit_names(
                     doc.certificates)), local, host.exclusions)
-            local_change = canonical_json(target) != canonical_json(local)
+            local_change = await trio.to_thread.run_sync(_differ, target, local)
             # Behind a newer revision (forced, or a given config), even our head's digest is a
             # change: it must become the newest revision to win.
             changed = (host.head is None or doc.digest != host.head.digest
@@ -289,3 +289,9 @@ class Publisher:
             result, wait=wait, timeout=timeout, min_peers=min_peers, require_all=require_all,
             mine=lambda: host.head.revision if host.head else None,
             peer_heads=host.candidates.peer_heads)
+
+
+def _differ(a: Any, b: Any) -> bool:
+    """Do two configs differ as JSON (not as Python values: ``True == 1`` there)? Canonical
+    forms of a big config take a good part of a second: called off the trio loop."""
+    return canonical_json(a) != canonical_json(b)
