@@ -144,9 +144,9 @@ class Applier:
         if current is not None and self.reachable and self.local_digest == current.config_digest:
             values = await self._read_excluded()
             if values is not None:
-                local = with_excluded_values(
-                    rename_certificates(current.tree, to_unit_names(current.certificates)),
-                    values)
+                local = await trio.to_thread.run_sync(
+                    lambda: with_excluded_values(rename_certificates(
+                        current.tree, to_unit_names(current.certificates)), values))
         if local is None:
             local = await self.unit.get("/config")
         await self.move(doc, local, label)
@@ -156,8 +156,11 @@ class Applier:
         ``put`` is false and no module had to be swapped), the cleanup. Raises as ``apply``."""
         await self.uploads.upload_certificates(doc)
         swapped = await self.uploads.upload_js_modules(doc)
-        target = merge_exclusions(rename_certificates(doc.tree, to_unit_names(doc.certificates)),
-                                  local, self.exclusions)
+        # copies of the whole config: off the trio loop, like every other pass over it
+        target = await trio.to_thread.run_sync(
+            lambda: merge_exclusions(rename_certificates(doc.tree,
+                                                         to_unit_names(doc.certificates)),
+                                     local, self.exclusions))
         if put or swapped:
             await trio.to_thread.run_sync(self.store.save_backup, local, label)
         if swapped:
