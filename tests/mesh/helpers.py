@@ -23,6 +23,8 @@ class RecordingEvents:
         self.connected: set[str] = set()
         self.log: list[tuple[str, str]] = []
         self.announcements: list[tuple[str, bytes]] = []
+        #: the relaying peer of each announcement
+        self.relayers: list[str | None] = []
         self._changed = trio.Event()
         self.fail_on_announcement = False
 
@@ -40,8 +42,9 @@ class RecordingEvents:
         self.log.append(("disconnected", peer_id))
         self._bump()
 
-    async def on_announcement(self, peer_id: str, data: bytes) -> None:
+    async def on_announcement(self, peer_id: str, data: bytes, via: str | None = None) -> None:
         self.announcements.append((peer_id, data))
+        self.relayers.append(via)
         self._bump()
         if self.fail_on_announcement:
             raise RuntimeError("reconciler bug")

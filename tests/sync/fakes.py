@@ -92,17 +92,30 @@ class FakeMesh:
         return FakeStream(a, peer_id)
 
     async def publish(self, data: bytes) -> None:
+        """A flood along the links, as gossipsub's (every link a mesh edge): each peer gets
+        the message once, from the first peer that relays it."""
         if not self.net.gossip_enabled:
             return
-        for other in list(self.net.meshes.values()):
-            if self.net.linked(self.peer_id, other.peer_id) and other.events:
-                self.net.nursery.start_soon(other.events.on_announcement, self.peer_id, data)
+        seen, frontier = {self.peer_id}, [self.peer_id]
+        while frontier:
+            relayer = frontier.pop(0)
+            for other in list(self.net.meshes.values()):
+                if other.peer_id not in seen and self.net.linked(relayer, other.peer_id) \
+                        and other.events:
+                    seen.add(other.peer_id)
+                    frontier.append(other.peer_id)
+                    self.net.nursery.start_soon(other.events.on_announcement, self.peer_id,
+                                                data, relayer)
 
     def connected_peers(self) -> list[str]:
         return [p for p in self.net.meshes if self.net.linked(self.peer_id, p)]
 
     def gossip_mesh_peers(self) -> set[str]:
-        return set()  # no gossip mesh modelled: relays go to every linked peer (the safe side)
+        return set(self.connected_peers()) if self.net.gossip_enabled else set()
+
+    def gossip_pruned_peers(self) -> set[str]:
+        """With gossip off, gossip reaches nobody: every peer is as starved as a pruned one."""
+        return set() if self.net.gossip_enabled else set(self.connected_peers())
 
     def peers(self) -> list[PeerInfo]:
         return [PeerInfo(p, [], self.net.linked(self.peer_id, p), True, None, None)

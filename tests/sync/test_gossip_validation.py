@@ -42,6 +42,35 @@ async def test_a_badly_signed_announcement_goes_no_further_than_the_first_hop():
         nursery.cancel_scope.cancel()
 
 
+def broadcast(keys, origin: str, counter: int, *, intact: bool) -> bytes:
+    """A signed broadcast; not ``intact``: its document is another than the one signed."""
+    doc = Document.from_config({"routes": [counter]}, ())
+    rev = Revision(counter, origin)
+    head = Head(rev, doc.digest, doc.size, sign_revision(keys.private_key, MESH, rev, doc.digest))
+    body = doc.data if intact else doc.data.replace(str(counter).encode(), b"9")
+    return wire.encode(wire.Broadcast(MESH, head, body))
+
+
+async def test_a_broadcast_with_another_document_goes_no_further_than_the_first_hop():
+    async with trio.open_nursery() as nursery:
+        a, b, c = [await start_node(nursery) for _ in range(3)]
+        metrics = Metrics()
+        b.mesh.gossip_check = Admission(MESH, b.mesh.trust, metrics, 1 << 20).gossip
+        with trio.fail_after(20):
+            await a.mesh.connect(b.addr)
+            await b.mesh.connect(c.addr)
+            await wait_for(lambda: a.peer_id in b.mesh.gossip_peers()
+                           and c.peer_id in b.mesh.gossip_peers())
+            await a.mesh.publish(broadcast(a.keypair, a.peer_id, 1, intact=False))
+            await a.mesh.publish(broadcast(a.keypair, a.peer_id, 2, intact=True))
+            await c.events.wait_until(lambda: c.events.announcements)
+        assert [wire.decode(d).head.revision.counter for _, d in c.events.announcements] == [2]
+        assert metrics.rejected_counts() == {"digest_mismatch": 1}
+        # c knows who relayed it: b (the reconciler's parent in the spread tree)
+        assert c.events.relayers == [b.peer_id]
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_mesh_counts_its_own_messages():
     from unit_p2p.mesh import MeshTuning
     from unit_p2p.mesh.liveness import LivenessParams

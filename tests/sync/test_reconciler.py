@@ -359,23 +359,38 @@ def test_mesh_refusals_reach_the_one_refusal_counter():
     assert metrics.rejected_counts() == {"handler_error": 1, "untrusted_connection": 1}
 
 
-async def test_one_publish_is_one_flood_and_one_report_per_peer(tmp_path):
+def big_config(n: int) -> dict:
+    """A config whose document is too big to travel in the announcement."""
+    routes = [{"match": {"uri": f"/r{i}/*"}, "action": {"return": 200 + n}} for i in range(400)]
+    return {"listeners": {}, "routes": routes, "applications": {}}
+
+
+def count(node, protocol, kind, direction):
+    return node.metrics.message_counts().get((protocol, kind, direction), 0)
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["small-config", "big-config"])
+async def test_one_publish_is_one_flood_and_one_report_per_peer(tmp_path, small):
+    published = config(1) if small else big_config(1)
+    size = len(Document.from_config(published, ()).data)
+    assert (size <= wire.MAX_INLINE_BYTES) == small
     async with cluster(tmp_path, n=5) as (_, nodes):
         origin, others = nodes[0], nodes[1:]
         with trio.fail_after(10):
-            result = await origin.rec.publish(config(1), wait=True, timeout=5)
+            result = await origin.rec.publish(published, wait=True, timeout=5)
         assert result.converged and len(result.applied) == 5
 
-        def count(node, protocol, kind, direction):
-            return node.metrics.message_counts().get((protocol, kind, direction), 0)
-
-        assert count(origin, "gossip", "announce", "sent") == 1
+        # a small document travels in the flood (``broadcast``), a big one is announced and
+        # pulled, once per host
+        kind = "broadcast" if small else "announce"
+        assert count(origin, "gossip", kind, "sent") == 1
         for node in others:
             # appliers flood nothing; each reports once, straight to the origin
             assert sum(v for (proto, _, way), v in node.metrics.message_counts().items()
                        if proto == "gossip" and way == "sent") == 0
             assert count(node, "notify", "reports", "sent") == 1
-            assert count(node, "pull", "pull", "sent") == 1
+            assert count(node, "pull", "pull", "sent") == (0 if small else 1)
+            assert count(node, "gossip", kind, "received") == 1
         assert count(origin, "notify", "reports", "received") == len(others)
 
 
@@ -386,12 +401,9 @@ async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_
         with trio.fail_after(10):
             result = await a.rec.publish(config(1), wait=True, timeout=5)
         assert result.converged and sorted(result.applied) == sorted(n.peer_id for n in nodes)
-
-        def count(node, protocol, kind, direction):
-            return node.metrics.message_counts().get((protocol, kind, direction), 0)
-
-        # c pulled from b, its neighbour, and b carried c's report on: no dial, no flood
-        assert count(c, "pull", "pull", "sent") == 1 and count(b, "pull", "served", "sent") == 1
+        # c got the document in the flood b relayed, and b carried c's report on: no dial, no
+        # pull, no flood of reports
+        assert count(c, "pull", "pull", "sent") == 0
         assert count(c, "notify", "reports", "sent") == 1
         assert count(b, "notify", "reports", "sent") == 2
         assert count(a, "notify", "reports", "received") == 2

@@ -63,6 +63,13 @@ def test_valid_messages_round_trip(msg):
     check_accepted(wire.decode(wire.encode(msg)))
 
 
+def broadcast(size: int, body: bytes) -> bytes:
+    """A broadcast whose header says ``size``, with ``body`` after it (however long)."""
+    msg = next(m for m in valid_messages() if isinstance(m, wire.Broadcast))
+    header = json.loads(wire.encode(msg).partition(b"\n")[0])
+    return json.dumps({**header, "size": size}).encode() + b"\n" + body
+
+
 @pytest.mark.parametrize("data, reason", [
     (b'{"v":2,"type":"pull","mesh":"m","digest":"' + DIGEST.encode() + b'","mesh":"x"}',
      "malformed"),  # duplicate key
@@ -78,6 +85,11 @@ def test_valid_messages_round_trip(msg):
     (b'{"v":2,"type":"nohead","mesh":"m"}' + b" " * 5000, "too_large"),  # its own bound: 4 KiB
     (b"[" * 3000, "malformed"),
     (json.dumps({"v": 9, "type": "nohead", "mesh": "m"}).encode(), "unsupported_version"),
+    (b'{"v":2,"type":"nohead","mesh":"m"}\n{}', "malformed"),  # a body where none belongs
+    (broadcast(size=5, body=b"1234"), "schema"),  # the body is not the size the head says
+    (broadcast(size=5, body=b"12345").partition(b"\n")[0], "schema"),  # no body at all
+    (broadcast(size=wire.MAX_INLINE_BYTES + 1, body=b"x" * (wire.MAX_INLINE_BYTES + 1)),
+     "too_large"),
 ])
 def test_strict_schema_rejections(data, reason):
     with pytest.raises(WireError) as err:

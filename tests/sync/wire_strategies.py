@@ -22,6 +22,7 @@ def valid_messages():
     head = Head(rev, DIGEST, 1234, sign_revision(KEYS.private_key, "m", rev, DIGEST))
     return [
         wire.Announce("m", head),
+        wire.Broadcast("m", Head(rev, DIGEST, 10, head.signature), b'{"a":[1]}\n'),
         wire.NoHead("m"),
         wire.Report("m", rev, DIGEST, "applied", None, ORIGIN),
         wire.Report("m", rev, DIGEST, "failed", "unit_rejected: nope", ORIGIN),
@@ -42,7 +43,7 @@ json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.
 def mutated(draw):
     """A valid message as a JSON object with one field replaced, removed or added."""
     msg = draw(st.sampled_from(valid_messages()))
-    obj = json.loads(wire.encode(msg))
+    obj = json.loads(wire.encode(msg).partition(b"\n")[0])
     action = draw(st.sampled_from(["replace", "remove", "add", "retype_version"]))
     key = draw(st.sampled_from(sorted(obj)))
     if action == "replace":
@@ -53,7 +54,7 @@ def mutated(draw):
         obj[draw(st.text(max_size=12))] = draw(json_values)
     else:
         obj["v"] = draw(st.sampled_from([True, 2.0, "2", 1, 3, 0, -1, None]))
-    return json.dumps(obj).encode()
+    return json.dumps(obj).encode() + (b"\n" + msg.body() if msg.HAS_BODY else b"")
 
 
 @st.composite
@@ -74,11 +75,13 @@ any_input = st.one_of(st.binary(max_size=5000), mutated(), mangled_bytes(),
 
 def check_accepted(msg) -> None:
     """What decode accepts must satisfy the schema: re-encoding round-trips exactly."""
-    assert isinstance(msg, (wire.Announce, wire.NoHead, wire.Report, wire.Reports, wire.Pull,
-                            wire.Served, wire.ServeError))
+    assert isinstance(msg, (wire.Announce, wire.Broadcast, wire.NoHead, wire.Report,
+                            wire.Reports, wire.Pull, wire.Served, wire.ServeError))
     again = wire.decode(wire.encode(msg))
     assert again == msg
-    if isinstance(msg, wire.Announce):
+    if isinstance(msg, wire.Broadcast):
+        assert len(msg.document) == msg.head.size <= wire.MAX_INLINE_BYTES
+    if isinstance(msg, wire.Announce | wire.Broadcast):
         assert len(msg.head.signature) == 64
         assert base64.b64encode(msg.head.signature)
     for report in msg.reports if isinstance(msg, wire.Reports) else (msg,):

@@ -62,8 +62,10 @@ class GossipParams:
     # IDONTWANT (/meshsub/1.2.0) only for messages of at least this size, as go-libp2p does
     # (IDontWantMessageThreshold): py-libp2p 0.8.1 sends one to every mesh peer for every message
     # it receives, which for our ~300-byte announcements costs more than the duplicate it saves
-    # (N=100: 556 IDONTWANT for 423 message copies per publish).
-    idontwant_min_bytes: int = 1024
+    # (N=100: 556 IDONTWANT for 423 message copies per publish). Above the largest broadcast
+    # (a head with a document of up to 16 KiB, sync/wire.py): a few KiB of duplicates cost a
+    # host less than D control messages for each publish.
+    idontwant_min_bytes: int = 32 * 1024
     # py-libp2p's default heartbeat is 120 s; 1 s keeps mesh repair and IHAVE gossip prompt
     # while there is something to repair or gossip. With nothing to do (no message in the cache,
     # the mesh within its degree bounds) the heartbeat waits up to heartbeat_idle_interval, or
@@ -345,10 +347,13 @@ def count_gossipsub(pubsub: Pubsub, router: GossipSub, count) -> None:
     router.handle_rpc = counted_handle_rpc
 
 
-def _validator(trust: TrustPolicy, stats, check: Callable[[str, bytes], bool] | None = None):
+def _validator(trust: TrustPolicy, stats,
+               check: Callable[[str, bytes, str], bool] | None = None):
     """Runs after pubsub verified the signature, before delivery AND before relaying: a message
-    refused here goes no further than this hop. ``check(origin, data)`` is the application's
-    own check of the payload (the sync layer's: schema, mesh, origin signature of a head)."""
+    refused here goes no further than this hop. ``check(origin, data, forwarder)`` is the
+    application's own check of the payload (the sync layer's: schema, mesh, origin signature of a
+    head). Pubsub validates the first copy of a message only, so ``forwarder`` is the peer whose
+    copy arrived first."""
 
     def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
         if len(msg.data) > MAX_ANNOUNCEMENT_BYTES:
@@ -362,6 +367,6 @@ def _validator(trust: TrustPolicy, stats, check: Callable[[str, bytes], bool] | 
         if not trust.is_trusted(origin):
             trust.reject("untrusted_announcement", origin, f"relayed by {forwarder}")
             return False
-        return check is None or check(origin, bytes(msg.data))
+        return check is None or check(origin, bytes(msg.data), forwarder.to_base58())
 
     return validate

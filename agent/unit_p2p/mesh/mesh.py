@@ -82,18 +82,23 @@ class MeshEvents(Protocol):
 
     async def on_peer_disconnected(self, peer_id: str) -> None: ...
 
-    async def on_announcement(self, peer_id: str, data: bytes) -> None: ...
+    async def on_announcement(self, peer_id: str, data: bytes, via: str | None = None) -> None:
+        """A gossip message of origin ``peer_id``, relayed to us by ``via`` (the peer whose copy
+        arrived first; None when not known)."""
 
+
+#: validated gossip messages whose relaying peer is remembered until their delivery
+RELAYERS_KEPT = 256
 
 #: mesh events waiting for their consumer; beyond this the mesh's event tasks wait (pushing back
 #: on libp2p's own bounded queues) instead of buffering without bound
 EVENT_BUFFER = 1024
 
-MeshEvent = tuple[str, str, bytes]
+MeshEvent = tuple[str, str, bytes, str | None]
 
 
 class ChannelEvents:
-    """MeshEvents that put each event on a channel, as ``(kind, peer_id, data)`` with kind
+    """MeshEvents that put each event on a channel, as ``(kind, peer_id, data, via)`` with kind
     ``connected``, ``disconnected`` or ``announcement`` (memberlist's ChannelEventDelegate).
 
     The mesh can then be built before its consumer exists, and events that arrive before the
@@ -104,13 +109,13 @@ class ChannelEvents:
         self._send, self.receive = trio.open_memory_channel[MeshEvent](buffer)
 
     async def on_peer_connected(self, peer_id: str) -> None:
-        await self._send.send(("connected", peer_id, b""))
+        await self._send.send(("connected", peer_id, b"", None))
 
     async def on_peer_disconnected(self, peer_id: str) -> None:
-        await self._send.send(("disconnected", peer_id, b""))
+        await self._send.send(("disconnected", peer_id, b"", None))
 
-    async def on_announcement(self, peer_id: str, data: bytes) -> None:
-        await self._send.send(("announcement", peer_id, data))
+    async def on_announcement(self, peer_id: str, data: bytes, via: str | None = None) -> None:
+        await self._send.send(("announcement", peer_id, data, via))
 
 
 #: ``Mesh.stats`` events that are refusals of what a peer sent; they are counted with the
@@ -215,6 +220,10 @@ class Mesh:
         #: ``gossip_check(origin, data)``: whether a gossip message may be delivered and relayed
         #: (the sync layer's admission); runs in gossipsub's validator, before forwarding
         self.gossip_check: Callable[[str, bytes], bool] | None = None
+        #: (origin, data) of validated gossip -> the peer that relayed its first copy, until the
+        #: message is delivered (pubsub hands the application the message without its forwarder)
+        self._relayers: collections.OrderedDict[tuple[str, bytes], str] = \
+            collections.OrderedDict()
         self.listen_addrs: list[str] = []
         self._peers: dict[str, _PeerState] = {}
         self._handlers: dict[str, StreamHandler] = {}
@@ -355,8 +364,13 @@ class Mesh:
         if not self._running or self._host is None:
             raise MeshError("the mesh is not running")
 
-    def _check_gossip(self, origin: str, data: bytes) -> bool:
-        return self.gossip_check is None or self.gossip_check(origin, data)
+    def _check_gossip(self, origin: str, data: bytes, forwarder: str) -> bool:
+        if self.gossip_check is not None and not self.gossip_check(origin, data):
+            return False
+        self._relayers[(origin, data)] = forwarder
+        while len(self._relayers) > RELAYERS_KEPT:
+            self._relayers.popitem(last=False)
+        return True
 
     def count_message(self, protocol: str, kind: str, direction: str, n: int = 1) -> None:
         if self.on_message is not None:
@@ -425,7 +439,9 @@ class Mesh:
             self._touch(origin)
             self.stats["announcements_received"] += 1
             try:
-                await self.events.on_announcement(origin, bytes(msg.data))
+                data = bytes(msg.data)
+                via = self._relayers.pop((origin, data), None)
+                await self.events.on_announcement(origin, data, via)
             except Exception:
                 self.stats["events_error"] += 1
                 log.exception("on_announcement failed for %s", origin)

@@ -15,16 +15,18 @@ from typing import Protocol
 
 import trio
 
-from unit_p2p.errors import WireError
+from unit_p2p.errors import BadDocument, WireError
 from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
-from unit_p2p.sync.revision import Head, Revision, verify_revision
+from unit_p2p.sync.revision import Document, Head, Revision, verify_revision
 from unit_p2p.sync.waves import wave_refusal
 
 log = logging.getLogger("unit_p2p.sync.admission")
 
 #: verified signed heads remembered, so re-announcements of one head are checked once
 VERIFIED_KEPT = 64
+#: documents of broadcasts verified by the gossip validator, kept for their delivery
+DOCUMENTS_KEPT = 8
 # per-peer token bucket for inbound announcements, heads and pushes
 RATE_PER_S = 20.0
 RATE_BURST = 60.0
@@ -71,6 +73,9 @@ class Admission:
         self._last_log: dict[tuple[str, str], float] = {}
         #: heads whose origin signature verified (revision, digest, signature), oldest first
         self._verified: OrderedDict[tuple[Revision, str, bytes], None] = OrderedDict()
+        #: documents of broadcasts verified here, by digest (gossip is validated, then
+        #: delivered: the document is parsed once, not twice)
+        self._documents: OrderedDict[str, Document] = OrderedDict()
 
     def refuse(self, peer: str, reason: str, detail: str, *, quiet: bool = False) -> None:
         """Count a refused message, stream or revision; log it (rate-limited per peer and
@@ -143,6 +148,9 @@ class Admission:
             return False
         if isinstance(msg, wire.Announce):
             return self.head(origin, msg.head)
+        if isinstance(msg, wire.Broadcast):
+            # The document too: a relayer forwards only what it could apply itself.
+            return self.head(origin, msg.head) and self.document(origin, msg) is not None
         if isinstance(msg, wire.Report | wire.Reports):
             about = [msg.peer] if isinstance(msg, wire.Report) else [r.peer for r in msg.reports]
             untrusted = [p for p in about if not self.trust.is_trusted(p)]
@@ -160,6 +168,23 @@ class Admission:
             return why is None
         self.refuse(origin, "unexpected", f"{type(msg).__name__} is not valid as gossip")
         return False
+
+    def document(self, peer: str, msg: wire.Broadcast) -> Document | None:
+        """The broadcast's document, verified against its head's digest; None (refusal counted)
+        when it does not match. Runs on the trio loop: at most MAX_INLINE_BYTES of JSON, about
+        a millisecond to parse and hash, and each document once."""
+        doc = self._documents.get(msg.head.digest)
+        if doc is not None and doc.data == msg.document:
+            return doc
+        try:
+            doc = Document.from_bytes(msg.document, msg.head.digest)
+        except BadDocument as exc:
+            self.refuse(peer, exc.reason, f"broadcast of {msg.head.revision}: {exc.detail}")
+            return None
+        self._documents[msg.head.digest] = doc
+        while len(self._documents) > DOCUMENTS_KEPT:
+            self._documents.popitem(last=False)
+        return doc
 
     def head(self, peer: str, head: Head) -> bool:
         """True when ``head`` may be considered (see ``refusal``)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from unit_p2p.sync.revision import Head, Revision
+from unit_p2p.sync.revision import Document, Head, Revision
 
 #: first and longest wait before fetching a revision again that nobody could serve
 RETRY_FIRST = 2.0
@@ -27,6 +27,10 @@ class Candidate:
     #: failed fetches in a row, and the trio time before which it is not tried again
     failures: int = 0
     not_before: float = 0.0
+    #: the document, when it came with the head (a broadcast): nothing to pull
+    document: Document | None = None
+    #: the peer that relayed the broadcast to us first: our parent in its spread tree
+    relayed_by: str | None = None
 
     def add_holder(self, peer: str) -> None:
         if peer not in self.holders:

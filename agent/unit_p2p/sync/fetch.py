@@ -51,15 +51,20 @@ class Fetcher:
         self.metrics = metrics
         self.max_config_bytes = max_config_bytes
         self.secrets_to = secrets_to
-        #: who served us each recently fetched revision: our parent in its pull tree, the next
-        #: hop for our report when we are not connected to the origin
+        #: who served us each recently fetched revision (or relayed its broadcast first): our
+        #: parent in its spread tree, the next hop for our report when we are not connected to
+        #: the origin
         self.served_by: OrderedDict[Revision, str] = OrderedDict()
 
     async def fetch(self, cand: Candidate) -> Document:
         """The candidate's document with every resource it names, from the store or peers.
         Raises SyncRetryLater."""
         head = cand.head
-        doc = await trio.to_thread.run_sync(self.store.load_document, head.digest)
+        doc = cand.document
+        if doc is not None and cand.relayed_by is not None:
+            self._served(head.revision, cand.relayed_by)
+        if doc is None:
+            doc = await trio.to_thread.run_sync(self.store.load_document, head.digest)
         order: list[str] | None = None
         if doc is None:
             order = await self._sources(cand)
@@ -99,11 +104,14 @@ class Fetcher:
                 errors.append(f"{peer[-8:]}: {exc}")
                 continue
             self.metrics.pull_bytes.inc(len(data))
-            self.served_by[head.revision] = peer
-            while len(self.served_by) > SERVED_BY_KEPT:
-                self.served_by.popitem(last=False)
+            self._served(head.revision, peer)
             return got
         raise SyncRetryLater("pull_failed", f"{what}: " + "; ".join(errors)[:400])
+
+    def _served(self, revision: Revision, peer: str) -> None:
+        self.served_by[revision] = peer
+        while len(self.served_by) > SERVED_BY_KEPT:
+            self.served_by.popitem(last=False)
 
     async def _sources(self, cand: Candidate) -> list[str]:
         """Whom to ask, best first."""

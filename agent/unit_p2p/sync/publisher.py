@@ -168,7 +168,7 @@ class Publisher:
             # the first wave opens before the announcement goes out: its hosts apply at once
             await host.rollouts.started(head, plan)
         if changed:
-            await host.spread.published()
+            await host.spread.published(doc)
         result = PublishResult(changed=changed or local_change, revision=head.revision,
                                digest=head.digest,
                                size=head.size, before=before, after=doc.tree,

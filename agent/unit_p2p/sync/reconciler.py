@@ -182,14 +182,14 @@ class Reconciler(ReconcilerViews):
 
     async def _consume_events(self) -> None:
         assert self._events is not None
-        async for kind, peer, data in self._events:
+        async for kind, peer, data, via in self._events:
             try:
                 if kind == "connected":
                     await self.on_peer_connected(peer)
                 elif kind == "disconnected":
                     await self.on_peer_disconnected(peer)
                 else:
-                    await self.on_announcement(peer, data)
+                    await self.on_announcement(peer, data, via)
             except Exception:
                 # One event's bug must not stop the consumption of all later ones.
                 log.exception("handling the mesh event %s of %s failed", kind, peer)
@@ -217,19 +217,28 @@ class Reconciler(ReconcilerViews):
         self.metrics.peers_connected.set(len(self.mesh.connected_peers()))
         self.convergence.changed()
 
-    async def on_announcement(self, peer_id: str, data: bytes) -> None:
-        """A gossip message; ``peer_id`` is its verified origin (strict signing)."""
-        await self._merge_remote_state(peer_id, data, GOSSIP)
+    async def on_announcement(self, peer_id: str, data: bytes, via: str | None = None) -> None:
+        """A gossip message; ``peer_id`` is its verified origin (strict signing), ``via`` the
+        peer that relayed it to us."""
+        await self._merge_remote_state(peer_id, data, GOSSIP, via)
 
     async def _serve_notify(self, peer: str, stream: Any) -> None:
         data = await stream.receive_all(wire.MAX_ANY_BYTES, wire.STREAM_TIMEOUT)
         await stream.close()
         await self._merge_remote_state(peer, data, NOTIFY)
 
-    async def _merge_remote_state(self, peer: str, data: bytes, protocol: str) -> None:
+    async def _merge_remote_state(self, peer: str, data: bytes, protocol: str,
+                                  via: str | None = None) -> None:
         msg = self.admission.message(peer, data, protocol)
         if isinstance(msg, wire.Announce):
             self._consider(peer, msg.head)
+        elif isinstance(msg, wire.Broadcast):
+            # From its origin (gossip, or the origin's own push) it is the origin's head; pushed
+            # by another peer, that peer holds it. Either way the document is here.
+            doc = self.admission.document(peer, msg)
+            if doc is not None:
+                self._consider(peer, msg.head, holds_only=peer != msg.head.revision.origin,
+                               document=doc, via=via if protocol == GOSSIP else peer)
         elif isinstance(msg, wire.Have):
             self._consider(peer, msg.head, holds_only=True)
         elif isinstance(msg, wire.NoHead):
@@ -259,9 +268,12 @@ class Reconciler(ReconcilerViews):
             if report.revision.origin != self.peer_id and protocol == NOTIFY:
                 self.spread.forward(report, sender)
 
-    def _consider(self, peer: str, head: Head, holds_only: bool = False) -> None:
+    def _consider(self, peer: str, head: Head, holds_only: bool = False,
+                  document: Document | None = None, via: str | None = None) -> None:
         """``peer`` announced ``head`` as its own head, or (``holds_only``) as a document it
-        holds: then it is a holder, and nothing is known about its own head."""
+        holds: then it is a holder, and nothing is known about its own head. ``document``: the
+        head's verified document, when it came along; ``via``: the peer that relayed it (it
+        holds the document too)."""
         rev = head.revision
         if rev.counter > self.candidates.max_seen + MAX_COUNTER_STEP:
             # Counters only ever grow, so one revision near the top of the wire's range would
@@ -286,6 +298,8 @@ class Reconciler(ReconcilerViews):
         else:
             self.candidates.note_peer(peer, head)
             self.convergence.record(peer, rev, APPLIED, None, implied=True)
+        if via is not None and via != self.peer_id:
+            self.spread.holds(via, rev)
         mine = self.head.revision if self.head else None
         if mine is not None and rev <= mine:
             if rev < mine and not holds_only:
@@ -295,10 +309,16 @@ class Reconciler(ReconcilerViews):
             return
         if rev in self.candidates.failed or self.rollouts.holds(peer, head):
             return
-        if self.candidates.propose(peer, head) is None:
+        cand = self.candidates.propose(peer, head)
+        if cand is None:
             self.admission.refuse(peer, "equivocation",
                                   f"revision {rev} announced with two digests")
             return
+        if document is not None and cand.document is None:
+            cand.document = document
+            if via is not None and via != self.peer_id:
+                cand.relayed_by = via
+                cand.add_holder(via)
         self.wake_apply()
 
     # --- applying -----------------------------------------------------------------------------
@@ -376,7 +396,7 @@ class Reconciler(ReconcilerViews):
         # stays, should this apply fail).
         await trio.to_thread.run_sync(self.store.save_document, doc,
                                       self.head.digest if self.head else None)
-        self.spread.fetched(head, cand.holders)
+        self.spread.fetched(head, cand.holders, doc)
         if not self.rollouts.may_apply(head, plan_of(doc)):
             # staged, and this host's wave is not open: held until a wave message opens it
             self.candidates.drop(head.revision)

@@ -3,8 +3,10 @@
 Every fan-out decision lives here: gossip, direct pushes, the relay after an apply, the reports
 to a publisher, the heads exchange (memberlist's LocalState / MergeRemoteState pair) and the
 anti-entropy rounds. One publish costs O(N) messages in all and a constant per host
-(docs/sync.md counts them): one gossip flood (the origin's signed head), about one push per
-connection, one pull per host, and the reports, batched up the pull tree.
+(docs/sync.md counts them): one gossip flood (the origin's signed head, with its document when
+that is small), pushes to the peers gossip does not reach, and the reports, batched up the tree
+the revision spread along; a big document adds about one offer per connection and one pull per
+host.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from unit_p2p.metrics import Metrics
 from unit_p2p.sync import wire
 from unit_p2p.sync.admission import TrustLike
 from unit_p2p.sync.candidates import Candidates
-from unit_p2p.sync.revision import Head, Revision
+from unit_p2p.sync.revision import Document, Head, Revision
 
 log = logging.getLogger("unit_p2p.sync.spread")
 
@@ -96,6 +98,12 @@ class Spread:
         if head is None:
             return wire.NoHead(self.mesh_name)
         return wire.Announce(self.mesh_name, head)
+
+    def carrying(self, head: Head, doc: Document) -> wire.Broadcast | None:
+        """``head`` with its document, when the document is small enough to travel along."""
+        if doc.size > wire.MAX_INLINE_BYTES:
+            return None
+        return wire.Broadcast(self.mesh_name, head, doc.data)
 
     def encode(self, protocol: str, msg: wire.Message) -> bytes:
         """``msg`` on the wire, counted as sent over ``protocol`` (a metrics label)."""
@@ -189,24 +197,36 @@ class Spread:
 
     # --- when we say it -----------------------------------------------------------------------
 
-    async def published(self) -> None:
-        """A new head of our own: the one flood of this publish (gossip), plus a push to each
-        connected peer (gossip is the fast path, not the guarantee: a hub's leaves may be
-        starved of it)."""
-        await self.broadcast(self.local_state())
+    async def published(self, doc: Document) -> None:
+        """A new head of our own, ``doc`` its document: the one flood of this publish (gossip),
+        plus a push to each connected peer (gossip is the fast path, not the guarantee: a hub's
+        leaves may be starved of it). A small document travels in the flood itself."""
+        head = self._head()
+        assert head is not None and head.digest == doc.digest
+        await self.broadcast(self.carrying(head, doc) or self.local_state())
 
-    def fetched(self, head: Head, holders: set[str]) -> None:
-        """We hold ``head``'s document, fetched and verified, and apply it next: offer it
-        (``have``) to the neighbours not known to hold it, so they pull from us while our Unit
-        applies it: one pull per hop, not a pull and an apply.
+    def fetched(self, head: Head, holders: set[str], doc: Document) -> None:
+        """We hold ``head``'s document ``doc``, fetched and verified, and apply it next.
 
-        No flood: the origin's announcement already reached the mesh. A push to each connected
-        peer not known to hold the revision tells it that a nearby holder exists (so it pulls
-        from us, not from the origin) and reaches peers gossip starved. Whoever of two
-        neighbours fetches first tells the other, who then knows not to tell back: about one
-        push per connection, a constant per host.
+        A small document came with the origin's flood, which reaches every host whose gossip
+        mesh is not empty: it goes on only to the connected peers gossip does not reach from
+        us (those our gossipsub pruned from its mesh: a hub's leaves), as a push of the whole
+        broadcast. A bigger one was announced without it: offer it (``have``) to the neighbours
+        not known to hold it, so they pull from us while our Unit applies it (one pull per
+        hop, not a pull and an apply) and not from the origin. Whoever of two neighbours
+        fetches first tells the other, who then knows not to tell back: about one push per
+        connection, a constant per host.
         """
-        self._spawn(self._offer, head, holders)
+        carried = self.carrying(head, doc)
+        if carried is not None:
+            self._spawn(self._relay_to_starved, carried, holders)
+        else:
+            self._spawn(self._offer, head, holders)
+
+    async def _relay_to_starved(self, msg: wire.Broadcast, holders: Collection[str]) -> None:
+        pruned = getattr(self.mesh, "gossip_pruned_peers", set)()
+        skip = set(holders) | (set(self.mesh.connected_peers()) - set(pruned))
+        await self.broadcast(msg, skip_holders_of=msg.head.revision, gossip=False, skip=skip)
 
     async def _offer(self, head: Head, holders: Collection[str]) -> None:
         # At once: a random delay (0-100 ms, meant to keep two neighbours that fetched together

@@ -7,6 +7,10 @@ reason used as a metrics label. Nothing from the wire reaches the reconciler unv
 Messages (``v`` is the wire version, 1):
 
 - ``announce``: a signed head, the sender's own — gossip, direct pushes and the heads exchange.
+- ``broadcast``: a signed head with its document: the header line, a newline, then exactly
+  ``size`` bytes of the document (as a pull answer carries it). Only for documents of at most
+  ``MAX_INLINE_BYTES``: the publisher's gossip flood carries the document itself, so a host
+  needs no pull.
 - ``have``: a signed head whose document the sender holds, fetched and verified but not yet
   applied: "pull it from me". It says nothing about the sender's own head.
 - ``nohead``: the heads exchange of an agent that has no revision yet.
@@ -40,6 +44,9 @@ from unit_p2p.sync.revision import DIGEST_RE, Head, Revision
 VERSION = 2
 #: announcements, reports, heads and pull requests are tiny; anything larger is hostile
 MAX_MESSAGE_BYTES = 4096
+#: the largest document a ``broadcast`` carries (a bigger one is announced and pulled): a few
+#: times a typical Unit config, small enough that gossip's duplicate copies cost little
+MAX_INLINE_BYTES = 16 * 1024
 #: a ``reports`` batch: about 340 "applied" entries (a failed one carries its reason, up to 512)
 MAX_REPORTS_BYTES = 32 * 1024
 MAX_REPORTS_ENTRIES = 512
@@ -69,12 +76,22 @@ class _Message:
     FIELDS: ClassVar[frozenset[str]] = frozenset()
     #: the largest encoding of this message accepted
     MAX_BYTES: ClassVar[int] = MAX_MESSAGE_BYTES
+    #: a message with a body: the JSON header line, ``\n``, then the body's bytes as they are
+    HAS_BODY: ClassVar[bool] = False
 
     def to_obj(self) -> dict:
         raise NotImplementedError
 
     @classmethod
     def from_obj(cls, obj: dict) -> _Message:
+        raise NotImplementedError
+
+    def body(self) -> bytes:
+        return b""
+
+    @classmethod
+    def from_parts(cls, obj: dict, body: bytes) -> _Message:
+        """The message of a header and its body (``HAS_BODY`` types)."""
         raise NotImplementedError
 
 
@@ -93,9 +110,12 @@ class _SignedHead(_Message):
 
     @classmethod
     def from_obj(cls, obj: dict):
-        head = Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE),
-                    _signature(obj))
-        return cls(_mesh(obj), head)
+        return cls(*_SignedHead.signed_head(obj))
+
+    @staticmethod
+    def signed_head(obj: dict) -> tuple[str, Head]:
+        return _mesh(obj), Head(_revision(obj), _digest(obj), _int(obj, "size", 0, _MAX_SIZE),
+                                _signature(obj))
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,35 @@ class Announce(_SignedHead):
     head: Head
 
     TYPE = "announce"
+
+
+@dataclass(frozen=True)
+class Broadcast(_SignedHead):
+    """The origin's signed head with its document (at most MAX_INLINE_BYTES): what a publisher
+    gossips and pushes when the document is small. The digest is checked against the document
+    by whoever decodes it into a ``Document``, before anything relays or applies it."""
+
+    mesh: str
+    head: Head
+    document: bytes
+
+    TYPE = "broadcast"
+    MAX_BYTES = MAX_MESSAGE_BYTES + MAX_INLINE_BYTES
+    HAS_BODY = True
+
+    def body(self) -> bytes:
+        return self.document
+
+    @classmethod
+    def from_parts(cls, obj: dict, body: bytes) -> Broadcast:
+        mesh, head = cls.signed_head(obj)
+        if len(body) > MAX_INLINE_BYTES:
+            raise WireError("too_large", f"broadcast: a document of {len(body)} bytes > "
+                            f"{MAX_INLINE_BYTES}")
+        if head.size != len(body):
+            raise WireError("schema", f"broadcast: a body of {len(body)} bytes, the head says "
+                            f"{head.size}")
+        return cls(mesh, head, body)
 
 
 @dataclass(frozen=True)
@@ -340,8 +389,8 @@ class Query(_Message):
         return cls(_mesh(obj), _revision(obj))
 
 
-Message = (Announce | Have | NoHead | Report | Reports | Pull | Served | ServeError | Wave
-           | Query)
+Message = (Announce | Broadcast | Have | NoHead | Report | Reports | Pull | Served | ServeError
+           | Wave | Query)
 _TYPES: dict[str, type[_Message]] = {cls.TYPE: cls for cls in Message.__args__}
 #: the largest message of any type: what a stream that may carry any of them reads at most
 MAX_ANY_BYTES = max(cls.MAX_BYTES for cls in _TYPES.values())
@@ -355,7 +404,8 @@ def encode(msg: Message) -> bytes:
     if not isinstance(msg, _Message) or _TYPES.get(msg.TYPE) is not type(msg):
         raise TypeError(f"not a wire message: {msg!r}")
     obj = {"v": VERSION, "type": msg.TYPE, **msg.to_obj()}
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+    header = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+    return header + b"\n" + msg.body() if msg.HAS_BODY else header
 
 
 def encode_served(digest: str, document: bytes) -> bytes:
@@ -428,8 +478,11 @@ def decode(data: bytes) -> Message:
         raise WireError("malformed", "not bytes")
     if len(data) > MAX_ANY_BYTES:
         raise WireError("too_large", f"{len(data)} bytes > {MAX_ANY_BYTES}")
+    # Our JSON never holds a raw newline, so the first one ends the header of a message with a
+    # body (a trailing newline alone is whitespace, as JSON has it).
+    header, _, body = bytes(data).partition(b"\n")
     try:
-        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=unique_keys,
+        obj = json.loads(header.decode("utf-8"), object_pairs_hook=unique_keys,
                          parse_constant=_reject_constant)
     except WireError:
         raise
@@ -453,6 +506,10 @@ def decode(data: bytes) -> Message:
     if set(obj) != fields:
         extra, missing = sorted(set(obj) - fields), sorted(fields - set(obj))
         raise WireError("schema", f"{kind}: unexpected {extra} missing {missing}")
+    if cls.HAS_BODY:
+        return cls.from_parts(obj, body)
+    if body.strip():
+        raise WireError("malformed", f"{kind}: bytes after the message")
     return cls.from_obj(obj)
 
 
