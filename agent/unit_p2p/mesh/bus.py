@@ -7,6 +7,7 @@ low latency and no self-inflicted loss over scale tricks.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import time
@@ -45,19 +46,19 @@ class GossipParams:
     degree_high: int = 8
     # Fanout TTL (s): only matters for topics we publish to without subscribing; we always are.
     fanout_ttl: int = 60
-    # Message cache: IHAVE lazy gossip for 1 heartbeat (spec: 3), keep 5 for IWANT.
+    # Message cache: no IHAVE lazy gossip (spec: 3 heartbeats), keep 5 for IWANT.
     # IHAVE goes to every connected non-mesh peer (at least 6) each heartbeat a message id is in
     # the window, about (degree - D) x window messages per host and publish. The sync layer is
-    # the lazy push for revisions (a host that fetched one offers it to every connected peer not
-    # known to hold it; heads are exchanged on every new connection), so the simulator, whose
-    # links never go stale, needs no IHAVE at all: N=1,000, 1 % loss, 15.8 N messages a publish
-    # at window 0, 20.6 N at 1, 30.3 N at 3, the same time to applied (bench/results/
-    # simulate-whatif.md, simulate-ihave-window-1.md). Real py-libp2p 0.8.1 can keep a peer's
-    # pubsub stream on a connection that closed while a newer one exists, and then drops what
-    # it sends there without a word: at window 0 a message published after such a swap never
-    # arrived within 40 s (tests/mesh/test_peers.py); the heartbeat a window of 1 keeps busy
-    # repairs it within ~60 ms. One window is the cheapest that keeps gossip whole.
-    gossip_window: int = 1
+    # the lazy push for revisions (a host offers a revision to the connected peers gossip does
+    # not reach from it; heads are exchanged on every new connection), so the fleet simulator
+    # needs no IHAVE: N=1,000, 1 % loss, 15.8 N messages a publish at window 0, 20.6 N at 1,
+    # 30.3 N at 3, the same time to applied (bench/results/simulate-whatif.md,
+    # simulate-ihave-window-1.md). Gossip itself needs no IHAVE to stay whole on real links
+    # either: a pubsub stream replaced while its peer stays connected keeps the message being
+    # written and the peer's subscription (_keep_peers_across_stream_swaps; without it such a
+    # message was lost at window 0, tests/mesh/test_peers.py). With 0 the message cache also
+    # replays nothing to a newly subscribed peer: the heads exchange on connect covers it.
+    gossip_window: int = 0
     gossip_history: int = 5
     # IDONTWANT (/meshsub/1.2.0) only for messages of at least this size, as go-libp2p does
     # (IDontWantMessageThreshold): py-libp2p 0.8.1 sends one to every mesh peer for every message
@@ -262,14 +263,15 @@ def build_pubsub(
                                is_async_validator=False)
     _wake_on_subscription(pubsub, router)
     _send_without_sender_records(pubsub)
+    _keep_peers_across_stream_swaps(pubsub, router)
     return pubsub, router
 
 
 def _wake_on_subscription(pubsub: Pubsub, router: QuietGossipSub) -> None:
     """Wake the heartbeat when a peer subscribes: a subscription usually arrives just after
     the connection, and a mesh below D_low is grafted at the next tick instead of up to
-    ``idle_interval`` later. (Until then the new peer heard of messages only by IHAVE gossip,
-    which is kept short: see GossipParams.gossip_window.)"""
+    ``idle_interval`` later. (Until then the new peer gets no messages from us: there is no
+    IHAVE gossip, see GossipParams.gossip_window.)"""
     handle = pubsub.handle_subscription
 
     def handle_subscription(origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
@@ -277,6 +279,128 @@ def _wake_on_subscription(pubsub: Pubsub, router: QuietGossipSub) -> None:
         router._poke()
 
     pubsub.handle_subscription = handle_subscription
+
+
+#: the outbound pubsub stream the current task writes to (pubsub calls _handle_dead_peer from the
+#: writer when a write fails, and from readers and the disconnect handler with this unset)
+_WRITING_TO: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "pubsub_writing_to", default=None)
+
+
+def on_live_connection(pubsub: Pubsub, peer_id: ID, stream) -> bool:
+    """Is ``stream`` (pubsub's stream to ``peer_id``) on a connection the swarm still holds?"""
+    conn = getattr(stream, "muxed_conn", None)
+    if conn is None or getattr(conn, "is_closed", False):
+        return False
+    live = pubsub.host.get_network().get_connections(peer_id)
+    return any(getattr(c, "muxed_conn", None) is conn for c in live)
+
+
+def _keep_peers_across_stream_swaps(pubsub: Pubsub, router: GossipSub) -> None:
+    """A pubsub stream that dies while its peer stays connected is replaced, and the peer keeps
+    its subscriptions, its place in our mesh and the messages that were on their way to it.
+
+    py-libp2p 0.8.1 handles every dead pubsub stream as a dead peer (``_handle_dead_peer``): it
+    forgets the peer's subscriptions, drops it from the mesh and loses the RPC whose write
+    failed and whatever was still queued behind it; when a connection is left it then opens a
+    new stream (with its hello, our subscriptions). But the peer re-announces *its*
+    subscriptions only on a stream *it* opens, and it may already have done so: measured with
+    two connections of which the one carrying both pubsub streams closed, each side's swap ran
+    at its own moment, the side that swapped second forgot the other's fresh subscription and
+    never learnt it again (gossip in that direction stayed dead, at any IHAVE window), and a
+    message published just after the close was written to the dead stream and dropped. At an
+    IHAVE window of 1 that message still arrived only because pubsub replays the message
+    cache's gossip window to a peer whose subscription it (re)learns; at 0 it was lost.
+
+    While a live connection to the peer remains, its subscriptions and mesh membership are
+    therefore kept through the swap, and the publishes that did not go out (the failed write,
+    the queue behind it) are kept and sent on the new stream with the router's pending messages
+    (bounded like those: ``max_pending_messages_per_peer``, ``pending_messages_ttl``). A peer with
+    no connection left is removed as before, from our mesh too.
+    """
+    handle_dead_peer = pubsub._handle_dead_peer
+    write = pubsub.write_msg
+    flush_pending = router.flush_pending_messages
+    sending_loop = pubsub.handle_sending_messages
+    #: id(stream) -> the RPCs being written to it, so a swap keeps them in order
+    writing: dict[int, list[rpc_pb2.RPC]] = {}
+    #: publishes kept for a connected peer's next stream. Not the router's pending list itself:
+    #: a write failing while that list is flushed would append to the list being iterated.
+    kept: dict[ID, list[tuple[float, rpc_pb2.RPC]]] = {}
+
+    def keep(peer_id: ID, rpcs: list[rpc_pb2.RPC]) -> None:
+        now = time.time()
+        entries = [(ts, rpc) for ts, rpc in kept.get(peer_id, ())
+                   if now - ts <= router._pending_messages_ttl]
+        entries += [(now, rpc_pb2.RPC(publish=rpc.publish)) for rpc in rpcs if rpc.publish]
+        if entries:
+            kept[peer_id] = entries[-router._max_pending_messages_per_peer:]
+
+    async def flush_pending_messages(peer_id: ID) -> None:
+        entries = kept.pop(peer_id, None)
+        if entries:
+            router._pending_messages[peer_id].extend(entries)
+        await flush_pending(peer_id)
+
+    def _handle_dead_peer(peer_id: ID) -> None:
+        if not pubsub._peer_is_connected(peer_id):
+            kept.pop(peer_id, None)
+            handle_dead_peer(peer_id)
+            router.remove_peer(peer_id)  # also when it never finished registering
+            return
+        topics = [t for t, peers in pubsub.peer_topics.items() if peer_id in peers]
+        subscriptions = pubsub._peer_subscription_count.get(peer_id)
+        meshes = [t for t, peers in router.mesh.items() if peer_id in peers]
+        stream = pubsub.peers.get(peer_id)
+        outbound = _WRITING_TO.get()
+        if stream is not None and (
+                (outbound is not None and outbound is not stream)  # an old stream of ours
+                or (outbound is None and on_live_connection(pubsub, peer_id, stream))):
+            return  # ours is fine: an inbound stream (the peer's to replace) or an old one ended
+        taken = writing.pop(id(stream), None)
+        unsent = list(taken or ())
+        if taken:
+            taken.clear()
+        queue = pubsub.peer_queues.get(peer_id)
+        while queue is not None and (rpc := queue._queue.pop()) is not None:
+            unsent.append(rpc)
+        handle_dead_peer(peer_id)
+        for topic in topics:
+            pubsub.peer_topics.setdefault(topic, set()).add(peer_id)
+        if subscriptions is not None:
+            pubsub._peer_subscription_count[peer_id] = subscriptions
+        for topic in meshes:
+            router.mesh[topic].add(peer_id)
+        keep(peer_id, unsent)
+
+    async def write_msg(stream, rpc_msg: rpc_pb2.RPC) -> bool:
+        key = id(stream)
+        batch = writing.setdefault(key, [])
+        batch.append(rpc_msg)
+        ok = False
+        token = _WRITING_TO.set(stream)  # seen by _handle_dead_peer if this write fails
+        try:
+            ok = await write(stream, rpc_msg)
+            return ok
+        finally:
+            _WRITING_TO.reset(token)
+            # Not taken by a swap (that pops the batch): still ours to keep if it failed.
+            mine = any(r is rpc_msg for r in batch)
+            batch[:] = [r for r in batch if r is not rpc_msg]
+            if not batch and writing.get(key) is batch:
+                del writing[key]
+            peer_id = stream.muxed_conn.peer_id
+            if mine and not ok and pubsub._peer_is_connected(peer_id):
+                keep(peer_id, [rpc_msg])
+
+    async def handle_sending_messages(peer_id: ID, stream, queue) -> None:
+        _WRITING_TO.set(stream)  # this task's own context: a failure here is this stream's
+        await sending_loop(peer_id, stream, queue)
+
+    pubsub._handle_dead_peer = _handle_dead_peer
+    pubsub.write_msg = write_msg
+    pubsub.handle_sending_messages = handle_sending_messages
+    router.flush_pending_messages = flush_pending_messages
 
 
 def _send_without_sender_records(pubsub: Pubsub) -> None:

@@ -39,6 +39,7 @@ from .bus import (
     announcement_topic,
     build_pubsub,
     count_gossipsub,
+    on_live_connection,
 )
 from .discovery import Backoff, Bootstrap, Mdns, Rendezvous, split_p2p, strip_p2p
 from .guard import (
@@ -647,21 +648,18 @@ class Mesh:
 
         py-libp2p keeps one pubsub stream per peer and skips a new connection's hello while it
         holds one; when the old connection dies while a newer one exists, it keeps the dead stream
-        (it only drops peers with no connection left). Gossip with that peer then stays silent
-        until a write happens to fail. Measured: a peer reconnecting before its old connection was
-        noticed dead got no subscriptions for seconds. We hand the stale stream to pubsub's own
-        dead-peer path, which reopens a stream (with hello) on the live connection.
+        (it only drops peers with no connection left) until a write to it fails. On every
+        connection change, a stream that is no longer on a live connection is handed to pubsub's
+        dead-peer path at once, which opens a new one (with hello) on the live connection; the
+        peer keeps its subscriptions and mesh place through that swap (bus.py
+        ``_keep_peers_across_stream_swaps``), so nothing waits for a failed write or a heartbeat.
         """
         pubsub, host = self._pubsub, self._host
         if pubsub is None or host is None:
             return
         pid = ID.from_base58(peer_id)
         stream = pubsub.peers.get(pid)
-        conn = getattr(stream, "muxed_conn", None)
-        if conn is None:
-            return
-        live = host.get_network().get_connections(pid)
-        if any(getattr(c, "muxed_conn", None) is conn for c in live):
+        if stream is None or on_live_connection(pubsub, pid, stream):
             return
         self.stats["pubsub_stream_repaired"] += 1
         log.debug("pubsub stream to %s was on a closed connection; reopening", peer_id)
