@@ -4,9 +4,18 @@
 
 Each host is the agent's own ``Reconciler`` with its own ``StateStore`` (on a tmpfs), Ed25519
 identity, trust policy and metrics; only the mesh and Unit under it are in-memory stand-ins
-(``bench/simulate_net.py``: links with latency and loss, gossipsub's mesh delivery, streams,
-churn and partitions). Time is trio's MockClock with autojump, so a simulated minute costs only
-the CPU the code needs.
+(``bench/simulate_net.py``: links with latency and loss, gossipsub's mesh delivery and mesh
+upkeep, streams, churn and partitions). Time is trio's MockClock with autojump, so a simulated
+minute costs only the CPU the code needs.
+
+The hosts' connections (``--topology``): ``random`` (default), each host dials random hosts
+until it has ``--peer-target`` connections, like discovery; ``star``, every host connects to host
+0 only, like agents that bootstrap from one address without a DHT (the hub's gossip mesh holds
+at most Dhi of its leaves, the rest are pruned and hear of gossip only by IHAVE or from the sync
+layer; the hub never leaves nor is cut off). Gossip reaches a host's reconciler as
+``on_announcement(origin, data, via=forwarder)`` when its ``on_announcement`` takes ``via``, as
+``on_announcement(origin, data)`` otherwise, so one simulator runs the sync code of before and
+after that parameter; ``SimMesh.gossip_pruned_peers()`` answers like the real mesh's.
 
 For each N, one fleet starts converged on revision 1, then runs its publishes one after another,
 each a new config from a random live host:
@@ -31,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import inspect
 import json
 import logging
 import math
@@ -51,6 +61,7 @@ import trio
 import trio.testing
 
 from bench.simulate_net import (
+    HUB,
     Host,
     Latency,
     SimMesh,
@@ -197,7 +208,7 @@ class Fleet:
         for s in list(net.open_streams[i]):
             s._in.feed_reset()
             s._out.feed_reset()
-        net.gmesh[i].clear()
+        net.reset_router(i)
         host.scope.cancel()
         # discovery refills the neighbours' connections a few seconds later
         for nb in neighbours:
@@ -221,15 +232,26 @@ class Fleet:
     def live(self) -> list[int]:
         return [i for i, h in enumerate(self.net.hosts) if h is not None]
 
+    def movable(self) -> list[int]:
+        """The live hosts churn and partitions may pick: all but the star's hub (without it a
+        star has no connections at all)."""
+        pinned = HUB if self.p.topo.kind == "star" else None
+        return [i for i in self.live() if i != pinned]
+
     def check_budget(self) -> None:
         if self.p.budget is not None and time.monotonic() - self.wall_started > self.p.budget:
             raise BudgetExceeded(f"over the wall-clock budget of {self.p.budget:.0f} s")
 
 
 async def _read_gossip(recv: Any, rec: Any) -> None:
-    # the mesh's announcement reader: one message at a time, in arrival order
-    async for origin, data in recv:
-        await rec.on_announcement(origin, data)
+    # the mesh's announcement reader: one message at a time, in arrival order, with the peer that
+    # relayed it to reconcilers that take it (the sync code before ``via`` existed does not)
+    takes_via = "via" in inspect.signature(rec.on_announcement).parameters
+    async for origin, data, via in recv:
+        if takes_via:
+            await rec.on_announcement(origin, data, via=via)
+        else:
+            await rec.on_announcement(origin, data)
 
 
 def _keypair(seed: int, i: int) -> Any:
@@ -251,8 +273,8 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
 
     cut: list[int] = []
     if scenario == "partition":
-        live = fleet.live()
-        cut = rng.sample(live, int(len(live) * p.partition))
+        live = fleet.movable()
+        cut = rng.sample(live, int(len(fleet.live()) * p.partition))
         net.cut = set(cut)
         for a in cut:
             for b in list(net.links[a]):
@@ -282,7 +304,7 @@ async def publish_round(fleet: Fleet, k: int, scenario: str) -> dict:
 
     async def churn() -> None:
         await trio.sleep(0.05)
-        live = [i for i in fleet.live() if i != origin]
+        live = [i for i in fleet.movable() if i != origin]
         count = max(1, round(len(fleet.live()) * p.churn))
         left.extend(rng.sample(live, count))
         for i in left:
@@ -459,7 +481,9 @@ def run(p: SimParams, progress: Any = None) -> dict:
 
 #: gossipsub's own control traffic (the rest is what the sync layer sends: announcements, pushes,
 #: heads, pulls, reports)
-CONTROL_KINDS = ("ihave", "iwant", "graft")
+CONTROL_KINDS = ("ihave", "iwant", "graft", "prune")
+#: run parameters added after results were recorded without them, and their value then
+ADDED_DEFAULTS = {"topology": "random"}
 SUMMARY_KEYS = ("msgs", "msgs_sync", "bytes", "msgs_per_host_mean", "msgs_per_host_max",
                 "msgs_per_host_max_others", "recv_per_host_max", "sent_by_origin",
                 "recv_by_origin", "t_all_applied_s", "t_reports_s", "t_host_p50_s", "t_host_p99_s",
@@ -590,6 +614,7 @@ def render(results: dict) -> str:
     for label, run_ in runs.items():
         params = run_["params"]
         lines.append(f"- {label}: commit {run_['commit']}, {run_['machine_line']}; "
+                     f"topology {params.get('topology', 'random')}, "
                      f"latency {params['latency']}, loss {params['loss']}, "
                      f"CPU per received message {params.get('cpu_per_msg_ms', 0)} ms, "
                      f"peer_target {params['peer_target']}, gossip D {params['d']} "
@@ -776,6 +801,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-per-msg", type=float, default=0.0, metavar="MS",
                     help="CPU ms each received message costs its host, one at a time (default "
                          "0: infinite CPU, simulated time is network time only)")
+    ap.add_argument("--topology", choices=["random", "star"], default="random",
+                    help="random: each host dials random hosts up to --peer-target connections "
+                         "(discovery's bounded-degree graph); star: every host connects to host "
+                         "0 only (bootstrap from one address, no DHT), which never leaves nor is "
+                         "cut off")
     ap.add_argument("--peer-target", type=int, default=8)
     ap.add_argument("--gossip-window", type=int, default=gossip.gossip_window,
                     help="heartbeats a message id is in IHAVE gossip (default: the agent's "
@@ -818,9 +848,10 @@ def main(argv: list[str] | None = None) -> int:
 
     code_commit = args.commit or commit()
     label = args.label or code_commit
-    topo = Topology(peer_target=args.peer_target, d=gossip.degree, d_lo=gossip.degree_low,
-                    d_hi=gossip.degree_high, heartbeat=float(gossip.heartbeat_interval),
-                    gossip_window=args.gossip_window)
+    topo = Topology(kind=args.topology, peer_target=args.peer_target, d=gossip.degree,
+                    d_lo=gossip.degree_low, d_hi=gossip.degree_high,
+                    heartbeat=float(gossip.heartbeat_interval), gossip_window=args.gossip_window,
+                    prune_back_off=float(gossip.prune_back_off))
     latency = Latency.parse(args.latency)
     from unit_p2p.sync import spread
 
@@ -832,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
 
         spread.Spread.published = published
     run_ = {"commit": code_commit, "machine": machine(), "machine_line": machine_line(machine()),
-            "params": {"latency": str(latency), "loss": args.loss,
+            "params": {"topology": topo.kind, "latency": str(latency), "loss": args.loss,
                        "cpu_per_msg_ms": args.cpu_per_msg, "peer_target": topo.peer_target,
                        "d": topo.d, "d_lo": topo.d_lo, "d_hi": topo.d_hi,
                        "gossip_window": topo.gossip_window, "have_fanout": args.have_fanout,
@@ -845,7 +876,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = results["runs"].get(label)
 
     def same(a: dict, b: dict) -> bool:  # a parameter added later with its default is the same
-        return {k: v for k, v in a.items() if v} == {k: v for k, v in b.items() if v}
+        def set_(params: dict) -> dict:
+            return {k: v for k, v in params.items() if v and v != ADDED_DEFAULTS.get(k)}
+
+        return set_(a) == set_(b)
 
     if previous is not None and same(previous["params"], run_["params"]):
         # the same run's other sizes are kept (one size at a time is how N=5,000 fits a session)

@@ -5,13 +5,23 @@ reconciler, the state store on a tmpfs, revisions, the wire codec, Ed25519 signa
 policy and metrics); everything below it is modelled here:
 
 - links: a bounded-degree random graph like the one discovery builds (each host dials until it
-  has ``peer_target`` connections; inbound connections are accepted up to ``max_degree``), each
-  link with its own one-way latency drawn once from a distribution, plus per-message jitter;
-- gossip: gossipsub's delivery along the mesh edges (degree D/Dlo/Dhi from the agent's own
+  has ``peer_target`` connections; inbound connections are accepted up to ``max_degree``), or a
+  star (every host connected to host 0 only, as agents that bootstrap from one address and run
+  no DHT end up), each link with its own one-way latency drawn once from a distribution, plus
+  per-message jitter;
+- gossip: gossipsub's delivery along each host's mesh (degree D/Dlo/Dhi from the agent's own
   ``GossipParams``), forwarded once per message id to every mesh peer but the forwarder and the
-  origin, duplicates dropped by a seen-set; every heartbeat IHAVE lazy gossip to non-mesh peers
-  and IWANT for what a peer missed (so a lost mesh transmission is recovered the way gossipsub
-  recovers it), and GRAFT to refill a mesh that fell below Dlo after churn;
+  origin, duplicates dropped by a seen-set, handed to the host's reader with the peer that
+  relayed it (the forwarder); every heartbeat IHAVE lazy gossip to non-mesh peers and IWANT for
+  what a peer missed (so a lost mesh transmission is recovered the way gossipsub recovers it);
+- the gossip mesh kept as py-libp2p 0.8.1 keeps it (``mesh_heartbeat``, ``handle_graft``,
+  ``handle_prune``, ``on_peer_subscribed``): each host's mesh is its own (the peers it forwards
+  to); a host whose mesh is below Dlo grafts connected peers it is not backing off from up to
+  D, at its heartbeat and as soon as a new peer's subscription arrives; a GRAFT is accepted
+  unless the sender is in the receiver's backoff (then PRUNE back); a mesh above Dhi is pruned
+  to D at random at the heartbeat; a pruned host backs off the pruner for ``prune_back_off``
+  seconds. GRAFT and PRUNE ride the peers' pubsub stream: counted, never lost (TCP would
+  resend them), one one-way latency late;
 - streams: request/response pipes; opening one costs a round trip (a dial two more when the peer
   is not connected), each payload one one-way latency;
 - loss: every transmission on a link (gossip, IHAVE/IWANT, each stream payload) is lost with
@@ -57,6 +67,8 @@ _TYPE_RE = re.compile(rb'"type":"([a-z_]+)"')
 MSG_ID_BYTES = 46
 #: bytes of a GRAFT/PRUNE control frame (topic + framing)
 CONTROL_BYTES = 64
+#: the host every other host connects to in the star topology
+HUB = 0
 
 
 def kind_of(prefix: str, data: bytes) -> str:
@@ -355,6 +367,12 @@ class SimMesh:
         ids = self.net.ids
         return {ids[p] for p in self.net.gmesh[self.idx]}
 
+    def gossip_pruned_peers(self) -> set[str]:
+        """Connected peers this host pruned from its gossip mesh (or whose GRAFT it refused) and
+        that have not been in its mesh since: they wanted our gossip and get none from us."""
+        ids, links = self.net.ids, self.net.links[self.idx]
+        return {ids[p] for p in self.net.pruned[self.idx] if p in links}
+
     def gossip_peers(self) -> list[str]:
         return self.connected_peers()
 
@@ -373,6 +391,8 @@ class SimMesh:
 
 @dataclass
 class Topology:
+    #: ``random`` (discovery's bounded-degree graph) or ``star`` (every host connects to ``HUB``)
+    kind: str = "random"
     peer_target: int = 8
     max_degree: int = 16
     #: gossipsub mesh degree, low and high watermarks (the agent's GossipParams by default)
@@ -383,6 +403,8 @@ class Topology:
     heartbeat: float = 1.0
     #: heartbeats a message id stays in IHAVE gossip (gossipsub's gossip_window)
     gossip_window: int = 3
+    #: seconds a pruned host waits before it grafts the pruner again (gossipsub's prune_back_off)
+    prune_back_off: float = 10.0
 
 
 @dataclass
@@ -428,7 +450,12 @@ class SimNet:
         self.hosts: list[Host | None] = [None] * n
         self.links: list[set[int]] = [set() for _ in range(n)]
         self.known: list[set[int]] = [set() for _ in range(n)]
+        #: each host's gossipsub mesh: the peers it forwards gossip to
         self.gmesh: list[set[int]] = [set() for _ in range(n)]
+        #: per host, peer -> time until which it neither grafts that peer nor accepts its GRAFT
+        self.backoff: list[dict[int, float]] = [{} for _ in range(n)]
+        #: per host, the peers it pruned (or refused) and has not had in its mesh since
+        self.pruned: list[set[int]] = [set() for _ in range(n)]
         self.gossip = [_HostGossip() for _ in range(n)]
         self.open_streams: list[set[SimStream]] = [set() for _ in range(n)]
         self._link_lat: dict[tuple[int, int], float] = {}
@@ -476,13 +503,13 @@ class SimNet:
         return when
 
     def transmit(self, a: int, b: int, kind: str, nbytes: int, data: bytes | None = None,
-                 ) -> float | None:
+                 lossless: bool = False) -> float | None:
         """Count one transmission; its arrival time, or None when it is lost."""
         t = self.traffic
         t.msgs[kind] += 1
         t.bytes[kind] += nbytes
         t.sent[a] += 1
-        if self.loss and self.rng.random() < self.loss:
+        if not lossless and self.loss and self.rng.random() < self.loss:
             t.lost[kind] += 1
             return None
         t.recv[b] += 1
@@ -499,6 +526,8 @@ class SimNet:
         self.known[a].add(b)
         self.known[b].add(a)
         for x, y in ((a, b), (b, a)):
+            # each side's subscription reaches the other one latency later
+            self.sched.at(self.sched.now() + self.link_latency(x, y), self._subscribed, y, x)
             host = self.hosts[x]
             if host is not None and host.nursery is not None:
                 host.nursery.start_soon(host.rec.on_peer_connected, self.ids[y])
@@ -508,9 +537,9 @@ class SimNet:
             return
         self.links[a].discard(b)
         self.links[b].discard(a)
-        self.gmesh[a].discard(b)
-        self.gmesh[b].discard(a)
         for x, y in ((a, b), (b, a)):
+            self.gmesh[x].discard(y)
+            self.pruned[x].discard(y)
             for s in list(self.open_streams[x]):
                 if s.peer_idx == y:
                     s._in.feed_reset()
@@ -518,9 +547,20 @@ class SimNet:
             if host is not None and host.nursery is not None:
                 host.nursery.start_soon(host.rec.on_peer_disconnected, self.ids[y])
 
+    def reset_router(self, a: int) -> None:
+        """Host ``a`` stopped: its gossipsub state goes with it (a restart starts empty)."""
+        self.gmesh[a].clear()
+        self.backoff[a].clear()
+        self.pruned[a].clear()
+
     def dial_to_target(self, a: int, candidates: list[int]) -> None:
-        """Discovery: dial random reachable hosts until ``peer_target`` connections."""
+        """Discovery: dial random reachable hosts until ``peer_target`` connections; in the star,
+        the hub is all a host knows (and a hub that starts is dialled by every host)."""
         topo = self.topo
+        if topo.kind == "star":
+            for b in (range(len(self.hosts)) if a == HUB else (HUB,)):
+                self.connect(a, b)
+            return
         self.rng.shuffle(candidates)
         for b in candidates:
             if len(self.links[a]) >= topo.peer_target:
@@ -530,17 +570,71 @@ class SimNet:
 
     # -- gossip ----------------------------------------------------------------------------------
 
-    def graft_to_degree(self, a: int) -> None:
-        """A mesh below Dlo grafts connected non-mesh peers up to D (the peer accepts below Dhi)."""
-        topo, mesh = self.topo, self.gmesh
-        if len(mesh[a]) >= topo.d_lo:
+    def backed_off(self, a: int, p: int) -> bool:
+        until = self.backoff[a].get(p)
+        if until is None:
+            return False
+        if until > self.sched.now():
+            return True
+        del self.backoff[a][p]
+        return False
+
+    def back_off(self, a: int, p: int) -> None:
+        until = self.sched.now() + self.topo.prune_back_off
+        self.backoff[a][p] = max(until, self.backoff[a].get(p, until))
+
+    def maintain_mesh(self, a: int) -> None:
+        """gossipsub's mesh_heartbeat for host ``a``: below Dlo, graft connected peers not backed
+        off from up to D; above Dhi, prune at random down to D (the pruned back off from us)."""
+        topo, mesh = self.topo, self.gmesh[a]
+        size = len(mesh)
+        if size < topo.d_lo:
+            options = [p for p in self.links[a] if p not in mesh and not self.backed_off(a, p)]
+            if len(options) > topo.d - size:
+                options = self.rng.sample(options, topo.d - size)
+            for p in options:
+                self._graft(a, p)
+        elif size > topo.d_hi:
+            for p in self.rng.sample(sorted(mesh), size - topo.d):
+                mesh.discard(p)
+                self.pruned[a].add(p)
+                self._control(a, p, "prune", self._receive_prune)
+
+    def _subscribed(self, peer: int, me: int) -> None:
+        """``peer``'s subscription reached ``me``: gossipsub's on_peer_subscribed grafts it at
+        once while the mesh is below Dlo (instead of at the next heartbeat)."""
+        if self.hosts[me] is None or peer not in self.links[me] or peer in self.gmesh[me]:
             return
-        options = [p for p in self.links[a] if p not in mesh[a] and len(mesh[p]) < topo.d_hi]
-        self.rng.shuffle(options)
-        for p in options[: topo.d - len(mesh[a])]:
-            mesh[a].add(p)
-            mesh[p].add(a)
-            self.transmit(a, p, "graft", CONTROL_BYTES)
+        if len(self.gmesh[me]) < self.topo.d_lo and not self.backed_off(me, peer):
+            self._graft(me, peer)
+
+    def _graft(self, a: int, p: int) -> None:
+        self.gmesh[a].add(p)
+        self.pruned[a].discard(p)
+        self._control(a, p, "graft", self._receive_graft)
+
+    def _control(self, a: int, b: int, kind: str, on_arrival: Callable) -> None:
+        when = self.transmit(a, b, kind, CONTROL_BYTES, lossless=True)
+        self.sched.at(when, on_arrival, a, b)
+
+    def _receive_graft(self, frm: int, me: int) -> None:
+        if self.hosts[me] is None or frm not in self.links[me]:
+            return
+        if self.backed_off(me, frm):
+            # handle_graft: a GRAFT from a peer we back off from extends the backoff, PRUNE back
+            self.back_off(me, frm)
+            self.gmesh[me].discard(frm)
+            self.pruned[me].add(frm)
+            self._control(me, frm, "prune", self._receive_prune)
+            return
+        self.gmesh[me].add(frm)
+        self.pruned[me].discard(frm)
+
+    def _receive_prune(self, frm: int, me: int) -> None:
+        if self.hosts[me] is None or frm not in self.links[me]:
+            return
+        self.gmesh[me].discard(frm)
+        self.back_off(me, frm)
 
     def gossip_publish(self, origin: int, data: bytes) -> None:
         msg = GossipMsg(next(self._mid), origin, data, kind_of("gossip", data))
@@ -568,22 +662,22 @@ class SimNet:
         g.recent.append((self.heartbeats, msg.mid))
         if self.watch is not None and me not in self.learn_hops and self.watch in msg.data:
             self.learn_hops[me] = hops
-        host.inbox.send_nowait((self.ids[msg.origin], msg.data))
+        host.inbox.send_nowait((self.ids[msg.origin], msg.data, self.ids[frm]))
         for p in self.gmesh[me]:
             if p != frm and p != msg.origin:
                 self._send_gossip(me, p, msg, hops)
 
     def heartbeat(self) -> None:
         """Every host's gossipsub heartbeat at once (phases do not matter at this resolution):
-        refill meshes below Dlo, then IHAVE the recent message ids to up to D_lazy non-mesh
-        peers."""
+        keep the mesh within [Dlo, Dhi], then IHAVE the recent message ids to up to D_lazy
+        non-mesh peers."""
         self.heartbeats += 1
         topo = self.topo
         horizon = self.heartbeats - topo.gossip_window
         for a, host in enumerate(self.hosts):
             if host is None:
                 continue
-            self.graft_to_degree(a)
+            self.maintain_mesh(a)
             recent = self.gossip[a].recent
             while recent and recent[0][0] < horizon:
                 recent.popleft()
