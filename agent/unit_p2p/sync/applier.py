@@ -34,6 +34,7 @@ from unit_p2p.errors import (
 )
 from unit_p2p.metrics import Metrics
 from unit_p2p.sync import resources
+from unit_p2p.sync.offload import config_pass
 from unit_p2p.sync.resources import (
     JS_MODULES,
     from_unit_names,
@@ -111,8 +112,8 @@ class Applier:
 
     async def shared(self, config: Any, doc: Document | None = None) -> Document:
         """``config`` as Unit holds it, as the mesh shares it: minus exclusions, the bundles of
-        ``doc`` (default: the expected document) named by NAME again. Computed off the trio
-        loop: a big config takes a good part of a second to canonicalize."""
+        ``doc`` (default: the expected document) named by NAME again. A big config is
+        canonicalized off the trio loop (offload.py)."""
         doc = doc if doc is not None else self.expected
         names = from_unit_names(doc.certificates) if doc is not None else {}
 
@@ -122,7 +123,7 @@ class Applier:
                 return plain
             return Document.from_config(rename_certificates(plain.tree, names), ())
 
-        return await trio.to_thread.run_sync(build)
+        return await config_pass(build, doc.size if doc is not None else None)
 
     async def digest_of(self, config: Any, doc: Document | None = None) -> str:
         return (await self.shared(config, doc)).digest
@@ -144,9 +145,10 @@ class Applier:
         if current is not None and self.reachable and self.local_digest == current.config_digest:
             values = await self._read_excluded()
             if values is not None:
-                local = await trio.to_thread.run_sync(
+                local = await config_pass(
                     lambda: with_excluded_values(rename_certificates(
-                        current.tree, to_unit_names(current.certificates)), values))
+                        current.tree, to_unit_names(current.certificates)), values),
+                    current.size)
         if local is None:
             local = await self.unit.get("/config")
         await self.move(doc, local, label)
@@ -156,11 +158,11 @@ class Applier:
         ``put`` is false and no module had to be swapped), the cleanup. Raises as ``apply``."""
         await self.uploads.upload_certificates(doc)
         swapped = await self.uploads.upload_js_modules(doc)
-        # copies of the whole config: off the trio loop, like every other pass over it
-        target = await trio.to_thread.run_sync(
+        # copies of the whole config: off the trio loop when big, like every other pass over it
+        target = await config_pass(
             lambda: merge_exclusions(rename_certificates(doc.tree,
                                                          to_unit_names(doc.certificates)),
-                                     local, self.exclusions))
+                                     local, self.exclusions), doc.size)
         if put or swapped:
             await trio.to_thread.run_sync(self.store.save_backup, local, label)
         if swapped:
