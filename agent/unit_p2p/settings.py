@@ -314,7 +314,7 @@ def _coerce(kind: str, value: object) -> object:
 
 # --- what each field may hold -------------------------------------------------------------------
 
-#: a mesh name; every wire message carries one and is checked against it too (sync/wire.py)
+#: a mesh name; every wire message carries one and is checked against it too (sync/wire/fields.py)
 MESH_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GROUP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
 _HOST_PROTOCOLS = ("ip4", "ip6")

@@ -199,7 +199,7 @@ async def test_the_publisher_counts_the_trusted_entries_of_a_batch(tmp_path):
                 wire.Report(a.settings.mesh, rev, result.digest, "applied", None,
                             stranger.peer_id)))
             before = a.rejected("untrusted_peer")  # the stranger's own attempts
-            await a.rec._merge_remote_state(b.peer_id, wire.encode(batch), "notify")
+            await a.rec.intake.merge(b.peer_id, wire.encode(batch), "notify")
             assert a.rejected("untrusted_peer") == before + 1
             later = await a.rec.wait_revision(rev, timeout=1)
         assert later.failed == {c.peer_id: "unit_rejected: no"}  # the reason travelled

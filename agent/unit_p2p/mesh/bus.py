@@ -64,7 +64,7 @@ class GossipParams:
     # (IDontWantMessageThreshold): py-libp2p 0.8.1 sends one to every mesh peer for every message
     # it receives, which for our ~300-byte announcements costs more than the duplicate it saves
     # (N=100: 556 IDONTWANT for 423 message copies per publish). Above the largest broadcast
-    # (a head with a document of up to 16 KiB, sync/wire.py): a few KiB of duplicates cost a
+    # (a head with a document of up to 16 KiB, sync/wire/heads.py): a few KiB of duplicates cost a
     # host less than D control messages for each publish.
     idontwant_min_bytes: int = 32 * 1024
     # py-libp2p's default heartbeat is 120 s; 1 s keeps mesh repair and IHAVE gossip prompt

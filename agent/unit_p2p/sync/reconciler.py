@@ -5,6 +5,8 @@ host's actual state (the head it applied, the Unit it talks to), and moves the s
 first, one apply at a time. It only decides; each job is a module of its own:
 
     admission    may this message / head be believed (trust, rate, schema, signature)
+    intake       what an admitted message means: which heads become candidates, who holds
+                 what, what a report counts for
     candidates   which revisions peers propose, who holds them, peers' heads
     fetch        get a document from the nearest holder; serve ours
     applier      move the local Unit to a document; watch Unit
@@ -13,6 +15,9 @@ first, one apply at a time. It only decides; each job is a module of its own:
                  anti-entropy)
     convergence  reports per revision; a publisher's wait
     publisher    a new revision from a config (guards, signing), rollback, waits
+
+What is left here: the lifecycle, the apply loop (the best candidate next; retry, give up, or wait
+for Unit, by the exception's type) and the head it commits, the state the others read.
 
 Inbound mesh events arrive on a channel (``events``) or through the ``on_*`` methods, and the
 work they cause is queued until ``serve`` runs, never dropped. Blocking work (disk, Unit) runs
@@ -48,6 +53,7 @@ from unit_p2p.sync.drift import Drift
 from unit_p2p.sync.fetch import Fetcher
 from unit_p2p.sync.health import HealthGate
 from unit_p2p.sync.history import History, Revisions
+from unit_p2p.sync.intake import Intake
 from unit_p2p.sync.publisher import Publisher
 from unit_p2p.sync.resources import certificate_views
 from unit_p2p.sync.revision import (
@@ -64,11 +70,6 @@ from unit_p2p.sync.waves import plan_of
 __all__ = ["MeshLike", "PublishResult", "Reconciler", "TrustLike", "UnitLike"]
 
 log = logging.getLogger("unit_p2p.reconciler")
-
-#: the most a revision's counter may exceed the largest counter seen (a publish adds 1): the top of
-#: the wire's range (10^18 - 1) is then more than 10^8 publishes away whatever peers announce
-MAX_COUNTER_STEP = 1 << 32
-
 
 
 class MeshLike(Protocol):
@@ -127,10 +128,11 @@ class Reconciler(ReconcilerViews):
         self.history = History(store.dir, peer_id)
         self.revisions = Revisions(self.history, store, self.convergence, self.candidates)
         self.rollouts = Rollouts(self, store.dir, HealthGate(settings))
+        self.intake = Intake(self)
         self._work_send, self._work_receive = trio.open_memory_channel[tuple](math.inf)
         self.spread = Spread(self.mesh_name, mesh, trust, self.candidates, metrics,
                              lambda: self.head,
-                             self._merge_remote_state, self.spawn, self.fetcher.served_by)
+                             self.intake.merge, self.spawn, self.fetcher.served_by)
 
         self._wake = trio.Event()
 
@@ -220,106 +222,12 @@ class Reconciler(ReconcilerViews):
     async def on_announcement(self, peer_id: str, data: bytes, via: str | None = None) -> None:
         """A gossip message; ``peer_id`` is its verified origin (strict signing), ``via`` the
         peer that relayed it to us."""
-        await self._merge_remote_state(peer_id, data, GOSSIP, via)
+        await self.intake.merge(peer_id, data, GOSSIP, via)
 
     async def _serve_notify(self, peer: str, stream: Any) -> None:
         data = await stream.receive_all(wire.MAX_ANY_BYTES, wire.STREAM_TIMEOUT)
         await stream.close()
-        await self._merge_remote_state(peer, data, NOTIFY)
-
-    async def _merge_remote_state(self, peer: str, data: bytes, protocol: str,
-                                  via: str | None = None) -> None:
-        msg = self.admission.message(peer, data, protocol)
-        if isinstance(msg, wire.Announce):
-            self._consider(peer, msg.head)
-        elif isinstance(msg, wire.Broadcast):
-            # From its origin (gossip, or the origin's own push) it is the origin's head; pushed
-            # by another peer, that peer holds it. Either way the document is here.
-            doc = self.admission.document(peer, msg)
-            if doc is not None:
-                self._consider(peer, msg.head, holds_only=peer != msg.head.revision.origin,
-                               document=doc, via=via if protocol == GOSSIP else peer)
-        elif isinstance(msg, wire.Have):
-            self._consider(peer, msg.head, holds_only=True)
-        elif isinstance(msg, wire.NoHead):
-            self.candidates.note_peer(peer, None)
-            self.spread.behind(peer)
-        elif isinstance(msg, wire.Report):
-            self._report(peer, (msg,), protocol)
-        elif isinstance(msg, wire.Reports):
-            self._report(peer, msg.reports, protocol)
-        elif isinstance(msg, wire.Wave):
-            self.rollouts.on_wave(peer, msg)
-        elif msg is not None:
-            self.admission.refuse(peer, "unexpected", f"{type(msg).__name__} is not valid here")
-
-    def _report(self, sender: str, reports: tuple[wire.Report, ...], protocol: str) -> None:
-        # A trusted sender may forward other agents' reports (towards the origin), but only
-        # a report about a trusted agent counts.
-        for report in reports:
-            if not self.trust.is_trusted(report.peer):
-                self.admission.refuse(sender, "untrusted_peer",
-                                      f"report about {report.peer}, not a trusted peer")
-                continue
-            self.convergence.record(report.peer, report.revision, report.status, report.reason)
-            self.rollouts.reported(report.peer, report)
-            if report.peer == sender and report.status == APPLIED:
-                self.spread.holds(sender, report.revision)
-            if report.revision.origin != self.peer_id and protocol == NOTIFY:
-                self.spread.forward(report, sender)
-
-    def _consider(self, peer: str, head: Head, holds_only: bool = False,
-                  document: Document | None = None, via: str | None = None) -> None:
-        """``peer`` announced ``head`` as its own head, or (``holds_only``) as a document it
-        holds: then it is a holder, and nothing is known about its own head. ``document``: the
-        head's verified document, when it came along; ``via``: the peer that relayed it (it
-        holds the document too)."""
-        rev = head.revision
-        if rev.counter > self.candidates.max_seen + MAX_COUNTER_STEP:
-            # Counters only ever grow, so one revision near the top of the wire's range would
-            # stop every later publish (it could not count past it). No honest mesh jumps this
-            # far: refused, as if it were never said.
-            self.admission.refuse(peer, "counter_jump",
-                                  f"revision {rev} jumps over {MAX_COUNTER_STEP} counters")
-            return
-        why = self.admission.refusal(peer, head)
-        if why == "too_large" and rev not in self.candidates.failed and (
-                self.head is None or rev > self.head.revision):
-            # A genuine revision this host will never take: say so to its publisher once,
-            # instead of leaving this host pending in the publisher's wait.
-            reason = (f"too_large: {head.size} bytes, max_config_bytes here is "
-                      f"{self.admission.max_config_bytes}")
-            self.candidates.give_up(rev, reason)
-            self.spread.send_report(rev, head.digest, FAILED, reason)
-        if why is not None:
-            return
-        if holds_only:
-            self.spread.holds(peer, rev)
-        else:
-            self.candidates.note_peer(peer, head)
-            self.convergence.record(peer, rev, APPLIED, None, implied=True)
-        if via is not None and via != self.peer_id:
-            self.spread.holds(via, rev)
-        mine = self.head.revision if self.head else None
-        if mine is not None and rev <= mine:
-            if rev < mine and not holds_only:
-                # A peer behind us (or a replay): tell it where the mesh is, apply nothing.
-                self.admission.refuse(peer, "stale_revision", f"revision {rev}", quiet=True)
-                self.spread.behind(peer)
-            return
-        if rev in self.candidates.failed or self.rollouts.holds(peer, head):
-            return
-        cand = self.candidates.propose(peer, head)
-        if cand is None:
-            self.admission.refuse(peer, "equivocation",
-                                  f"revision {rev} announced with two digests")
-            return
-        if document is not None and cand.document is None:
-            cand.document = document
-            if via is not None and via != self.peer_id:
-                cand.relayed_by = via
-                cand.add_holder(via)
-        self.wake_apply()
+        await self.intake.merge(peer, data, NOTIFY)
 
     # --- applying -----------------------------------------------------------------------------
 
