@@ -10,7 +10,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.score import ScoreParams
 
-from unit_p2p.mesh.bus import GossipParams, QuietGossipSub
+from unit_p2p.mesh.bus import MAX_PRUNED_PEERS, GossipParams, QuietGossipSub
 
 TOPIC = "/t"
 
@@ -59,3 +59,34 @@ async def test_idontwant_only_for_messages_of_at_least_idontwant_min_bytes():
         await router.publish(peers[5], msg)
         assert len(sent) == expected, size
     assert not router._small
+
+
+async def test_a_heartbeat_remembers_whom_it_pruned_until_they_are_back_in_the_mesh():
+    router, peers = _router()
+    router.mesh[TOPIC] = set(peers)  # 10 > D_high: the tick prunes back to D
+
+    async def emit(*control):
+        return None
+
+    router._emit_control_msgs = emit
+    await router._tick()
+    pruned = router.pruned_peers(TOPIC)
+    assert len(pruned) == len(peers) - GossipParams().degree
+    assert not pruned & router.mesh[TOPIC] and pruned | router.mesh[TOPIC] == set(peers)
+    back = next(iter(pruned))
+    router.mesh[TOPIC].add(back)
+    router._notify_mesh_peer_added(back, TOPIC)
+    assert router.pruned_peers(TOPIC) == pruned - {back}
+    router.mesh[TOPIC].discard(back)  # it left by its own PRUNE: it was not pruned since
+    assert router.pruned_peers(TOPIC) == pruned - {back}
+    router.remove_peer(next(iter(pruned - {back})))  # disconnected
+    assert len(router.pruned_peers(TOPIC)) == len(pruned) - 2
+
+
+def test_the_pruned_peers_are_bounded():
+    router, _ = _router()
+    many = [ID(b"\x00\x01" + i.to_bytes(4, "big")) for i in range(MAX_PRUNED_PEERS + 100)]
+    for peer in many:
+        router.note_pruned(peer, TOPIC)
+    assert len(router.pruned) == MAX_PRUNED_PEERS
+    assert many[-1] in router.pruned and many[0] not in router.pruned  # the oldest go first

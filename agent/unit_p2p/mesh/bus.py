@@ -104,6 +104,10 @@ class GossipParams:
     max_subscriptions_per_peer: int = 16
 
 
+#: most peers QuietGossipSub remembers as pruned (the oldest are forgotten beyond it)
+MAX_PRUNED_PEERS = 4096
+
+
 def announcement_topic(mesh: str) -> str:
     # Hashed so any mesh name is a safe topic string of fixed length.
     digest = hashlib.sha256(f"unit-p2p/mesh/{mesh}".encode()).hexdigest()[:32]
@@ -124,6 +128,12 @@ class QuietGossipSub(GossipSub):
     ``heartbeat`` loop with adaptive gossip and eclipse protection off, as we run it), without
     the score-driven steps (opportunistic grafting, mesh quality): every score is 0 here.
     IDONTWANT is sent only for messages of at least ``idontwant_min_bytes``.
+
+    It also remembers the peers it PRUNEd from a topic's mesh (the heartbeat's pruning of a mesh
+    above D_high) or refused into it (a GRAFT answered with PRUNE: backoff, flood protection),
+    until they are in that mesh again, unsubscribe or disconnect: ``pruned_peers(topic)``. Those
+    peers wanted our gossip and get none from us (typically a hub's leaves, whose only mesh
+    peer was the hub), so the sync layer pushes to them directly.
     """
 
     def __init__(self, *args, idle_interval: float, idontwant_min_bytes: int = 1024, **kwargs):
@@ -135,6 +145,9 @@ class QuietGossipSub(GossipSub):
         self._wake = trio.Event()
         #: ticks run (a count for tests and the footprint benchmark)
         self.ticks = 0
+        #: peer -> topics we pruned it from (or refused it into) since it was last in that
+        #: mesh, oldest first; see pruned_peers
+        self.pruned: dict[ID, set[str]] = {}
 
     def _poke(self) -> None:
         self._wake.set()
@@ -145,7 +158,44 @@ class QuietGossipSub(GossipSub):
 
     def remove_peer(self, peer_id) -> None:
         super().remove_peer(peer_id)
+        self.pruned.pop(peer_id, None)
         self._poke()
+
+    def pruned_peers(self, topic: str) -> set[ID]:
+        """Subscribed peers we pruned from (or refused into) ``topic``'s mesh and that have not
+        been in it since: they get no gossip from us."""
+        mesh = self.mesh.get(topic, set())
+        subscribed = self.pubsub.peer_topics.get(topic, set()) if self.pubsub else set()
+        return {peer for peer, topics in self.pruned.items()
+                if topic in topics and peer not in mesh and peer in subscribed}
+
+    def note_pruned(self, peer_id: ID, topic: str) -> None:
+        topics = self.pruned.pop(peer_id, set())  # re-inserted: the newest go last
+        topics.add(topic)
+        self.pruned[peer_id] = topics
+        # Entries go when their peer disconnects, so this only bounds a fault: a peer is
+        # remembered only after it was in our mesh or sent a GRAFT, over a trusted connection.
+        while len(self.pruned) > MAX_PRUNED_PEERS:
+            del self.pruned[next(iter(self.pruned))]
+
+    def forget_pruned(self, peer_id: ID, topic: str) -> None:
+        topics = self.pruned.get(peer_id)
+        if topics is not None:
+            topics.discard(topic)
+            if not topics:
+                del self.pruned[peer_id]
+
+    def _notify_mesh_peer_added(self, peer_id, topic) -> None:
+        # Every way into a mesh passes here: the heartbeat's grafting, an accepted GRAFT, the
+        # graft on a new subscription, joining a topic.
+        super()._notify_mesh_peer_added(peer_id, topic)
+        self.forget_pruned(peer_id, topic)
+
+    async def handle_graft(self, graft_msg, sender_peer_id) -> None:
+        await super().handle_graft(graft_msg, sender_peer_id)
+        topic = graft_msg.topicID
+        if topic in self.mesh and sender_peer_id not in self.mesh[topic]:
+            self.note_pruned(sender_peer_id, topic)  # refused: answered with PRUNE
 
     async def publish(self, msg_forwarder, pubsub_msg) -> None:
         small = len(pubsub_msg.data) < self.idontwant_min_bytes and self.pubsub is not None
@@ -198,6 +248,9 @@ class QuietGossipSub(GossipSub):
 
     async def _tick(self) -> None:
         peers_to_graft, peers_to_prune = self.mesh_heartbeat()
+        for peer, topics in peers_to_prune.items():
+            for topic in topics:
+                self.note_pruned(peer, topic)
         self.fanout_heartbeat()
         peers_to_gossip = self.gossip_heartbeat()
         await self._emit_control_msgs(peers_to_graft, peers_to_prune, peers_to_gossip)
@@ -271,11 +324,14 @@ def _wake_on_subscription(pubsub: Pubsub, router: QuietGossipSub) -> None:
     """Wake the heartbeat when a peer subscribes: a subscription usually arrives just after
     the connection, and a mesh below D_low is grafted at the next tick instead of up to
     ``idle_interval`` later. (Until then the new peer gets no messages from us: there is no
-    IHAVE gossip, see GossipParams.gossip_window.)"""
+    IHAVE gossip, see GossipParams.gossip_window.) A peer that unsubscribes is no longer one
+    we pruned from that topic."""
     handle = pubsub.handle_subscription
 
     def handle_subscription(origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         handle(origin_id, sub_message)
+        if not sub_message.subscribe:
+            router.forget_pruned(origin_id, sub_message.topicid)
         router._poke()
 
     pubsub.handle_subscription = handle_subscription
@@ -296,7 +352,7 @@ def on_live_connection(pubsub: Pubsub, peer_id: ID, stream) -> bool:
     return any(getattr(c, "muxed_conn", None) is conn for c in live)
 
 
-def _keep_peers_across_stream_swaps(pubsub: Pubsub, router: GossipSub) -> None:
+def _keep_peers_across_stream_swaps(pubsub: Pubsub, router: QuietGossipSub) -> None:
     """A pubsub stream that dies while its peer stays connected is replaced, and the peer keeps
     its subscriptions, its place in our mesh and the messages that were on their way to it.
 
@@ -312,11 +368,12 @@ def _keep_peers_across_stream_swaps(pubsub: Pubsub, router: GossipSub) -> None:
     IHAVE window of 1 that message still arrived only because pubsub replays the message
     cache's gossip window to a peer whose subscription it (re)learns; at 0 it was lost.
 
-    While a live connection to the peer remains, its subscriptions and mesh membership are
-    therefore kept through the swap, and the publishes that did not go out (the failed write,
-    the queue behind it) are kept and sent on the new stream with the router's pending messages
-    (bounded like those: ``max_pending_messages_per_peer``, ``pending_messages_ttl``). A peer with
-    no connection left is removed as before, from our mesh too.
+    While a live connection to the peer remains, its subscriptions and mesh membership (or its
+    being pruned from our mesh) are therefore kept through the swap, and the publishes that did
+    not go out (the failed write, the queue behind it) are sent on the new stream with the
+    router's pending messages (bounded like those: ``max_pending_messages_per_peer``,
+    ``pending_messages_ttl``). A peer with no connection left is removed as before, from our
+    mesh too.
     """
     handle_dead_peer = pubsub._handle_dead_peer
     write = pubsub.write_msg
@@ -351,6 +408,7 @@ def _keep_peers_across_stream_swaps(pubsub: Pubsub, router: GossipSub) -> None:
         topics = [t for t, peers in pubsub.peer_topics.items() if peer_id in peers]
         subscriptions = pubsub._peer_subscription_count.get(peer_id)
         meshes = [t for t, peers in router.mesh.items() if peer_id in peers]
+        pruned = router.pruned.get(peer_id)
         stream = pubsub.peers.get(peer_id)
         outbound = _WRITING_TO.get()
         if stream is not None and (
@@ -371,6 +429,8 @@ def _keep_peers_across_stream_swaps(pubsub: Pubsub, router: GossipSub) -> None:
             pubsub._peer_subscription_count[peer_id] = subscriptions
         for topic in meshes:
             router.mesh[topic].add(peer_id)
+        if pruned:
+            router.pruned[peer_id] = pruned
         keep(peer_id, unsent)
 
     async def write_msg(stream, rpc_msg: rpc_pb2.RPC) -> bool:

@@ -472,6 +472,16 @@ class Mesh:
             return set()
         return {p.to_base58() for p in router.mesh.get(self.topic, ())}
 
+    def gossip_pruned_peers(self) -> set[str]:
+        """Connected peers our gossipsub pruned from (or refused into) our topic's mesh and that
+        have not been in it since: they wanted our gossip and get none from us (a hub's
+        leaves, typically). Disjoint from ``gossip_mesh_peers``; see QuietGossipSub."""
+        router = self._router
+        if router is None:
+            return set()
+        return {p for p in (pid.to_base58() for pid in router.pruned_peers(self.topic))
+                if self.is_connected(p)}
+
     def gossip_peers(self) -> list[str]:
         """Peers known to be subscribed to our announcement topic (gossip can reach them)."""
         if self._pubsub is None:
