@@ -83,3 +83,22 @@ async def test_a_refused_graft_counts_as_pruned_until_the_peer_leaves(nursery):
         await hub.events.wait_until(lambda: leaf.peer_id not in hub.events.connected)
         await wait_for(lambda: leaf_id not in hub_router.pruned)
     assert hub.mesh.gossip_pruned_peers() == set()
+
+
+async def test_a_pruned_leaf_s_own_publish_enters_the_hub_s_mesh(nursery):
+    # A pruned leaf's mesh is empty (the hub was its only mesh peer): py-libp2p sent its own
+    # publishes to nobody, so the hub's flood never started and the hub's mesh leaves heard of
+    # it only from the sync layer's anti-entropy, seconds later.
+    hub, leaves = await _star(nursery, D_HIGH + 3)
+    with trio.fail_after(15):
+        await wait_for(lambda: any(node.peer_id in hub.mesh.gossip_pruned_peers()
+                                   and not node.mesh.gossip_mesh_peers() for node in leaves))
+    leaf = next(node for node in leaves if node.peer_id in hub.mesh.gossip_pruned_peers()
+                and not node.mesh.gossip_mesh_peers())
+    in_hub_mesh = [node for node in leaves if node.peer_id in hub.mesh.gossip_mesh_peers()]
+    assert in_hub_mesh
+    await leaf.mesh.publish(b"from a pruned leaf")
+    with trio.fail_after(10):
+        for node in [hub, *in_hub_mesh]:
+            await node.events.wait_until(lambda node=node: node.events.announcements)
+    assert hub.events.announcements == [(leaf.peer_id, b"from a pruned leaf")]

@@ -213,6 +213,20 @@ class QuietGossipSub(GossipSub):
         if msg_id not in self._small:
             await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
+    def _get_peers_to_send(self, topic_ids, msg_forwarder, origin, msg_id=None):
+        # Our own message and an empty mesh (every mesh peer PRUNEd us: a hub's leaf, for
+        # the prune backoff): py-libp2p sends it to nobody, and the flood never starts. It goes
+        # to up to D subscribed peers instead, as gossipsub does for a topic it is not in
+        # (fanout); they forward it into their meshes.
+        peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
+        pubsub = self.pubsub
+        if pubsub is not None and msg_forwarder == origin == pubsub.my_id:
+            for topic in topic_ids:
+                if topic in self.mesh and not self.mesh[topic] and pubsub.peer_topics.get(topic):
+                    peers.update(self._get_in_topic_gossipsub_peers_from_minus(
+                        topic, self.degree, ()))
+        return peers
+
     def _perform_opportunistic_grafting(self, topic, peers_to_graft) -> int:
         # py-libp2p 0.8.1 runs this on every heartbeat (the spec: every 60, and only when the
         # mesh's median score is low). Our scores are all 0 (every weight is 0: admission is the
