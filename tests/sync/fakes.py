@@ -76,6 +76,8 @@ class FakeMesh:
         self.handlers: dict = {}
         self.events = None
         self.up = True
+        #: False: this host's gossip reaches nobody (a leaf its hub pruned: an empty gossip mesh)
+        self.gossips = True
         net.meshes[peer_id] = self
 
     def set_stream_handler(self, protocol, handler) -> None:
@@ -94,7 +96,7 @@ class FakeMesh:
     async def publish(self, data: bytes) -> None:
         """A flood along the links, as gossipsub's (every link a mesh edge): each peer gets
         the message once, from the first peer that relays it."""
-        if not self.net.gossip_enabled:
+        if not self.net.gossip_enabled or not self.gossips:
             return
         seen, frontier = {self.peer_id}, [self.peer_id]
         while frontier:
@@ -111,7 +113,8 @@ class FakeMesh:
         return [p for p in self.net.meshes if self.net.linked(self.peer_id, p)]
 
     def gossip_mesh_peers(self) -> set[str]:
-        return set(self.connected_peers()) if self.net.gossip_enabled else set()
+        return set(self.connected_peers()) if self.net.gossip_enabled and self.gossips \
+            else set()
 
     def gossip_pruned_peers(self) -> set[str]:
         """With gossip off, gossip reaches nobody: every peer is as starved as a pruned one."""

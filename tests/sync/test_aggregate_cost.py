@@ -123,3 +123,42 @@ async def test_anti_entropy_leaves_holders_of_our_head_alone(autojump_clock):
 class TrustAll:
     def is_trusted(self, peer_id: str) -> bool:
         return True
+
+
+async def test_a_push_lost_to_a_reset_stream_is_tried_again(autojump_clock):
+    from unit_p2p.errors import MeshError
+    from unit_p2p.sync import wire
+
+    class FlakyMesh(_Mesh):
+        """Connected to ``peers``; the first ``fail`` streams it opens are reset."""
+
+        def __init__(self, peers, fail):
+            super().__init__(peers)
+            self.fail, self.opened = fail, 0
+
+        async def open_stream(self, peer_id, protocol):
+            self.opened += 1
+            if self.opened <= self.fail:
+                raise MeshError("stream reset")
+            return _NullStream()
+
+    mesh = FlakyMesh(["p0"], fail=2)
+    spread = Spread("m", mesh, TrustAll(), Candidates(), Metrics(), lambda: None, None, None, {})
+    with trio.fail_after(10):
+        assert await spread.push("p0", wire.NoHead("m"), tries=3)
+    assert mesh.opened == 3
+    mesh = FlakyMesh(["p0"], fail=2)
+    spread.mesh = mesh
+    with trio.fail_after(10):
+        assert not await spread.push("p0", wire.NoHead("m"))  # one try: given up
+
+
+class _NullStream:
+    async def send_all(self, data):
+        pass
+
+    async def close_write(self):
+        pass
+
+    async def close(self):
+        pass

@@ -394,6 +394,21 @@ async def test_one_publish_is_one_flood_and_one_report_per_peer(tmp_path, small)
         assert count(origin, "notify", "reports", "received") == len(others)
 
 
+async def test_a_publisher_whose_gossip_reaches_nobody_has_its_neighbour_flood_it(tmp_path):
+    async with cluster(tmp_path, n=3) as (net, nodes):
+        a, b, c = nodes
+        net.cut.add(frozenset((a.peer_id, c.peer_id)))  # a chain: a - b - c
+        a.mesh.gossips = False  # a leaf its hub pruned: its own flood goes nowhere
+        with trio.fail_after(10):
+            result = await a.rec.publish(config(1), wait=True, timeout=5)
+        assert result.converged and sorted(result.applied) == sorted(n.peer_id for n in nodes)
+        # a pushed it to b asking for a flood; b flooded it (once), and c got it from that
+        assert count(a, "notify", "broadcast", "sent") == 1
+        assert count(b, "gossip", "broadcast", "sent") == 1
+        assert count(c, "gossip", "broadcast", "received") == 1
+        assert count(c, "pull", "pull", "sent") == 0
+
+
 async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_parent(tmp_path):
     async with cluster(tmp_path, n=3) as (net, nodes):
         a, b, c = nodes

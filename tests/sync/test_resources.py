@@ -218,6 +218,8 @@ async def test_bundles_go_only_to_the_peers_in_trusted_peers(tmp_path):
         assert a.rec.fetcher.secrets_to(b.peer_id) and not a.rec.fetcher.secrets_to(
             other.peer_id)
         digest = digest_of_bytes(pem)
+        # the counter below is about the one request made here: ``other`` must not ask too
+        other.mesh.up = False
         with trio.fail_after(10):
             await a.rec.publish(tls_config(js=False), certificates={"site": pem.decode()})
             a.rec.fetcher.secrets_to = lambda peer: False

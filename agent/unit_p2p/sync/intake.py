@@ -59,7 +59,8 @@ class Intake:
             doc = host.admission.document(peer, msg)
             if doc is not None:
                 self._consider(peer, msg.head, holds_only=peer != msg.head.revision.origin,
-                               document=doc, via=via if protocol == GOSSIP else peer)
+                               document=doc, via=via if protocol == GOSSIP else peer,
+                               flood=msg.flood and protocol == NOTIFY)
         elif isinstance(msg, wire.Have):
             self._consider(peer, msg.head, holds_only=True)
         elif isinstance(msg, wire.NoHead):
@@ -91,11 +92,12 @@ class Intake:
                 host.spread.forward(report, sender)
 
     def _consider(self, peer: str, head: Head, holds_only: bool = False,
-                  document: Document | None = None, via: str | None = None) -> None:
+                  document: Document | None = None, via: str | None = None,
+                  flood: bool = False) -> None:
         """``peer`` announced ``head`` as its own head, or (``holds_only``) as a document it
         holds: then it is a holder, and nothing is known about its own head. ``document``: the
         head's verified document, when it came along; ``via``: the peer that relayed it (it
-        holds the document too)."""
+        holds the document too); ``flood``: its pusher's gossip reaches nobody."""
         host = self.host
         candidates = host.candidates
         rev = head.revision
@@ -143,4 +145,6 @@ class Intake:
             if via is not None and via != host.peer_id:
                 cand.relayed_by = via
                 cand.add_holder(via)
+            if flood:
+                host.spread.reflood(head, document)
         host.wake_apply()

@@ -60,16 +60,25 @@ class Broadcast(_SignedHead):
     mesh: str
     head: Head
     document: bytes
+    #: pushed by a host whose gossip reaches nobody (its gossip mesh is empty): the receiver
+    #: floods it on, else nobody would
+    flood: bool = False
 
     TYPE = "broadcast"
+    FIELDS = _SignedHead.FIELDS | {"flood"}
     MAX_BYTES = MAX_MESSAGE_BYTES + MAX_INLINE_BYTES
     HAS_BODY = True
+
+    def to_obj(self) -> dict:
+        return {**super().to_obj(), "flood": self.flood}
 
     def body(self) -> bytes:
         return self.document
 
     @classmethod
     def from_parts(cls, obj: dict, body: bytes) -> Broadcast:
+        if type(obj["flood"]) is not bool:
+            raise WireError("schema", "flood must be true or false")
         mesh, head = cls.signed_head(obj)
         if len(body) > MAX_INLINE_BYTES:
             raise WireError("too_large", f"broadcast: a document of {len(body)} bytes > "
@@ -77,7 +86,7 @@ class Broadcast(_SignedHead):
         if head.size != len(body):
             raise WireError("schema", f"broadcast: a body of {len(body)} bytes, the head says "
                             f"{head.size}")
-        return cls(mesh, head, body)
+        return cls(mesh, head, body, obj["flood"])
 
 
 @dataclass(frozen=True)
