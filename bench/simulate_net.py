@@ -642,7 +642,13 @@ class SimNet:
         g = self.gossip[origin]
         g.seen.add(msg.mid)
         g.recent.append((self.heartbeats, msg.mid))
-        for p in self.gmesh[origin]:
+        targets = list(self.gmesh[origin])
+        if not targets:
+            # the agent's QuietGossipSub: its own message with an empty mesh (a pruned leaf) goes
+            # to up to D connected peers, as gossipsub's fanout, not to nobody
+            targets = self.rng.sample(sorted(self.links[origin]),
+                                      min(self.topo.d, len(self.links[origin])))
+        for p in targets:
             self._send_gossip(origin, p, msg, 0)
 
     def _send_gossip(self, a: int, b: int, msg: GossipMsg, hops: int) -> None:

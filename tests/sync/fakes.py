@@ -76,7 +76,7 @@ class FakeMesh:
         self.handlers: dict = {}
         self.events = None
         self.up = True
-        #: False: this host's gossip reaches nobody (a leaf its hub pruned: an empty gossip mesh)
+        #: False: this host's gossip reaches nobody (no peer subscribed to the topic yet)
         self.gossips = True
         net.meshes[peer_id] = self
 
@@ -115,6 +115,10 @@ class FakeMesh:
     def gossip_mesh_peers(self) -> set[str]:
         return set(self.connected_peers()) if self.net.gossip_enabled and self.gossips \
             else set()
+
+    def gossip_peers(self) -> list[str]:
+        """The peers subscribed to the topic: none when this host's gossip reaches nobody."""
+        return self.connected_peers() if self.net.gossip_enabled and self.gossips else []
 
     def gossip_pruned_peers(self) -> set[str]:
         """With gossip off, gossip reaches nobody: every peer is as starved as a pruned one."""

@@ -398,7 +398,7 @@ async def test_a_publisher_whose_gossip_reaches_nobody_has_its_neighbour_flood_i
     async with cluster(tmp_path, n=3) as (net, nodes):
         a, b, c = nodes
         net.cut.add(frozenset((a.peer_id, c.peer_id)))  # a chain: a - b - c
-        a.mesh.gossips = False  # a leaf its hub pruned: its own flood goes nowhere
+        a.mesh.gossips = False  # no peer subscribed to its topic yet: its flood goes nowhere
         with trio.fail_after(10):
             result = await a.rec.publish(config(1), wait=True, timeout=5)
         assert result.converged and sorted(result.applied) == sorted(n.peer_id for n in nodes)

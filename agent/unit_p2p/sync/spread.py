@@ -110,11 +110,12 @@ class Spread:
 
     def carrying(self, head: Head, doc: Document) -> wire.Broadcast | None:
         """``head`` with its document, when the document is small enough to travel along;
-        marked ``flood`` when our gossip reaches nobody (see ``reflood``)."""
+        marked ``flood`` when our gossip reaches nobody (no peer subscribed to the topic; see
+        ``reflood``)."""
         if doc.size > wire.MAX_INLINE_BYTES:
             return None
         return wire.Broadcast(self.mesh_name, head, doc.data,
-                              flood=not self.mesh.gossip_mesh_peers())
+                              flood=not self.mesh.gossip_peers())
 
     def encode(self, protocol: str, msg: wire.Message) -> bytes:
         """``msg`` on the wire, counted as sent over ``protocol`` (a metrics label)."""
@@ -246,10 +247,10 @@ class Spread:
             self._spawn(self._offer, head, holders)
 
     def reflood(self, head: Head, doc: Document) -> None:
-        """A peer whose gossip reaches nobody pushed us ``head`` (a leaf its hub pruned, which
-        publishes or is the only one to hold a revision): its flood never started, so start it
-        here, once; or, with no gossip mesh here either, push it on to every connected peer not
-        known to hold it, still asking for a flood."""
+        """A peer whose gossip reaches nobody (no peer subscribed to the mesh's topic yet, just
+        after it started) pushed us ``head``: its flood never started, so start it here, once;
+        or, with no gossip peer here either, push it on to every connected peer not known to
+        hold it, still asking for a flood."""
         msg = self.carrying(head, doc)
         if msg is None:
             return
@@ -259,8 +260,8 @@ class Spread:
             self._spawn(self.gossip, msg)
 
     async def _relay_to_starved(self, msg: wire.Broadcast, holders: Collection[str]) -> None:
-        pruned = getattr(self.mesh, "gossip_pruned_peers", set)()
-        skip = set(holders) | (set(self.mesh.connected_peers()) - set(pruned))
+        pruned = self.mesh.gossip_pruned_peers()
+        skip = set(holders) | (set(self.mesh.connected_peers()) - pruned)
         await self.broadcast(msg, skip_holders_of=msg.head.revision, gossip=False, skip=skip)
 
     async def _offer(self, head: Head, holders: Collection[str]) -> None:
