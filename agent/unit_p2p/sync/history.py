@@ -97,8 +97,10 @@ class History:
         # a restart may record the loaded head again: one entry per revision
         self.entries = [e for e in self.entries if e.revision != entry.revision] + [entry]
         del self.entries[:-HISTORY_KEPT]
+        # Not fsynced: a restart resumes from the head (StateStore), and a history that lost its
+        # last write to a power cut is read as it was (or as none, when unreadable).
         atomic_write(self.path, json.dumps(
-            {"entries": [asdict(e) for e in self.entries]}, indent=1).encode())
+            {"entries": [asdict(e) for e in self.entries]}, indent=1).encode(), durable=False)
 
     def find(self, spec: str | None) -> Entry:
         """The entry named by ``spec``: ``COUNTER@PEER_ID``, a bare ``COUNTER`` (when one entry

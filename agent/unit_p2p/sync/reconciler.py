@@ -113,6 +113,7 @@ class Reconciler(ReconcilerViews):
         self._events = events
 
         self.head: Head | None = None
+        self._head_doc: Document | None = None
         self.applied_at: float | None = None
         self.last_error: dict | None = None
         self.candidates = Candidates()
@@ -317,7 +318,6 @@ class Reconciler(ReconcilerViews):
             started = time.monotonic()
             await self.applier.apply(doc, f"before-{head.revision.counter}",
                                      current=await self._head_document())
-            await trio.to_thread.run_sync(self.store.save_document, doc)
             await self.commit_head(head, doc)
             self.candidates.drop(head.revision)
             self.metrics.applies.labels("ok").inc()
@@ -334,26 +334,44 @@ class Reconciler(ReconcilerViews):
         self.candidates.max_seen = max(self.candidates.max_seen, head.revision.counter)
         if doc is None or doc.digest != head.digest:
             doc = await self._head_document()
+        else:
+            self._head_doc = doc
         self.applier.expect(doc)
         if doc is not None:
             self.applier.local_digest = doc.config_digest
-        await trio.to_thread.run_sync(self.store.save_head, head, self.candidates.max_seen,
-                                      self.applied_at)
-        await trio.to_thread.run_sync(self.history.record, head, self.applied_at,
-                                      self.revisions.head_fleet(),
-                                      certificate_views(doc.certificates) if doc else None)
+        fleet, views = self.revisions.head_fleet(), \
+            certificate_views(doc.certificates) if doc else None
+        max_seen, applied_at = self.candidates.max_seen, self.applied_at
+
+        def persist() -> None:
+            # one trip to a worker thread for all of it, not one per file
+            if doc is not None:
+                self.store.save_document(doc)  # held already: kept out of pruning as the head
+            self.store.save_head(head, max_seen, applied_at)
+            self.history.record(head, applied_at, fleet, views)
+
+        await trio.to_thread.run_sync(persist)
         self.metrics.head_counter.set(head.revision.counter)
         self.convergence.record(self.peer_id, head.revision, APPLIED, None)
         await self.clear_error()
 
     async def head_config(self) -> Any:
-        doc = await self._head_document()
+        """The head's config, the caller's own copy (read from the store)."""
+        if self.head is None:
+            return None
+        doc = await trio.to_thread.run_sync(self.store.load_document, self.head.digest)
         return doc.tree if doc is not None else None
 
     async def _head_document(self) -> Document | None:
+        """The head's document, kept in memory (read-only: every pass over it copies): an
+        apply needs it, and reading, parsing and hashing it again each time cost more than the
+        apply's own work for a small config."""
         if self.head is None:
             return None
-        return await trio.to_thread.run_sync(self.store.load_document, self.head.digest)
+        if self._head_doc is None or self._head_doc.digest != self.head.digest:
+            self._head_doc = await trio.to_thread.run_sync(self.store.load_document,
+                                                           self.head.digest)
+        return self._head_doc
 
     # --- publishing (sync/publisher.py) -------------------------------------------------------
 

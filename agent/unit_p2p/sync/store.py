@@ -196,7 +196,8 @@ class StateStore:
 
     def save_backup(self, config: object, label: str) -> Path:
         path = self.backups / f"{time.time_ns()}-{label}.json"
-        atomic_write(path, json.dumps(config).encode())
+        # a record for the operator (the apply rolls back from memory): not worth a disk wait
+        atomic_write(path, json.dumps(config).encode(), durable=False)
         self._prune(self.backups, protect={path.name})
         return path
 
