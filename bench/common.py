@@ -143,7 +143,8 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
                         ready_cpu_s: dict[int, float] | None = None,
                         start_agents: bool = True,
                         liveness: str | None = None,
-                        extra_args: tuple[str, ...] = ()) -> AsyncIterator[Fleet]:
+                        extra_args: tuple[str, ...] = (),
+                        unit_processes: bool = False) -> AsyncIterator[Fleet]:
     """N agents up (API answering) in a temporary dir; stopped and removed on exit, always.
 
     With ``ready_s`` the agents start one at a time, and it gets each one's spawn -> API
@@ -152,6 +153,7 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
     would be near).
     Without ``start_agents`` only the Units run; agents the caller starts are stopped too.
     ``liveness`` ("interval,timeout,misses") runs a what-if variant (bench/agent_variant.py).
+    ``unit_processes``: each emulated Unit in a process of its own (see ``Fleet.start_unit``).
     """
     with tempfile.TemporaryDirectory(prefix=f"unit-p2p-bench-{kind}-") as tmp:
         async with trio.open_nursery() as nursery:
@@ -163,7 +165,7 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
             try:
                 with trio.fail_after(start_timeout):
                     for a in fleet:
-                        await fleet.start_unit(a, config)
+                        await fleet.start_unit(a, config, process=unit_processes)
                     if not start_agents:
                         pass
                     elif ready_s is None:
@@ -182,8 +184,7 @@ async def running_fleet(n: int, kind: str, *, seed: int, announce_interval: floa
                 yield fleet
             finally:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(stop_processes,
-                                                  [a.proc for a in fleet if a.proc])
+                    await trio.to_thread.run_sync(stop_processes, fleet.processes())
                 nursery.cancel_scope.cancel()
 
 

@@ -2,7 +2,8 @@
 
     python -m bench.convergence --n 10 30 50 --publishes 20
 
-For each N and topology: N agent processes (emulated Units in this process), mesh formed, one
+For each N and topology: N agent processes (emulated Units in this process, or with
+``--unit-processes`` each in its own, as each host runs its own Unit), mesh formed, one
 warm-up publish (not counted), then ``--publishes`` publishes from random agents, 1-2 s apart,
 each a different config. A publish's latency is from just before ``POST /v1/publish`` (which
 PUTs the config into the publisher's Unit first) to the latest ``head.applied_at`` among all N
@@ -106,7 +107,8 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
     async with common.running_fleet(n, kind, seed=args.seed + n,
                                     announce_interval=args.announce_interval,
                                     start_timeout=args.start_timeout,
-                                    liveness=args.liveness) as fleet:
+                                    liveness=args.liveness,
+                                    unit_processes=args.unit_processes) as fleet:
         run["all_ready_s"] = round(time.monotonic() - started, 1)
         run["mesh_formed_s"] = round(await common.wait_mesh_formed(fleet, kind, 60), 1)
         tag = f"{kind}{n}-{int(time.time())}"
@@ -305,7 +307,9 @@ def report(runs: list[dict], meta: dict) -> str:
         f"{meta['announce_interval']:g} s, log level info), mDNS off; mesh = each agent "
         f"bootstraps from 2-3 random earlier agents, DHT on; star = every agent bootstraps "
         f"only agent 0, `--no-mdns --no-dht`. unit-p2p latency includes the publisher's "
-        f"local PUT, every agent's pull, PUT and read-back. Serf: {meta['serf_version']}, "
+        f"local PUT, every agent's pull (a config over 16 KiB), PUT and read-back. Emulated "
+        f"Units: {meta.get('units', 'all in the benchmark process')}. "
+        f"Serf: {meta['serf_version']}, "
         f"same join topology, `serf event -coalesce=false`, latency to the last handler run. "
         f"p99 of 20 samples is their maximum but one (nearest rank).", "",
         table, "", "Runs:", "", *detail, "",
@@ -398,6 +402,8 @@ async def main(args: argparse.Namespace) -> int:
             "serf_version": serf_version(serf) if serf else "not run",
             "command": "python -m bench.convergence " + " ".join(sys.argv[1:]),
             "out": args.out,
+            "units": ("one process each" if args.unit_processes
+                      else "all in the benchmark process"),
             "ours": ours_label(args)}
     print(common.machine_line(meta["machine"]), flush=True)
     runs: list[dict] = []
@@ -435,6 +441,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--liveness", metavar="INTERVAL,TIMEOUT,MISSES",
                    help="what-if: run the agents with these liveness settings instead of the "
                    "default 2,2,3 (bench/agent_variant.py); results go to --out")
+    p.add_argument("--unit-processes", action="store_true",
+                   help="run each emulated Unit as a process of its own, as each host has its "
+                   "own Unit (default: all in the benchmark's process)")
     p.add_argument("--out", default="convergence", help="results name under bench/results/")
     p.add_argument("--replot", action="store_true",
                    help="only rewrite bench/results/<out>.md and .png from <out>.json")

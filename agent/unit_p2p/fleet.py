@@ -36,6 +36,7 @@ from unit_p2p.unit.emulator import UnitEmulator
 BASE_CONFIG = {"listeners": {}, "routes": [{"action": {"return": 204}}], "applications": {}}
 # How the agents are started; a what-if variant of the agent swaps the module (bench).
 AGENT_COMMAND = (sys.executable, "-m", "unit_p2p", "agent")
+UNIT_COMMAND = (sys.executable, "-m", "unit_p2p", "unit-emulator")
 
 
 def free_ports(count: int, low: int = 20000, high: int = 32000) -> list[int]:
@@ -94,6 +95,8 @@ class AgentProc:
     launcher: Sequence[str] = AGENT_COMMAND
     proc: subprocess.Popen | None = None
     emulator: UnitEmulator | None = None
+    #: the emulated Unit as a process of its own (``Fleet.start_unit(process=True)``)
+    unit_proc: subprocess.Popen | None = None
 
     @property
     def unit_sock(self) -> Path:
@@ -219,9 +222,22 @@ class Fleet:
                 picks = sorted(rng.sample(earlier, min(len(earlier), rng.choice((2, 3)))))
             a.bootstrap = [self.agents[j].multiaddr for j in picks]
 
-    async def start_unit(self, a: AgentProc, config: dict | None = None) -> None:
-        a.emulator = UnitEmulator(f"unix:{a.unit_sock}")
-        await self.nursery.start(a.emulator.serve)
+    async def start_unit(self, a: AgentProc, config: dict | None = None, *,
+                         process: bool = False) -> None:
+        """``a``'s emulated Unit, in this process's trio loop, or (``process``) as a process of
+        its own, as each host runs its own Unit: then N Units do not queue behind one another
+        in one interpreter."""
+        if not process:
+            a.emulator = UnitEmulator(f"unix:{a.unit_sock}")
+            await self.nursery.start(a.emulator.serve)
+        else:
+            a.unit_proc = spawn([*UNIT_COMMAND, "--control", f"unix:{a.unit_sock}"],
+                                a.dir / "unit.log", dict(os.environ, PYTHONUNBUFFERED="1"))
+            while not a.unit_sock.exists():
+                if a.unit_proc.poll() is not None:
+                    raise RuntimeError(f"unit emulator {a.index} exited "
+                                       f"{a.unit_proc.returncode}")
+                await trio.sleep(0.05)
         await a.unit.put("/config", config or BASE_CONFIG)
 
     async def start(self, *, units: bool = True) -> None:
@@ -234,8 +250,12 @@ class Fleet:
             await a.wait_ready()
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM every agent at once, then reap (blocks; see ``stop_processes``)."""
-        stop_processes([a.proc for a in self.agents if a.proc], grace)
+        """SIGTERM every agent (and Unit process) at once, then reap (blocks; see
+        ``stop_processes``)."""
+        stop_processes(self.processes(), grace)
+
+    def processes(self) -> list[subprocess.Popen]:
+        return [p for a in self.agents for p in (a.proc, a.unit_proc) if p is not None]
 
     async def converged_on(self, digest: str, agents=None) -> bool:
         for a in agents or self.agents:
