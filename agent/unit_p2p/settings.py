@@ -137,9 +137,8 @@ class Settings:
     health_interval: float = field(default=1.0, metadata=_doc(
         "health gate: seconds between tries (at most 300)", metavar="SECONDS"))
     announce_interval: float = field(default=10.0, metadata=_doc(
-        "seconds between anti-entropy rounds (heads exchanged with up to 3 peers not known "
-        "at our head; the head re-gossiped when a peer is behind, and every 6th round); "
-        "0.1 to 86400",
+        "seconds between anti-entropy rounds (heads exchanged with one peer not known at our "
+        "head, or a random one; a peer found behind is sent our head); 0.1 to 86400",
         metavar="SECONDS"))
     log_level: str = field(default="info", metadata=_doc(
         "debug, info, warning or error", metavar="LEVEL"))
