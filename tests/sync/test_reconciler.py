@@ -309,6 +309,31 @@ async def test_head_survives_restart(tmp_path):
     assert store.load_document_bytes(head.digest) == Document.from_config(config(1), ()).data
 
 
+async def test_a_host_that_stopped_before_its_report_left_reports_after_its_restart(tmp_path):
+    async with cluster(tmp_path, n=2) as (net, (a, b)):
+        b.rec.spread.send_report = lambda *args: None  # stopped before the report left
+
+        async def no_exchange(peer):  # what a learns from b is b's report, nothing else
+            pass
+
+        a.rec.spread.exchange_heads = b.rec.spread.exchange_heads = no_exchange
+        with trio.fail_after(10):
+            result = await a.rec.publish(config(1))
+            await until(lambda: b.rec.head is not None)
+            waiting = await a.rec.wait_revision(result.revision, timeout=0.3)
+            assert b.peer_id in waiting.pending
+            # b restarts from its state dir and connects: it reports the head it loaded, once
+            again = Node(net, tmp_path, "n1", b.keys, [a.peer_id, b.peer_id])
+            await again.rec.load()
+            again.rec.register_handlers()
+            again.rec.spread.exchange_heads = no_exchange
+            await net.nursery.start(again.rec.serve)
+            await again.rec.on_peer_connected(a.peer_id)
+            done = await a.rec.wait_revision(result.revision, timeout=5)
+        assert done.converged and b.peer_id in done.applied
+        assert count(again, "notify", "reports", "sent") == 1
+
+
 async def test_disk_failure_during_apply_fails_that_revision_only(tmp_path):
     async with cluster(tmp_path) as (_, nodes):
         a, b, c = nodes

@@ -71,6 +71,10 @@ __all__ = ["MeshLike", "PublishResult", "Reconciler", "TrustLike", "UnitLike"]
 
 log = logging.getLogger("unit_p2p.reconciler")
 
+#: a head loaded at start is reported to its origin again when applied at most this many
+#: seconds before (a publisher's wait is minutes at most; an older head's report has no reader)
+RESTART_REPORT_WINDOW = 300.0
+
 
 class MeshLike(Protocol):
     peer_id: str
@@ -114,6 +118,8 @@ class Reconciler(ReconcilerViews):
 
         self.head: Head | None = None
         self._head_doc: Document | None = None
+        #: the head read at start, until it is reported (``_report_loaded_head``)
+        self._loaded_head: Head | None = None
         self.applied_at: float | None = None
         self.last_error: dict | None = None
         self.candidates = Candidates()
@@ -150,7 +156,7 @@ class Reconciler(ReconcilerViews):
     async def load(self) -> None:
         """Read the persisted head before the mesh starts, so the first heads exchange is right."""
         head, max_seen, self.applied_at = await trio.to_thread.run_sync(self.store.load_head)
-        self.head = head
+        self.head = self._loaded_head = head
         self.candidates.max_seen = max_seen
         self.last_error = await trio.to_thread.run_sync(self.store.load_last_error)
         await trio.to_thread.run_sync(self.history.load, head, self.applied_at)
@@ -217,6 +223,18 @@ class Reconciler(ReconcilerViews):
         self.metrics.peers_connected.set(len(self.mesh.connected_peers()))
         self.spread.connected(peer_id)
         self.rollouts.connected(peer_id)
+        self._report_loaded_head()
+
+    def _report_loaded_head(self) -> None:
+        """At the first connection after a start, report the loaded head once if it was applied
+        within RESTART_REPORT_WINDOW: a host that stopped right after an apply may have taken
+        its report down with it, and its publisher would wait for it in vain."""
+        loaded, self._loaded_head = self._loaded_head, None
+        if loaded is None or self.head is None or loaded.revision != self.head.revision:
+            return
+        if self.applied_at is None or time.time() - self.applied_at > RESTART_REPORT_WINDOW:
+            return
+        self.spread.send_report(loaded.revision, loaded.digest, APPLIED, None)
 
     async def on_peer_disconnected(self, peer_id: str) -> None:
         self.metrics.peers_connected.set(len(self.mesh.connected_peers()))
