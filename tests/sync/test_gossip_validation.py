@@ -20,25 +20,36 @@ def announce(keys, origin: str, counter: int, *, good: bool) -> bytes:
     return wire.encode(wire.Announce(MESH, Head(rev, doc.digest, doc.size, signature)))
 
 
+async def _relayed_by_a_checking_hop(nursery, first: bytes, second: bytes):
+    """a - b - c, only b checking what it relays (a is the hostile sender, c delivers whatever
+    reaches it, so what c gets is exactly what b forwarded); a publishes ``first`` then
+    ``second``. Returns (a, b, c, b's refusal counts)."""
+    a, b, c = [await start_node(nursery) for _ in range(3)]
+    metrics = Metrics()
+    b.mesh.gossip_check = Admission(MESH, b.mesh.trust, metrics, 1 << 20).gossip
+    with trio.fail_after(20):
+        await a.mesh.connect(b.addr)
+        await b.mesh.connect(c.addr)
+        await wait_for(lambda: a.peer_id in b.mesh.gossip_peers()
+                       and c.peer_id in b.mesh.gossip_peers())
+        await a.mesh.publish(first(a))
+        await a.mesh.publish(second(a))
+        await c.events.wait_until(lambda: c.events.announcements)
+        await b.events.wait_until(lambda: b.events.announcements)
+    return a, b, c, metrics.rejected_counts()
+
+
+def counters(events) -> list[int]:
+    return [wire.decode(d).head.revision.counter for _, d in events.announcements]
+
+
 async def test_a_badly_signed_announcement_goes_no_further_than_the_first_hop():
     async with trio.open_nursery() as nursery:
-        a, b, c = [await start_node(nursery) for _ in range(3)]
-        # Only b checks: a is the hostile sender, and c delivers whatever reaches it, so what c
-        # gets is exactly what b forwarded.
-        metrics = Metrics()
-        b.mesh.gossip_check = Admission(MESH, b.mesh.trust, metrics, 1 << 20).gossip
-        with trio.fail_after(20):
-            await a.mesh.connect(b.addr)
-            await b.mesh.connect(c.addr)
-            await wait_for(lambda: a.peer_id in b.mesh.gossip_peers()
-                           and c.peer_id in b.mesh.gossip_peers())
-            await a.mesh.publish(announce(a.keypair, a.peer_id, 1, good=False))
-            await a.mesh.publish(announce(a.keypair, a.peer_id, 2, good=True))
-            await c.events.wait_until(lambda: c.events.announcements)
-            await b.events.wait_until(lambda: b.events.announcements)
-        assert [wire.decode(d).head.revision.counter for _, d in c.events.announcements] == [2]
-        assert [wire.decode(d).head.revision.counter for _, d in b.events.announcements] == [2]
-        assert metrics.rejected_counts() == {"bad_signature": 1}
+        _, b, c, refused = await _relayed_by_a_checking_hop(
+            nursery, lambda a: announce(a.keypair, a.peer_id, 1, good=False),
+            lambda a: announce(a.keypair, a.peer_id, 2, good=True))
+        assert counters(c.events) == [2] and counters(b.events) == [2]
+        assert refused == {"bad_signature": 1}
         nursery.cancel_scope.cancel()
 
 
@@ -53,19 +64,10 @@ def broadcast(keys, origin: str, counter: int, *, intact: bool) -> bytes:
 
 async def test_a_broadcast_with_another_document_goes_no_further_than_the_first_hop():
     async with trio.open_nursery() as nursery:
-        a, b, c = [await start_node(nursery) for _ in range(3)]
-        metrics = Metrics()
-        b.mesh.gossip_check = Admission(MESH, b.mesh.trust, metrics, 1 << 20).gossip
-        with trio.fail_after(20):
-            await a.mesh.connect(b.addr)
-            await b.mesh.connect(c.addr)
-            await wait_for(lambda: a.peer_id in b.mesh.gossip_peers()
-                           and c.peer_id in b.mesh.gossip_peers())
-            await a.mesh.publish(broadcast(a.keypair, a.peer_id, 1, intact=False))
-            await a.mesh.publish(broadcast(a.keypair, a.peer_id, 2, intact=True))
-            await c.events.wait_until(lambda: c.events.announcements)
-        assert [wire.decode(d).head.revision.counter for _, d in c.events.announcements] == [2]
-        assert metrics.rejected_counts() == {"digest_mismatch": 1}
+        _, b, c, refused = await _relayed_by_a_checking_hop(
+            nursery, lambda a: broadcast(a.keypair, a.peer_id, 1, intact=False),
+            lambda a: broadcast(a.keypair, a.peer_id, 2, intact=True))
+        assert counters(c.events) == [2] and refused == {"digest_mismatch": 1}
         # c knows who relayed it: b (the reconciler's parent in the spread tree)
         assert c.events.relayers == [b.peer_id]
         nursery.cancel_scope.cancel()
