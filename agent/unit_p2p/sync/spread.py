@@ -254,14 +254,14 @@ class Spread:
         msg = self.carrying(head, doc)
         if msg is None:
             return
-        if msg.flood:
-            self._spawn(self.broadcast, msg, head.revision, False)
-        else:
-            self._spawn(self.gossip, msg)
+        self._spawn(self._push_on if msg.flood else self.gossip, msg)
 
     async def _relay_to_starved(self, msg: wire.Broadcast, holders: Collection[str]) -> None:
         pruned = self.mesh.gossip_pruned_peers()
-        skip = set(holders) | (set(self.mesh.connected_peers()) - pruned)
+        await self._push_on(msg, skip=set(holders) | (set(self.mesh.connected_peers()) - pruned))
+
+    async def _push_on(self, msg: wire.Broadcast, skip: Collection[str] = frozenset()) -> None:
+        """Push ``msg`` to every connected trusted peer not known to hold it, but ``skip``."""
         await self.broadcast(msg, skip_holders_of=msg.head.revision, gossip=False, skip=skip)
 
     async def _offer(self, head: Head, holders: Collection[str]) -> None:
@@ -398,7 +398,7 @@ class Spread:
             revs = {p: self.candidates.peer_revision(p) for p in self.mesh.connected_peers()
                     if self.trust.is_trusted(p)}
             # A peer that holds our head's document is not behind on anything a heads exchange
-            # could tell it: after a publish that is about every neighbour (each offered it).
+            # could tell it (it relayed or offered it, or its report passed through us).
             stale = [p for p, r in revs.items() if r != mine and self._holding.get(p) != mine]
             # Not every stale peer: during a slow rollout every peer is stale to every other,
             # and exchanging with all of them competed with the rollout itself.
