@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from unit_p2p.errors import AgentUnreachable, ApiError
+from unit_p2p.errors import AgentUnreachable, ApiError, UnitUnreachable
 from unit_p2p.identity import load_or_create_identity, peer_id_of
 from unit_p2p.unit.client import AsyncUnitClient
 from unit_p2p.unit.emulator import UnitEmulator
@@ -233,11 +233,15 @@ class Fleet:
         else:
             a.unit_proc = spawn([*UNIT_COMMAND, "--control", f"unix:{a.unit_sock}"],
                                 a.dir / "unit.log", dict(os.environ, PYTHONUNBUFFERED="1"))
-            while not a.unit_sock.exists():
+            while True:  # until it answers: its socket file exists before it listens
                 if a.unit_proc.poll() is not None:
                     raise RuntimeError(f"unit emulator {a.index} exited "
                                        f"{a.unit_proc.returncode}")
-                await trio.sleep(0.05)
+                try:
+                    await a.unit.get("/config")
+                    break
+                except UnitUnreachable:
+                    await trio.sleep(0.05)
         await a.unit.put("/config", config or BASE_CONFIG)
 
     async def start(self, *, units: bool = True) -> None:
