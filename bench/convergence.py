@@ -10,9 +10,10 @@ PUTs the config into the publisher's Unit first) to the latest ``head.applied_at
 agents (stamped by each agent after its pull, PUT and read-back). A publish not applied by all N
 within ``--deadline`` is a miss. The benchmark waits as an operator does, on the publish itself
 (``wait``: it answers when every peer has reported), and then reads each agent's status once;
-``--poll`` polls every agent's status every 0.3 s instead, which loads the fleet it measures
-(Serf's deliveries are read from files, at no cost to its agents). Then N Serf agents with the same join topology, and the same
-count of ``serf event -coalesce=false`` from random nodes, timed to the last handler run.
+``--poll`` polls every agent's status every 0.3 s instead, which loads the fleet it measures (Serf's
+deliveries are read from files, at no cost to its agents). Then N Serf agents with the same join
+topology, and the same count of ``serf event -coalesce=false`` from random nodes, timed to the last
+handler run.
 
 Writes bench/results/convergence.{md,json,png} after every run, so an interrupted benchmark
 keeps what it measured.

@@ -10,10 +10,11 @@ policy and metrics); everything below it is modelled here:
   no DHT end up), each link with its own one-way latency drawn once from a distribution, plus
   per-message jitter;
 - gossip: gossipsub's delivery along each host's mesh (degree D/Dlo/Dhi from the agent's own
-  ``GossipParams``), forwarded once per message id to every mesh peer but the forwarder and the
-  origin, duplicates dropped by a seen-set, handed to the host's reader with the peer that
-  relayed it (the forwarder); every heartbeat IHAVE lazy gossip to non-mesh peers and IWANT for
-  what a peer missed (so a lost mesh transmission is recovered the way gossipsub recovers it);
+  ``GossipParams``), forwarded once per message id to every mesh peer and every peer the host
+  pruned from its mesh (the agent's QuietGossipSub) but the forwarder and the origin,
+  duplicates dropped by a seen-set, handed to the host's reader with the peer that relayed it
+  (the forwarder); every heartbeat IHAVE lazy gossip to non-mesh peers and IWANT for what a peer
+  missed (so a lost mesh transmission is recovered the way gossipsub recovers it);
 - the gossip mesh kept as py-libp2p 0.8.1 keeps it (``mesh_heartbeat``, ``handle_graft``,
   ``handle_prune``, ``on_peer_subscribed``): each host's mesh is its own (the peers it forwards
   to); a host whose mesh is below Dlo grafts connected peers it is not backing off from up to
@@ -642,13 +643,13 @@ class SimNet:
         g = self.gossip[origin]
         g.seen.add(msg.mid)
         g.recent.append((self.heartbeats, msg.mid))
-        targets = list(self.gmesh[origin])
-        if not targets:
+        targets = set(self.gossip_targets(origin))
+        if not self.gmesh[origin]:
             # the agent's QuietGossipSub: its own message with an empty mesh (a pruned leaf) goes
             # to up to D connected peers, as gossipsub's fanout, not to nobody
-            targets = self.rng.sample(sorted(self.links[origin]),
-                                      min(self.topo.d, len(self.links[origin])))
-        for p in targets:
+            targets.update(self.rng.sample(sorted(self.links[origin]),
+                                           min(self.topo.d, len(self.links[origin]))))
+        for p in sorted(targets):
             self._send_gossip(origin, p, msg, 0)
 
     def _send_gossip(self, a: int, b: int, msg: GossipMsg, hops: int) -> None:
@@ -669,9 +670,14 @@ class SimNet:
         if self.watch is not None and me not in self.learn_hops and self.watch in msg.data:
             self.learn_hops[me] = hops
         host.inbox.send_nowait((self.ids[msg.origin], msg.data, self.ids[frm]))
-        for p in self.gmesh[me]:
+        for p in self.gossip_targets(me):
             if p != frm and p != msg.origin:
                 self._send_gossip(me, p, msg, hops)
+
+    def gossip_targets(self, a: int) -> list[int]:
+        """Where host ``a``'s gossipsub sends a message: its mesh and the connected peers it
+        pruned from that mesh (the agent's QuietGossipSub)."""
+        return sorted(self.gmesh[a] | (self.pruned[a] & self.links[a]))
 
     def heartbeat(self) -> None:
         """Every host's gossipsub heartbeat at once (phases do not matter at this resolution):

@@ -1,5 +1,6 @@
 """Mesh.gossip_pruned_peers on real hosts: the peers our gossipsub pruned from (or refused into)
-its mesh, which get no gossip from us and which the sync layer pushes to directly."""
+its mesh, which the mesh's forwarding would leave out and our gossipsub sends every message to
+as well (a hub's leaves)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ async def _star(nursery, leaves: int):
 
 async def test_a_hub_prunes_its_excess_leaves_and_knows_them(nursery):
     # Each leaf's mesh is empty, so each GRAFTs the hub; the hub's mesh passes D_high and its
-    # heartbeat prunes it back to D: the pruned leaves get no gossip from the hub.
+    # heartbeat prunes it back to D: the hub knows the leaves it pruned.
     hub, leaves = await _star(nursery, D_HIGH + 3)
     subscribed = {leaf.peer_id for leaf in leaves}
 
@@ -85,10 +86,11 @@ async def test_a_refused_graft_counts_as_pruned_until_the_peer_leaves(nursery):
     assert hub.mesh.gossip_pruned_peers() == set()
 
 
-async def test_a_pruned_leaf_s_own_publish_enters_the_hub_s_mesh(nursery):
+async def test_a_pruned_leaf_s_publish_reaches_every_leaf_in_gossip(nursery):
     # A pruned leaf's mesh is empty (the hub was its only mesh peer): py-libp2p sent its own
     # publishes to nobody, so the hub's flood never started and the hub's mesh leaves heard of
-    # it only from the sync layer's anti-entropy, seconds later.
+    # it only from the sync layer's anti-entropy, seconds later. And the hub forwarded to its
+    # mesh only, so the other pruned leaves depended on a push the sync layer decided later.
     hub, leaves = await _star(nursery, D_HIGH + 3)
     with trio.fail_after(15):
         await wait_for(lambda: any(node.peer_id in hub.mesh.gossip_pruned_peers()
@@ -97,8 +99,17 @@ async def test_a_pruned_leaf_s_own_publish_enters_the_hub_s_mesh(nursery):
                 and not node.mesh.gossip_mesh_peers())
     in_hub_mesh = [node for node in leaves if node.peer_id in hub.mesh.gossip_mesh_peers()]
     assert in_hub_mesh
+    other_pruned = [node for node in leaves if node is not leaf
+                    and node.peer_id in hub.mesh.gossip_pruned_peers()]
+    assert other_pruned
     await leaf.mesh.publish(b"from a pruned leaf")
     with trio.fail_after(10):
-        for node in [hub, *in_hub_mesh]:
-            await node.events.wait_until(lambda node=node: node.events.announcements)
+        for node in [hub, *leaves]:
+            if node is not leaf:
+                await node.events.wait_until(lambda node=node: node.events.announcements)
     assert hub.events.announcements == [(leaf.peer_id, b"from a pruned leaf")]
+    # the hub relayed it to every other leaf, once
+    for node in leaves:
+        if node is not leaf:
+            assert node.events.announcements == [(leaf.peer_id, b"from a pruned leaf")]
+            assert node.events.relayers == [hub.peer_id]

@@ -78,6 +78,8 @@ class FakeMesh:
         self.up = True
         #: False: this host's gossip reaches nobody (no peer subscribed to the topic yet)
         self.gossips = True
+        #: the peers this host's gossipsub pruned, when a test says (see gossip_pruned_peers)
+        self.pruned: set[str] | None = None
         net.meshes[peer_id] = self
 
     def set_stream_handler(self, protocol, handler) -> None:
@@ -122,6 +124,8 @@ class FakeMesh:
 
     def gossip_pruned_peers(self) -> set[str]:
         """With gossip off, gossip reaches nobody: every peer is as starved as a pruned one."""
+        if self.pruned is not None:
+            return self.pruned & set(self.connected_peers())
         return set() if self.net.gossip_enabled else set(self.connected_peers())
 
     def peers(self) -> list[PeerInfo]:

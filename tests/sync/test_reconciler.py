@@ -450,6 +450,23 @@ async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_
         assert count(c, "gossip", "reports", "sent") == 0
 
 
+@pytest.mark.parametrize("gossip", [True, False])
+async def test_a_relayer_pushes_to_its_pruned_peers_only_what_gossip_did_not_bring(tmp_path,
+                                                                                   gossip):
+    # Gossipsub sends what it relays to the peers it pruned as well: a document that came in
+    # gossip needs no push from the sync layer; one pushed to us (no gossip) does.
+    async with cluster(tmp_path, n=3) as (net, nodes):
+        a, b, c = nodes
+        net.cut.add(frozenset((a.peer_id, c.peer_id)))  # a chain: a - b - c
+        net.gossip_enabled = gossip
+        b.mesh.pruned = {c.peer_id}
+        with trio.fail_after(10):
+            result = await a.rec.publish(config(1), wait=True, timeout=5)
+        assert result.converged and sorted(result.applied) == sorted(n.peer_id for n in nodes)
+        assert count(b, "notify", "broadcast", "sent") == (0 if gossip else 1)
+        assert count(c, "pull", "pull", "sent") == 0
+
+
 async def test_a_document_nobody_serves_is_retried_with_backoff(tmp_path, monkeypatch):
     monkeypatch.setattr("unit_p2p.sync.candidates.RETRY_FIRST", 0.1)
     async with cluster(tmp_path) as (_, nodes):

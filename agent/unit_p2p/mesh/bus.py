@@ -136,8 +136,12 @@ class QuietGossipSub(GossipSub):
     It also remembers the peers it PRUNEd from a topic's mesh (the heartbeat's pruning of a mesh
     above D_high) or refused into it (a GRAFT answered with PRUNE: backoff, flood protection),
     until they are in that mesh again, unsubscribe or disconnect: ``pruned_peers(topic)``. Those
-    peers wanted our gossip and get none from us (typically a hub's leaves, whose only mesh
-    peer was the hub), so the sync layer pushes to them directly.
+    peers wanted our gossip (typically a hub's leaves, whose only mesh peer was the hub), so
+    every message we publish or forward goes to them as well as to the mesh. Both sets are read
+    in the same step, so a leaf that the heartbeat grafts or prunes while a publish spreads is
+    in one of them (the sync layer's push to the pruned peers, read later, missed a leaf
+    grafted in between now and then, which then waited for anti-entropy), and it rides the
+    pubsub stream already open instead of a stream of its own.
     """
 
     def __init__(self, *args, idle_interval: float, idontwant_min_bytes: int = 1024, **kwargs):
@@ -218,17 +222,23 @@ class QuietGossipSub(GossipSub):
             await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
     def _get_peers_to_send(self, topic_ids, msg_forwarder, origin, msg_id=None):
-        # Our own message and an empty mesh (every mesh peer PRUNEd us: a hub's leaf, for
-        # the prune backoff): py-libp2p sends it to nobody, and the flood never starts. It goes
-        # to up to D subscribed peers instead, as gossipsub does for a topic it is not in
-        # (fanout); they forward it into their meshes.
         peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
         pubsub = self.pubsub
-        if pubsub is not None and msg_forwarder == origin == pubsub.my_id:
-            for topic in topic_ids:
-                if topic in self.mesh and not self.mesh[topic] and pubsub.peer_topics.get(topic):
-                    peers.update(self._get_in_topic_gossipsub_peers_from_minus(
-                        topic, self.degree, ()))
+        if pubsub is None:
+            return peers
+        for topic in topic_ids:
+            if topic not in self.mesh:
+                continue
+            # The peers we pruned want the message too (see the class doc).
+            peers.update(self.pruned_peers(topic) - {msg_forwarder, origin})
+            # Our own message and an empty mesh (every mesh peer PRUNEd us: a hub's leaf, for
+            # the prune backoff): py-libp2p sends it to nobody, and the flood never starts. It
+            # goes to up to D subscribed peers instead, as gossipsub does for a topic it is not
+            # in (fanout); they forward it into their meshes.
+            if msg_forwarder == origin == pubsub.my_id and not self.mesh[topic] \
+                    and pubsub.peer_topics.get(topic):
+                peers.update(self._get_in_topic_gossipsub_peers_from_minus(
+                    topic, self.degree, ()))
         return peers
 
     def _perform_opportunistic_grafting(self, topic, peers_to_graft) -> int:

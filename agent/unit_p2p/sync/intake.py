@@ -60,6 +60,7 @@ class Intake:
             if doc is not None:
                 self._consider(peer, msg.head, holds_only=peer != msg.head.revision.origin,
                                document=doc, via=via if protocol == GOSSIP else peer,
+                               gossiped=protocol == GOSSIP,
                                flood=msg.flood and protocol == NOTIFY)
         elif isinstance(msg, wire.Have):
             self._consider(peer, msg.head, holds_only=True)
@@ -93,11 +94,12 @@ class Intake:
 
     def _consider(self, peer: str, head: Head, holds_only: bool = False,
                   document: Document | None = None, via: str | None = None,
-                  flood: bool = False) -> None:
+                  gossiped: bool = False, flood: bool = False) -> None:
         """``peer`` announced ``head`` as its own head, or (``holds_only``) as a document it
         holds: then it is a holder, and nothing is known about its own head. ``document``: the
-        head's verified document, when it came along; ``via``: the peer that relayed it (it
-        holds the document too); ``flood``: its pusher's gossip reaches nobody."""
+        head's verified document, when it came along (``gossiped``: in gossip); ``via``: the
+        peer that relayed it (it holds the document too); ``flood``: its pusher's gossip reaches
+        nobody."""
         host = self.host
         candidates = host.candidates
         rev = head.revision
@@ -142,6 +144,7 @@ class Intake:
             return
         if document is not None and cand.document is None:
             cand.document = document
+            cand.gossiped = gossiped
             if via is not None and via != host.peer_id:
                 cand.relayed_by = via
                 cand.add_holder(via)

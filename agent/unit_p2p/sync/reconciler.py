@@ -325,7 +325,7 @@ class Reconciler(ReconcilerViews):
         # stays, should this apply fail).
         await trio.to_thread.run_sync(self.store.save_document, doc,
                                       self.head.digest if self.head else None)
-        self.spread.fetched(head, cand.holders, doc)
+        self.spread.fetched(head, cand.holders, doc, gossiped=cand.gossiped)
         if not self.rollouts.may_apply(head, plan_of(doc)):
             # staged, and this host's wave is not open: held until a wave message opens it
             self.candidates.drop(head.revision)

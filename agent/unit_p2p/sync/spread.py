@@ -228,13 +228,16 @@ class Spread:
         assert head is not None and head.digest == doc.digest
         await self.broadcast(self.carrying(head, doc) or self.local_state())
 
-    def fetched(self, head: Head, holders: set[str], doc: Document) -> None:
+    def fetched(self, head: Head, holders: set[str], doc: Document,
+                gossiped: bool = False) -> None:
         """We hold ``head``'s document ``doc``, fetched and verified, and apply it next.
 
-        A small document came with the origin's flood, which reaches every host whose gossip
-        mesh is not empty: it goes on only to the connected peers gossip does not reach from
-        us (those our gossipsub pruned from its mesh: a hub's leaves), as a push of the whole
-        broadcast. A bigger one was announced without it: offer it (``have``) to the neighbours
+        A small document came with the origin's flood (``gossiped``), which our gossipsub has
+        already sent on to its mesh and to the peers it pruned from that mesh (a hub's leaves:
+        QuietGossipSub), in the same step, so that a leaf grafted or pruned meanwhile is in one
+        of the two. One that came otherwise (pushed, pulled by anti-entropy) goes on to those
+        pruned peers as a push of the whole broadcast: they get no gossip of it from us. A
+        bigger one was announced without it: offer it (``have``) to the neighbours
         not known to hold it, so they pull from us while our Unit applies it (one pull per
         hop, not a pull and an apply) and not from the origin. Whoever of two neighbours
         fetches first tells the other, who then knows not to tell back: about one push per
@@ -242,7 +245,8 @@ class Spread:
         """
         carried = self.carrying(head, doc)
         if carried is not None:
-            self._spawn(self._relay_to_starved, carried, holders)
+            if not gossiped:
+                self._spawn(self._relay_to_starved, carried, holders)
         else:
             self._spawn(self._offer, head, holders)
 
