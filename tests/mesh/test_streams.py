@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 import pytest
 import trio
+from libp2p.stream_muxer.yamux.yamux import (
+    DEFAULT_WINDOW_SIZE,
+    HEADER_SIZE,
+    TYPE_WINDOW_UPDATE,
+    YAMUX_HEADER_FORMAT,
+)
 
 from unit_p2p.errors import MeshError, WireError
+from unit_p2p.mesh.host import PingingYamux
 
 from .helpers import start_node
 
@@ -147,3 +155,35 @@ async def test_open_stream_failures_are_mesh_errors(nursery):
             await client.mesh.open_stream(stranger.peer_id, ECHO)
         with pytest.raises(MeshError):
             await client.mesh.open_stream("not-a-peer", ECHO)
+
+
+@pytest.mark.parametrize("size", [100 * 1024, 4 * 1024 * 1024])
+async def test_the_receiver_credits_the_window_once_per_half_window_read(nursery, monkeypatch,
+                                                                          size):
+    # py-libp2p's yamux answered every read with a WINDOW_UPDATE frame: one more Noise frame
+    # each way for every small message. go-yamux's rule: one per half window read.
+    updates: list[int] = []
+    real_write = PingingYamux._write_frame
+
+    async def counting_write(self, data: bytes) -> None:
+        if len(data) == HEADER_SIZE:
+            _, kind, flags, _, length = struct.unpack(YAMUX_HEADER_FORMAT, data)
+            if kind == TYPE_WINDOW_UPDATE and flags == 0 and length:
+                updates.append(length)
+        await real_write(self, data)
+
+    monkeypatch.setattr(PingingYamux, "_write_frame", counting_write)
+    server, client, results = await _pair(nursery)
+    body = os.urandom(size)
+    with trio.fail_after(30):
+        stream = await client.mesh.open_stream(server.peer_id, ECHO)
+        for offset in range(0, size, 1024):  # as many small writes as a busy link carries
+            await stream.send_all(body[offset:offset + 1024])
+        await stream.close_write()
+        assert await stream.receive_all(CAP, timeout=20) == body[::-1]
+        await stream.close()
+    assert results == [size]
+    half_window = DEFAULT_WINDOW_SIZE // 2
+    # both ends read `size` bytes (the body, then its echo): a credit per half window each
+    assert len(updates) <= 2 * (size // half_window), updates
+    assert all(n >= half_window for n in updates)

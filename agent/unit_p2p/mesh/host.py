@@ -10,6 +10,8 @@
 - ``RetryConfig(max_retries=0)``: one dial = one attempt; discovery owns backoff.
 - Muxer-level liveness pings (``PingingYamux``): liveness.py probes with yamux PING frames,
   and py-libp2p's own RTT ping every 30 s per connection is off (the probes measure the RTT).
+- Receive credit as go-yamux gives it: a WINDOW_UPDATE once half the window has been read, not
+  one after every read (``credit_read_bytes``).
 - No mDNS/bootstrap/UPnP inside the host: discovery.py runs its own, off the trio loop.
 - Listening is verified: the TCP listener sets SO_REUSEPORT, so a second daemon on a taken port
   "starts" with no addresses and is unreachable. ``probe_ports`` binds each fixed port first
@@ -44,6 +46,7 @@ from libp2p.stream_muxer.yamux.yamux import (
     TYPE_PING,
     YAMUX_HEADER_FORMAT,
     Yamux,
+    YamuxStream,
 )
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.transport.manager import TransportManager
@@ -161,6 +164,46 @@ class PingingYamux(Yamux):
         await super()._write_frame(data)
 
 
+async def credit_read_bytes(stream: YamuxStream, *, bytes_read: int = 0) -> None:
+    """Give the peer back the receive window our reads freed, go-yamux's way: once the freed
+    bytes reach half the window, in one WINDOW_UPDATE.
+
+    py-libp2p 0.8.1 sends a WINDOW_UPDATE after every read that returned data (its "release on
+    read", on by default, and a "partial slack" rule that fires on any read below the
+    threshold): one more Noise frame written, and one read and handled by the peer, for every
+    gossip message, report and stream body received. Those were an eighth of a busy agent's CPU
+    (py-spy, 50 agents publishing). go-yamux and js-yamux credit at half the window, so a
+    sender never waits on us for less than half a window in flight; its window is not grown
+    (256 KiB is ample for our streams: a document of MiBs streams at loopback speed with it).
+    """
+    async with stream.window_lock:
+        stream._pending_recv_release += bytes_read
+        freed = stream._pending_recv_release
+        if freed < stream.target_recv_window // 2:
+            return
+        stream._pending_recv_release = 0
+        stream.recv_window += freed
+    await stream.send_window_update(freed, skip_lock=True)
+
+
+_library_credit = YamuxStream._auto_tune_and_send_window_update
+
+
+async def _credit(stream: YamuxStream, *, bytes_read: int = 0) -> None:
+    # Streams of our muxer only: a plain Yamux (a library user's host in this process, the test
+    # suite's in-process peers built without build_host) keeps the library's rule.
+    if isinstance(stream.conn, PingingYamux):
+        await credit_read_bytes(stream, bytes_read=bytes_read)
+    else:
+        await _library_credit(stream, bytes_read=bytes_read)
+
+
+def _install_credit_rule() -> None:
+    """YamuxStream objects are built inside Yamux (no factory to override): the rule is chosen
+    per stream by its connection's class (``_credit``)."""
+    YamuxStream._auto_tune_and_send_window_update = _credit
+
+
 def _build_yamux_as(upgrader: TransportUpgrader, cls: type[Yamux]) -> None:
     """Make the upgrader build ``cls`` for yamux connections.
 
@@ -212,6 +255,7 @@ def build_host(
         muxer_transports_by_protocol={TProtocol(YAMUX_PROTOCOL_ID): PingingYamux},
     )
     _build_yamux_as(upgrader, PingingYamux)
+    _install_credit_rule()
     peer_id = ID.from_pubkey(keypair.public_key)
     peerstore = PeerStore()
     peerstore.add_key_pair(peer_id, keypair)
