@@ -80,6 +80,8 @@ class FakeMesh:
         self.gossips = True
         #: the peers this host's gossipsub pruned, when a test says (see gossip_pruned_peers)
         self.pruned: set[str] | None = None
+        #: False: others' gossip does not reach this host (nor what it would relay)
+        self.hears_gossip = True
         net.meshes[peer_id] = self
 
     def set_stream_handler(self, protocol, handler) -> None:
@@ -105,7 +107,7 @@ class FakeMesh:
             relayer = frontier.pop(0)
             for other in list(self.net.meshes.values()):
                 if other.peer_id not in seen and self.net.linked(relayer, other.peer_id) \
-                        and other.events:
+                        and other.events and other.hears_gossip:
                     seen.add(other.peer_id)
                     frontier.append(other.peer_id)
                     self.net.nursery.start_soon(other.events.on_announcement, self.peer_id,

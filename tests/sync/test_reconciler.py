@@ -450,20 +450,24 @@ async def test_report_of_a_host_not_connected_to_the_origin_is_forwarded_by_its_
         assert count(c, "gossip", "reports", "sent") == 0
 
 
-@pytest.mark.parametrize("gossip", [True, False])
+@pytest.mark.parametrize("arrival", ["gossip", "push", "push asking for a flood"])
 async def test_a_relayer_pushes_to_its_pruned_peers_only_what_gossip_did_not_bring(tmp_path,
-                                                                                   gossip):
+                                                                                   arrival):
     # Gossipsub sends what it relays to the peers it pruned as well: a document that came in
-    # gossip needs no push from the sync layer; one pushed to us (no gossip) does.
+    # gossip needs no push from the sync layer, nor one we flood on (the flood reaches them);
+    # one pushed to us does.
     async with cluster(tmp_path, n=3) as (net, nodes):
         a, b, c = nodes
         net.cut.add(frozenset((a.peer_id, c.peer_id)))  # a chain: a - b - c
-        net.gossip_enabled = gossip
+        if arrival == "push":
+            b.mesh.hears_gossip = False  # a's flood misses b; a's own push reaches it
+        elif arrival == "push asking for a flood":
+            net.gossip_enabled = False
         b.mesh.pruned = {c.peer_id}
         with trio.fail_after(10):
             result = await a.rec.publish(config(1), wait=True, timeout=5)
         assert result.converged and sorted(result.applied) == sorted(n.peer_id for n in nodes)
-        assert count(b, "notify", "broadcast", "sent") == (0 if gossip else 1)
+        assert count(b, "notify", "broadcast", "sent") == (0 if arrival == "gossip" else 1)
         assert count(c, "pull", "pull", "sent") == 0
 
 

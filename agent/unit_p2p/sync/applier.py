@@ -164,7 +164,8 @@ class Applier:
                                                          to_unit_names(doc.certificates)),
                                      local, self.exclusions), doc.size)
         if put or swapped:
-            await trio.to_thread.run_sync(self.store.save_backup, local, label)
+            # a record written without fsync (store.save_backup): small ones on the loop too
+            await config_pass(lambda: self.store.save_backup(local, label), doc.size)
         if swapped:
             await self._swap_js_modules(doc, swapped, target, local)
         elif put:

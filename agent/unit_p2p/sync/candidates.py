@@ -31,8 +31,9 @@ class Candidate:
     document: Document | None = None
     #: the peer that relayed the broadcast to us first: our parent in its spread tree
     relayed_by: str | None = None
-    #: the document came in gossip: our gossipsub has sent it on to every peer it reaches
-    gossiped: bool = False
+    #: the document goes on from here already: it came in gossip (our gossipsub sent it on to
+    #: every peer it reaches, the pruned ones too) or we flood it on (Spread.reflood)
+    passed_on: bool = False
 
     def add_holder(self, peer: str) -> None:
         if peer not in self.holders:

@@ -144,7 +144,7 @@ class Intake:
             return
         if document is not None and cand.document is None:
             cand.document = document
-            cand.gossiped = gossiped
+            cand.passed_on = gossiped or flood
             if via is not None and via != host.peer_id:
                 cand.relayed_by = via
                 cand.add_holder(via)

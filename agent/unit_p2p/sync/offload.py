@@ -1,5 +1,5 @@
-"""Where a pass over a whole config runs: on the trio loop when the config is small, in a worker
-thread when it is big.
+"""Where a pass over a whole config runs (a copy, a hash, its dump to a record file written
+without fsync): on the trio loop when the config is small, in a worker thread when it is big.
 
 A big config (MiBs) takes a good part of a second to copy, canonicalize or hash, and on the loop
 that would hold the API and the mesh meanwhile. A small one (most Unit configs are a few KiB)

@@ -321,12 +321,18 @@ class Reconciler(ReconcilerViews):
     async def _apply(self, cand: Candidate) -> None:
         head = cand.head
         doc = await self.fetcher.fetch(cand)
-        # Held and verified: servable now, while our Unit applies it (the head's own document
-        # stays, should this apply fail).
-        await trio.to_thread.run_sync(self.store.save_document, doc,
-                                      self.head.digest if self.head else None)
-        self.spread.fetched(head, cand.holders, doc, gossiped=cand.gossiped)
-        if not self.rollouts.may_apply(head, plan_of(doc)):
+        held = not self.rollouts.may_apply(head, plan_of(doc))
+        if held or doc.size > wire.MAX_INLINE_BYTES or doc.blobs():
+            # Stored now, verified, when it is needed before the commit stores it: a bigger
+            # document is offered next and pulled from us while our Unit applies it; a staged
+            # one waits here for its wave; a document's blobs are kept from pruning only while
+            # it is stored (the head's own document stays, should this apply fail). A small
+            # one travels in the flood (nobody pulls it from us): one durable write and one
+            # worker-thread trip fewer before the relay and the apply.
+            await trio.to_thread.run_sync(self.store.save_document, doc,
+                                          self.head.digest if self.head else None)
+        self.spread.fetched(head, cand.holders, doc, passed_on=cand.passed_on)
+        if held:
             # staged, and this host's wave is not open: held until a wave message opens it
             self.candidates.drop(head.revision)
             return

@@ -229,14 +229,16 @@ class Spread:
         await self.broadcast(self.carrying(head, doc) or self.local_state())
 
     def fetched(self, head: Head, holders: set[str], doc: Document,
-                gossiped: bool = False) -> None:
+                passed_on: bool = False) -> None:
         """We hold ``head``'s document ``doc``, fetched and verified, and apply it next.
 
-        A small document came with the origin's flood (``gossiped``), which our gossipsub has
-        already sent on to its mesh and to the peers it pruned from that mesh (a hub's leaves:
-        QuietGossipSub), in the same step, so that a leaf grafted or pruned meanwhile is in one
-        of the two. One that came otherwise (pushed, pulled by anti-entropy) goes on to those
-        pruned peers as a push of the whole broadcast: they get no gossip of it from us. A
+        A small document came with the origin's flood, which our gossipsub has already sent on
+        to its mesh and to the peers it pruned from that mesh (a hub's leaves: QuietGossipSub),
+        in the same step, so that a leaf grafted or pruned meanwhile is in one of the two; or
+        it came in a push asking us to flood it (``reflood``). Either way (``passed_on``) it
+        needs nothing more here. One that came otherwise (pushed to us, pulled by anti-entropy)
+        goes on to those pruned peers as a push of the whole broadcast: they get no gossip of
+        it from us. A
         bigger one was announced without it: offer it (``have``) to the neighbours
         not known to hold it, so they pull from us while our Unit applies it (one pull per
         hop, not a pull and an apply) and not from the origin. Whoever of two neighbours
@@ -245,7 +247,7 @@ class Spread:
         """
         carried = self.carrying(head, doc)
         if carried is not None:
-            if not gossiped:
+            if not passed_on:
                 self._spawn(self._relay_to_starved, carried, holders)
         else:
             self._spawn(self._offer, head, holders)
