@@ -45,7 +45,7 @@ async def test_a_hub_prunes_its_excess_leaves_and_knows_them(nursery):
     leaf = next(node for node in leaves if node.peer_id in pruned)
     topic, hub_id = leaf.mesh.topic, ID.from_base58(hub.peer_id)
     router = leaf.mesh._router
-    router.back_off.get(topic, {}).pop(hub_id, None)  # the hub's PRUNE made it wait 10 s
+    router.back_off.get(topic, {}).pop(hub_id, None)  # the hub's PRUNE made it wait a minute
     router.mesh[topic].add(hub_id)
     with trio.fail_after(10):
         await router.emit_graft(topic, hub_id)

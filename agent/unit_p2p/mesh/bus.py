@@ -79,9 +79,13 @@ class GossipParams:
     heartbeat_idle_interval: float = 10.0
     # Peer exchange off: PX would let a peer point us at arbitrary addresses; discovery is ours.
     do_px: bool = False
-    # Backoff after PRUNE/unsubscribe (s). The spec's 60 s makes a restarted peer wait a minute
-    # before it is grafted again; 10 s is enough to stop GRAFT/PRUNE flapping at a 1 s heartbeat.
-    prune_back_off: int = 10
+    # Backoff after PRUNE (s): the spec's 60. A pruned peer (a hub's excess leaf) GRAFTs again
+    # as it ends and is pruned again at the next heartbeat: an idle hub with 20 leaves got 48
+    # GRAFT and sent 48 PRUNE a minute at 10 s, 16 and 16 at 60 s (N per backoff: per idle
+    # minute, 100 a second at a 1,000-leaf hub with 10 s). A peer kept out of our mesh longer
+    # loses nothing: what we publish or forward goes to the peers we pruned or refused too
+    # (QuietGossipSub), and its own publish with an empty mesh goes to subscribed peers.
+    prune_back_off: int = 60
     unsubscribe_back_off: int = 10
     max_idontwant_messages: int = 10
     # Adaptive gossip may stretch the heartbeat to 30-60 s (docs/libp2p.md): off.
