@@ -123,11 +123,14 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
         misses: list[dict] = []
         counted_from: dict[str, float] = {}
         pids = [a.proc.pid for a in fleet if a.proc]
-        cpu_from = 0.0
+        # the emulated Units' own processes (--unit-processes): the stand-in's cost, apart
+        unit_pids = [a.unit_proc.pid for a in fleet if a.unit_proc]
+        cpu_from = unit_cpu_from = 0.0
         for i in range(args.publishes + 1):
             if i == 1:
                 counted_from = await fleet_messages(fleet)
                 cpu_from = common.processes_cpu(pids)
+                unit_cpu_from = common.processes_cpu(unit_pids)
             publisher = fleet[0] if i == 0 else fleet[rng.randrange(n)]
             t0 = time.time()
             deadline = args.deadline * (3 if i == 0 else 1)
@@ -167,6 +170,9 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
         # anti-entropy) over that time is included, as it is in what a publish costs.
         run["cpu_s_per_publish"] = round(
             (common.processes_cpu(pids) - cpu_from) / args.publishes, 3)
+        if unit_pids:
+            run["unit_cpu_s_per_publish"] = round(
+                (common.processes_cpu(unit_pids) - unit_cpu_from) / args.publishes, 3)
         run["messages_per_publish"] = per_publish(counted_from, await fleet_messages(fleet),
                                                   args.publishes)
         sent = {k: v for k, v in run["messages_per_publish"].items() if k.endswith("/sent")}
@@ -296,6 +302,10 @@ def report(runs: list[dict], meta: dict) -> str:
         extra = (f"agents ready {r['all_ready_s']} s, " if "all_ready_s" in r else "")
         warm = f", warm-up publish {r['warmup_ms']:.0f} ms" if r.get("warmup_ms") else ""
         pa = r["per_agent_ms"]
+        if r.get("unit_cpu_s_per_publish") is not None:
+            s = r["unit_cpu_s_per_publish"]
+            warm += (f", the emulated Units' processes {s:.2f} CPU s per publish "
+                     f"({s / r['n'] * 1000:.0f} ms per host, not in the fleet CPU column)")
         detail.append(f"- {r['system']} {r['topology']} N={r['n']}: {extra}mesh formed "
                       f"{r['mesh_formed_s']} s{warm}; per-agent delivery p50 "
                       f"{fmt_ms(pa['p50'])} ms, p95 {fmt_ms(pa['p95'])} ms; load average "
