@@ -238,10 +238,9 @@ class Spread:
         it came in a push asking us to flood it (``reflood``). Either way (``passed_on``) it
         needs nothing more here. One that came otherwise (pushed to us, pulled by anti-entropy)
         goes on to those pruned peers as a push of the whole broadcast: they get no gossip of
-        it from us. A
-        bigger one was announced without it: offer it (``have``) to the neighbours
-        not known to hold it, so they pull from us while our Unit applies it (one pull per
-        hop, not a pull and an apply) and not from the origin. Whoever of two neighbours
+        it from us. A bigger one was announced without it: offer it (``have``) to the
+        neighbours not known to hold it, so they pull from us while our Unit applies it (one
+        pull per hop, not a pull and an apply) and not from the origin. Whoever of two neighbours
         fetches first tells the other, who then knows not to tell back: about one push per
         connection, a constant per host.
         """
