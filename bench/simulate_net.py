@@ -326,10 +326,47 @@ class SimMesh:
         self.net, self.idx = net, idx
         self.peer_id = net.ids[idx]
         self.handlers: dict[str, Any] = {}
+        self.message_handlers: dict[str, Any] = {}
+        #: (peer, kind) of the message streams this host keeps open (mesh/notify.py)
+        self._message_streams: set[tuple[int, str]] = set()
         self.events: Any = None
 
     def set_stream_handler(self, protocol: str, handler: Any) -> None:
         self.handlers[protocol] = handler
+
+    def set_message_handler(self, protocol: str, handler: Any, *, max_bytes: int,
+                            one_shot: str | None = None) -> None:
+        self.message_handlers[protocol] = handler
+
+    async def send_message(self, peer_id: str, protocol: str, data: bytes) -> None:
+        """One message on the stream this host keeps to the peer: a payload, one one-way
+        latency; the stream's opening (a round trip, a dial two more when not connected) is
+        paid and counted once per connection, and a lost payload resets it."""
+        net = self.net
+        peer = net.index.get(peer_id)
+        if peer is None or not net.reachable(self.idx, peer):
+            raise MeshError(f"cannot reach {peer_id}")
+        kind = proto_name(protocol)
+        rtt = 2 * net.link_latency(self.idx, peer)
+        if peer not in net.links[self.idx]:
+            self._message_streams.discard((peer, kind))
+            net.traffic.dials += 1
+            await trio.sleep(2 * rtt)
+            if not net.reachable(self.idx, peer):
+                raise MeshError(f"dial to {peer_id} failed")
+        host = net.hosts[peer]
+        if host is None or protocol not in host.mesh.message_handlers:
+            raise MeshError(f"{peer_id} does not speak {protocol}")
+        if (peer, kind) not in self._message_streams:
+            self._message_streams.add((peer, kind))
+            net.traffic.streams[kind] += 1
+            await trio.sleep(rtt)
+        data = bytes(data)
+        when = net.transmit(self.idx, peer, kind_of(kind, data), len(data), data)
+        if when is None:
+            self._message_streams.discard((peer, kind))
+            raise MeshError("stream reset (lost payload)")
+        net.sched.at(when, net.deliver_message, peer, protocol, self.idx, data)
 
     async def open_stream(self, peer_id: str, protocol: str) -> SimStream:
         net = self.net
@@ -734,6 +771,12 @@ class SimNet:
             return
         handler = host.mesh.handlers[protocol]
         host.nursery.start_soon(self._guarded, handler, self.ids[frm], stream)
+
+    def deliver_message(self, peer: int, protocol: str, frm: int, data: bytes) -> None:
+        host = self.hosts[peer]
+        if host is None or host.nursery is None or not self.reachable(peer, frm):
+            return
+        host.nursery.start_soon(host.mesh.message_handlers[protocol], self.ids[frm], data)
 
     async def _guarded(self, handler: Any, peer_id: str, stream: SimStream) -> None:
         # like the mesh's guard: a handler's exception resets only its stream

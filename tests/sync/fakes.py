@@ -74,6 +74,8 @@ class FakeMesh:
     def __init__(self, net: FakeNetwork, peer_id: str):
         self.net, self.peer_id = net, peer_id
         self.handlers: dict = {}
+        #: message protocol -> (handler(peer, data), max_bytes)
+        self.message_handlers: dict = {}
         self.events = None
         self.up = True
         #: False: this host's gossip reaches nobody (no peer subscribed to the topic yet)
@@ -96,6 +98,33 @@ class FakeMesh:
         a, b = trio.testing.memory_stream_pair()
         self.net.nursery.start_soon(handler, self.peer_id, FakeStream(b, self.peer_id))
         return FakeStream(a, peer_id)
+
+    def set_message_handler(self, protocol, handler, *, max_bytes, one_shot=None) -> None:
+        self.message_handlers[protocol] = (handler, max_bytes)
+
+    async def send_message(self, peer_id: str, protocol: str, data: bytes) -> None:
+        """One message, one delivery, over a stream pair of its own: the peer's handler runs
+        after as many scheduling steps as a stream took, so a push still reaches a peer after
+        the gossip the same publish started (the tests' orderings rely on it)."""
+        if not self.net.linked(self.peer_id, peer_id):
+            raise MeshError(f"not connected to {peer_id}")
+        handler, max_bytes = self.net.meshes[peer_id].message_handlers.get(protocol,
+                                                                           (None, 0))
+        if handler is None:
+            raise MeshError(f"{peer_id} does not speak {protocol}")
+        a, b = trio.testing.memory_stream_pair()
+
+        async def deliver() -> None:
+            theirs = FakeStream(b, self.peer_id)
+            body = await theirs.receive_all(max_bytes, 10)
+            await theirs.close()
+            await handler(self.peer_id, body)
+
+        self.net.nursery.start_soon(deliver)
+        stream = FakeStream(a, peer_id)
+        await stream.send_all(data)
+        await stream.close_write()
+        await stream.close()
 
     async def publish(self, data: bytes) -> None:
         """A flood along the links, as gossipsub's (every link a mesh edge): each peer gets

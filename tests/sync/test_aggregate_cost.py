@@ -130,17 +130,16 @@ async def test_a_push_lost_to_a_reset_stream_is_tried_again(autojump_clock):
     from unit_p2p.sync import wire
 
     class FlakyMesh(_Mesh):
-        """Connected to ``peers``; the first ``fail`` streams it opens are reset."""
+        """Connected to ``peers``; the first ``fail`` messages it sends are lost to resets."""
 
         def __init__(self, peers, fail):
             super().__init__(peers)
             self.fail, self.opened = fail, 0
 
-        async def open_stream(self, peer_id, protocol):
+        async def send_message(self, peer_id, protocol, data):
             self.opened += 1
             if self.opened <= self.fail:
                 raise MeshError("stream reset")
-            return _NullStream()
 
     mesh = FlakyMesh(["p0"], fail=2)
     spread = Spread("m", mesh, TrustAll(), Candidates(), Metrics(), lambda: None, None, None, {})
@@ -151,14 +150,3 @@ async def test_a_push_lost_to_a_reset_stream_is_tried_again(autojump_clock):
     spread.mesh = mesh
     with trio.fail_after(10):
         assert not await spread.push("p0", wire.NoHead("m"))  # one try: given up
-
-
-class _NullStream:
-    async def send_all(self, data):
-        pass
-
-    async def close_write(self):
-        pass
-
-    async def close(self):
-        pass

@@ -99,20 +99,8 @@ class RecordingMesh:
     def connected_peers(self):
         return [PARENT]
 
-    async def open_stream(self, peer, protocol):
-        mesh = self
-
-        class Stream:
-            async def send_all(self, data):
-                mesh.pushes.append((trio.current_time(), peer, wire.decode(data)))
-
-            async def close_write(self):
-                pass
-
-            async def close(self):
-                pass
-
-        return Stream()
+    async def send_message(self, peer, protocol, data):
+        self.pushes.append((trio.current_time(), peer, wire.decode(data)))
 
 
 async def test_a_subtree_of_reports_leaves_as_a_few_messages_and_the_last_at_once(
@@ -123,7 +111,7 @@ async def test_a_subtree_of_reports_leaves_as_a_few_messages_and_the_last_at_onc
                         None, lambda fn, *a: nursery.start_soon(fn, *a), {REV: PARENT})
         t0 = trio.current_time()
         spread.send_report(REV, DIGEST, "applied", None)  # our own: leaves at once
-        await trio.sleep(0.001)  # its push opens a stream: let it leave
+        await trio.sleep(0.001)  # let its push leave
         # 400 reports of our subtree arrive over 0.5 s, from our children
         subtree = PEERS[3:403]
         for i, peer in enumerate(subtree):
@@ -146,13 +134,13 @@ async def test_a_batch_that_cannot_be_pushed_is_gossiped_once(autojump_clock, mo
     mesh = RecordingMesh()
     gossiped: list[bytes] = []
 
-    async def fail(peer, protocol):
+    async def fail(peer, protocol, data):
         raise spread_mod.MeshError("unreachable")
 
     async def publish(data):
         gossiped.append(data)
 
-    mesh.open_stream, mesh.publish = fail, publish
+    mesh.send_message, mesh.publish = fail, publish
     async with trio.open_nursery() as nursery:
         spread = Spread("m", mesh, Trusted(), Candidates(), Metrics(), lambda: None,
                         None, lambda fn, *a: nursery.start_soon(fn, *a), {REV: PARENT})

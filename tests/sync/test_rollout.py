@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.sync.fakes import FakeStream
 from tests.sync.test_reconciler import cluster, config, until
 from unit_p2p.errors import PublishRefused
 from unit_p2p.sync import wire
@@ -127,13 +126,8 @@ async def test_forged_or_altered_wave_messages_are_refused_and_counted(tmp_path)
         forged = sign_wave(outsider.keys.private_key, state.mesh, rev, state.digest, "complete",
                            3, state.seq + 1, outsider.peer_id, None)
         for msg in (altered, forged):
-            a_stream, b_stream = trio.testing.memory_stream_pair()
-            sender = second.peer_id
-            third.rec.mesh.net.nursery.start_soon(third.rec._serve_notify, sender,
-                                                  FakeStream(b_stream, sender))
-            s = FakeStream(a_stream, third.peer_id)
-            await s.send_all(wire.encode(msg))
-            await s.close_write()
+            await second.rec.mesh.send_message(third.peer_id, wire.PROTO_NOTIFY,
+                                               wire.encode(msg))
         with trio.fail_after(10):
             await until(lambda: third.rejected("bad_signature") >= 1
                         and third.rejected("untrusted_signer") >= 1)

@@ -58,6 +58,7 @@ from .host import (
     probe_ports,
 )
 from .liveness import PING_PROTOCOL, Liveness, LivenessParams
+from .notify import MessageHandler, MessageStreams
 from .stream import DEFAULT_TIMEOUT, Stream
 from .trust import TrustPolicy
 
@@ -155,6 +156,9 @@ class MeshTuning:
     dial_timeout: float = DIAL_TIMEOUT
     stream_timeout: float = DEFAULT_TIMEOUT
     publish_timeout: float = 5.0
+    #: an outbound message stream unused this long is closed (receivers reset one idle for
+    #: twice as long; notify.py)
+    message_idle: float = 60.0
 
 
 @dataclass
@@ -239,6 +243,8 @@ class Mesh:
             math.inf
         )
         self.liveness: Liveness | None = None
+        self.messages = MessageStreams(self._open, self._on_live_connection, self.stats,
+                                       self._heard, self.tuning.message_idle)
         self.mdns: Mdns | None = None
         self.rendezvous: Rendezvous | None = None
         self.bootstrap: Bootstrap | None = None
@@ -343,6 +349,7 @@ class Mesh:
         self._services = nursery
         nursery.start_soon(self._dispatch_events)
         nursery.start_soon(self._read_announcements, subscription)
+        await nursery.start(self.messages.serve)
         self.liveness = Liveness(host, self.connected_peers, self.disconnect, self._alive,
                                  self.stats, self.tuning.liveness,
                                  count=lambda kind, way: self.count_message("ping", kind, way))
@@ -398,6 +405,11 @@ class Mesh:
         self._host.set_stream_handler(TProtocol(protocol), adapter)
 
     async def open_stream(self, peer_id: str, protocol: str) -> Stream:
+        return await self._open(peer_id, [protocol])
+
+    async def _open(self, peer_id: str, protocols: Sequence[str]) -> Stream:
+        """A new stream of the first of ``protocols`` the peer accepts (one negotiation);
+        the returned Stream's ``protocol`` is the one it accepted."""
         self._require_running()
         if not self.trust.is_trusted(peer_id):
             raise MeshError(f"peer {peer_id} is not trusted")
@@ -405,12 +417,38 @@ class Mesh:
         allow = _ALLOW_DIAL.set(True)  # may dial a known but unconnected peer
         try:
             raw = await self._libp2p_call(
-                f"open {protocol} to {peer_id}", self.tuning.dial_timeout + NEGOTIATE_TIMEOUT,
-                self._host.new_stream, pid, [TProtocol(protocol)], discard=reset_quietly)
+                f"open {' or '.join(protocols)} to {peer_id}",
+                self.tuning.dial_timeout + NEGOTIATE_TIMEOUT, self._host.new_stream, pid,
+                [TProtocol(p) for p in protocols], discard=reset_quietly)
         finally:
             _ALLOW_DIAL.reset(allow)
         self._heard(peer_id)
+        protocol = str(raw.get_protocol() or protocols[0])
         return Stream(raw, peer_id, protocol, self.tuning.stream_timeout)
+
+    # -- one-way messages ----------------------------------------------------------------------
+
+    def set_message_handler(self, protocol: str, handler: MessageHandler, *, max_bytes: int,
+                            one_shot: str | None = None) -> None:
+        """Serve ``protocol`` as a message stream: ``handler(peer_id, data)`` for each message,
+        in order, ``max_bytes`` at most each (notify.py). ``one_shot``: the protocol's
+        predecessor (one message per stream), served too, and offered to peers that refuse
+        ``protocol`` when this agent sends. Declares ``protocol`` for ``send_message``."""
+        self.messages.declare(protocol, one_shot)
+        self.set_stream_handler(protocol, self.messages.stream_handler(handler, max_bytes))
+        if one_shot is not None:
+            self.set_stream_handler(one_shot, self.messages.one_shot_handler(handler, max_bytes))
+
+    async def send_message(self, peer_id: str, protocol: str, data: bytes) -> None:
+        """Send ``data`` one way to ``peer_id`` as one message on this agent's long-lived
+        stream of ``protocol`` to it (opened on first use); MeshError when it cannot be
+        written (notify.py: one retry on a new stream is already done)."""
+        await self.messages.send(peer_id, protocol, data)
+
+    def _on_live_connection(self, peer_id: str, stream: Stream) -> bool:
+        pubsub = self._pubsub
+        # the same test as for pubsub's streams (pubsub.host is our host)
+        return pubsub is not None and on_live_connection(pubsub, _parse_id(peer_id), stream.raw)
 
     # -- gossip ------------------------------------------------------------------------------
 
@@ -638,6 +676,7 @@ class Mesh:
     def _conn_changed(self, peer_id: str, state: _PeerState, was_connected: bool) -> None:
         now_connected = bool(state.conns)
         self._repair_pubsub(peer_id)
+        self.messages.connection_changed(peer_id, now_connected)
         if was_connected == now_connected:
             return
         state.connected_since = time.time() if now_connected else None

@@ -81,6 +81,9 @@ class MeshLike(Protocol):
 
     def set_stream_handler(self, protocol: str, handler: Any) -> None: ...
     async def open_stream(self, peer_id: str, protocol: str) -> Any: ...
+    def set_message_handler(self, protocol: str, handler: Any, *, max_bytes: int,
+                            one_shot: str | None = None) -> None: ...
+    async def send_message(self, peer_id: str, protocol: str, data: bytes) -> None: ...
     async def publish(self, data: bytes) -> None: ...
     def connected_peers(self) -> list[str]: ...
     def gossip_mesh_peers(self) -> set[str]: ...
@@ -169,7 +172,9 @@ class Reconciler(ReconcilerViews):
     def register_handlers(self) -> None:
         self.mesh.set_stream_handler(wire.PROTO_PULL, self.fetcher.serve_pull)
         self.mesh.set_stream_handler(wire.PROTO_HEADS, self.spread.serve_heads)
-        self.mesh.set_stream_handler(wire.PROTO_NOTIFY, self._serve_notify)
+        self.mesh.set_message_handler(wire.PROTO_NOTIFY, self._serve_notify,
+                                      max_bytes=wire.MAX_ANY_BYTES,
+                                      one_shot=wire.PROTO_NOTIFY_ONE_SHOT)
         self.mesh.set_stream_handler(wire.PROTO_ROLLOUT, self.rollouts.serve_query)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -245,9 +250,9 @@ class Reconciler(ReconcilerViews):
         peer that relayed it to us."""
         await self.intake.merge(peer_id, data, GOSSIP, via)
 
-    async def _serve_notify(self, peer: str, stream: Any) -> None:
-        data = await stream.receive_all(wire.MAX_ANY_BYTES, wire.STREAM_TIMEOUT)
-        await stream.close()
+    async def _serve_notify(self, peer: str, data: bytes) -> None:
+        """One notify message of ``peer`` (the mesh reads them off its notify stream, or a
+        one-shot stream of an agent of the previous version)."""
         await self.intake.merge(peer, data, NOTIFY)
 
     # --- applying -----------------------------------------------------------------------------

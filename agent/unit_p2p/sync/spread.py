@@ -176,15 +176,11 @@ class Spread:
         return False
 
     async def _push_once(self, peer: str, msg: wire.Message) -> bool:
+        # One message on the mesh's long-lived notify stream to ``peer``; the mesh bounds the
+        # open and the write, and already retried once on a new stream when a kept one failed.
         try:
-            stream = await self.mesh.open_stream(peer, wire.PROTO_NOTIFY)
-            try:
-                with trio.fail_after(wire.STREAM_TIMEOUT):
-                    await stream.send_all(self.encode(NOTIFY, msg))
-                    await stream.close_write()
-            finally:
-                await stream.close()
-        except (MeshError, WireError, trio.TooSlowError) as exc:
+            await self.mesh.send_message(peer, wire.PROTO_NOTIFY, self.encode(NOTIFY, msg))
+        except MeshError as exc:
             log.debug("push to %s failed: %s", peer, exc)
             return False
         return True

@@ -57,7 +57,8 @@ from unit_p2p.sync.wire.rollout import WAVE_STATES, Query, Wave
 
 __all__ = [
     "MAX_ANY_BYTES", "MAX_INLINE_BYTES", "MAX_MESSAGE_BYTES", "MAX_REPORTS_BYTES",
-    "MAX_REPORTS_ENTRIES", "PROTO_HEADS", "PROTO_NOTIFY", "PROTO_PULL", "PROTO_ROLLOUT",
+    "MAX_REPORTS_ENTRIES", "PROTO_HEADS", "PROTO_NOTIFY",
+    "PROTO_NOTIFY_ONE_SHOT", "PROTO_PULL", "PROTO_ROLLOUT",
     "STREAM_TIMEOUT", "VERSION", "WAVE_STATES", "Announce", "Broadcast", "Have", "Message",
     "NoHead", "Pull", "Query", "Report", "Reports", "ServeError", "Served", "Wave", "decode",
     "decode_served", "encode", "encode_served", "pack_reports", "served_kind", "valid_mesh_name",
@@ -69,7 +70,10 @@ STREAM_TIMEOUT = 10.0
 # protocol ids of the stream protocols
 PROTO_PULL = "/unit-p2p/config/1.0.0"
 PROTO_HEADS = "/unit-p2p/heads/1.0.0"
-PROTO_NOTIFY = "/unit-p2p/notify/1.0.0"
+#: one-way messages, many per stream (one long-lived stream per peer: mesh/notify.py)
+PROTO_NOTIFY = "/unit-p2p/notify/2.0.0"
+#: its predecessor, one message per stream: still served, and sent to agents that speak only it
+PROTO_NOTIFY_ONE_SHOT = "/unit-p2p/notify/1.0.0"
 PROTO_ROLLOUT = "/unit-p2p/rollout/1.0.0"
 
 Message = (Announce | Broadcast | Have | NoHead | Report | Reports | Pull | Served | ServeError
