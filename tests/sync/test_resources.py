@@ -222,6 +222,8 @@ async def test_bundles_go_only_to_the_peers_in_trusted_peers(tmp_path):
         other.mesh.up = False
         with trio.fail_after(10):
             await a.rec.publish(tls_config(js=False), certificates={"site": pem.decode()})
+            # b pulls the bundle (allowed): done before the rule changes under it
+            await until(lambda: b.rec.head is not None)
             a.rec.fetcher.secrets_to = lambda peer: False
             assert await a.rec.fetcher.servable("12D3KooWanyone", digest) == "forbidden"
             assert a.rejected("secret_withheld") == 1
