@@ -103,6 +103,24 @@ async def test_a_peer_of_the_previous_version_gets_one_shot_streams(nursery):
     assert asked == [[NEW, OLD], [OLD], [OLD]]
 
 
+async def test_an_agent_of_the_previous_version_reaches_us_one_message_per_stream(nursery):
+    server, client, inbox = await _pair(nursery)
+    with trio.fail_after(20):
+        for data in (b"one", b"two"):
+            stream = await client.mesh.open_stream(server.peer_id, OLD)  # as 1.0.0 agents do
+            await stream.send_all(data)
+            await stream.close_write()
+            await stream.close()
+        await inbox.wait_for(2)
+        stream = await client.mesh.open_stream(server.peer_id, OLD)
+        await stream.send_all(b"x" * (CAP + 1))  # the same cap on the old protocol
+        await stream.close_write()
+        await stream.close()
+        await wait_for(lambda: server.mesh.stats["handler_error"] == 1)
+    assert sorted(inbox.data()) == [b"one", b"two"]
+    assert server.mesh.stats["message_streams_served"] == 0
+
+
 async def test_a_write_failure_on_a_kept_stream_is_retried_once_on_a_new_one(nursery):
     server, client, inbox = await _pair(nursery)
     with trio.fail_after(20):

@@ -214,7 +214,8 @@ class MessageStreams:
                     with trio.move_on_at(live.last_used + self.idle):
                         # The receiver never writes: any answer is its end (or a breach).
                         await stream.wait_data()
-                        self.stats["message_streams_ended_by_peer"] += 1
+                        if not stream.reset_here:  # not a write of ours that failed
+                            self.stats["message_streams_ended_by_peer"] += 1
                         return
                     async with out.lock:  # no write is in progress
                         if out.live is not live:

@@ -56,6 +56,8 @@ class Stream:
         self.timeout = timeout
         self._buffer = bytearray()
         self._ended = False
+        #: this end reset the stream (a failed write or read, a refused frame)
+        self.reset_here = False
 
     def __repr__(self) -> str:
         return f"<Stream {self.protocol} peer={self.peer_id}>"
@@ -195,6 +197,7 @@ class Stream:
         return out
 
     async def reset(self) -> None:
+        self.reset_here = True
         await reset_quietly(self.raw)
 
     async def close(self) -> None:
