@@ -87,7 +87,8 @@ class Intake:
                 continue
             host.convergence.record(report.peer, report.revision, report.status, report.reason)
             host.rollouts.reported(report.peer, report)
-            if report.peer == sender and report.status == APPLIED:
+            if report.peer == sender:
+                # applied or failed, it has the revision: nothing to tell it about that one
                 host.spread.holds(sender, report.revision)
             if report.revision.origin != host.peer_id and protocol == NOTIFY:
                 host.spread.forward(report, sender)

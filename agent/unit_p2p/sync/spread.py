@@ -49,6 +49,13 @@ REPORT_RETRY = 0.5
 #: later (the fleet simulator, a star of 100 with 1 % loss: the last leaf after 3.6 s)
 PUSH_TRIES = 3
 PUSH_RETRY = 0.5
+#: a peer that depends on our gossip and has not reported a revision it carried to it is pushed
+#: it once the reports stop arriving: REPAIR_WAIT s after the relay at the earliest, when
+#: no peer told us of a newer holding for REPAIR_QUIET s, at the latest REPAIR_MAX s after it
+#: (anti-entropy covers the rest); see Spread._repair
+REPAIR_WAIT = 2.0
+REPAIR_QUIET = 0.5
+REPAIR_MAX = 8.0
 #: reports about one revision leave a host at most once per this many seconds, batched: the first
 #: after a quiet spell at once, the ones that arrive meanwhile together when it is up
 REPORT_LINGER = 0.1
@@ -94,8 +101,10 @@ class Spread:
         self._spawn = spawn
         self.parents = parents
         self._batches: OrderedDict[tuple[Revision, str], _Batch] = OrderedDict()
-        #: the newest revision each peer told us it holds (``have``, or its own report)
+        #: the newest revision each peer told us it holds (``have``, or its own report), and
+        #: when the last news of that kind came
         self._holding: dict[str, Revision] = {}
+        self._holding_news = float("-inf")
         #: when we last exchanged heads with each peer (either end started it)
         self._exchanged: dict[str, float] = {}
 
@@ -217,12 +226,28 @@ class Spread:
     # --- when we say it -----------------------------------------------------------------------
 
     async def published(self, doc: Document) -> None:
-        """A new head of our own, ``doc`` its document: the one flood of this publish (gossip),
-        plus a push to each connected peer (gossip is the fast path, not the guarantee: a hub's
-        leaves may be starved of it). A small document travels in the flood itself."""
+        """A new head of our own, ``doc`` its document: the one flood of this publish (gossip;
+        a small document travels in it), pushed at once only to the connected peers our gossip
+        does not reach directly, and later to those it reached directly that have not reported
+        it (``_repair``: gossip is not acknowledged). A push to a peer our gossip reaches too
+        was a second copy for nothing, and worse at a hub: the push could overtake the gossip,
+        and the hub then pushed the revision to all its pruned leaves as well as gossiping it
+        to them."""
         head = self._head()
         assert head is not None and head.digest == doc.digest
-        await self.broadcast(self.carrying(head, doc) or self.local_state())
+        msg = self.carrying(head, doc) or self.local_state()
+        direct = self._gossip_reach()
+        await self.broadcast(msg, skip=direct)
+        if direct:
+            self._spawn(self._repair, msg, lambda: direct)
+
+    def _gossip_reach(self) -> set[str]:
+        """The peers our own gossip goes to directly (QuietGossipSub): our mesh and the peers it
+        pruned; with an empty mesh, the pruned ones (the rest goes to random subscribed peers);
+        nobody when no peer is subscribed to our topic."""
+        if not self.mesh.gossip_peers():
+            return set()
+        return self.mesh.gossip_mesh_peers() | self.mesh.gossip_pruned_peers()
 
     def fetched(self, head: Head, holders: set[str], doc: Document,
                 passed_on: bool = False) -> None:
@@ -244,6 +269,13 @@ class Spread:
         if carried is not None:
             if not passed_on:
                 self._spawn(self._relay_to_starved, carried, holders)
+            else:
+                # the pruned peers that depend on us: they took our head from us (``_repair``)
+                mine = self._head()
+                prior = mine.revision if mine else None
+                self._spawn(self._repair, carried, lambda: [
+                    peer for peer in self.mesh.gossip_pruned_peers()
+                    if prior is not None and self._holding.get(peer) == prior])
         else:
             self._spawn(self._offer, head, holders)
 
@@ -260,6 +292,33 @@ class Spread:
     async def _relay_to_starved(self, msg: wire.Broadcast, holders: Collection[str]) -> None:
         pruned = self.mesh.gossip_pruned_peers()
         await self._push_on(msg, skip=set(holders) | (set(self.mesh.connected_peers()) - pruned))
+
+    async def _repair(self, msg: wire.Message, targets: Callable[[], Collection[str]]) -> None:
+        """Push ``msg`` to those of ``targets()`` that have not told us they hold its revision
+        once the reports stop arriving.
+
+        Gossip is not acknowledged, and a copy can be lost without anyone knowing: py-libp2p
+        drops an RPC for a peer whose outbound queue (32 RPCs) is full, and the fleet simulator
+        loses 1 % of gossip copies. A peer whose only path is us (a hub's leaf; the hub for a
+        leaf's own publish) then waited for anti-entropy. Reports are the acknowledgement: the
+        peers we gossiped to first report to us (we are their parent). ``targets`` are the
+        peers expected to: the ones our own publish went to directly, or the pruned peers that
+        took our previous head from us (a relayed revision; a pruned peer that reports to
+        another host has another path and is left alone).
+        """
+        rev = msg.head.revision
+        latest = trio.current_time() + REPAIR_MAX
+        await trio.sleep(REPAIR_WAIT)
+        # then until the reports pause (news of holdings is a timestamp, not an event to await)
+        while (quiet := self._holding_news + REPAIR_QUIET) > trio.current_time() < latest:  # noqa: ASYNC110
+            await trio.sleep_until(min(quiet, latest))
+        missing = {peer for peer in targets()
+                   if (held := self._holding.get(peer)) is None or held < rev}
+        if missing:
+            log.debug("revision %s: %d peers gossiped to did not report it, pushing", rev,
+                      len(missing))
+            await self.broadcast(msg, skip_holders_of=rev, gossip=False,
+                                 skip=set(self.mesh.connected_peers()) - missing)
 
     async def _push_on(self, msg: wire.Broadcast, skip: Collection[str] = frozenset()) -> None:
         """Push ``msg`` to every connected trusted peer not known to hold it, but ``skip``."""
@@ -362,13 +421,15 @@ class Spread:
             self._spawn(self.push, peer, self.local_state())
 
     def holds(self, peer: str, revision: Revision) -> None:
-        """``peer`` holds ``revision``'s document (it said so, or reported it applied): an
-        anti-entropy round has nothing to tell it about that revision."""
+        """``peer`` holds ``revision``'s document (it said so, or reported it applied; or it
+        reported it failed there): an anti-entropy round has nothing to tell it about that
+        revision, nor a repair (``_repair``)."""
         known = self._holding.get(peer)
         if known is None or revision > known:
             if len(self._holding) >= HOLDING_KEPT:
                 self._holding.clear()
             self._holding[peer] = revision
+            self._holding_news = trio.current_time()
 
     def connected(self, peer: str) -> None:
         if self.trust.is_trusted(peer):
