@@ -683,9 +683,8 @@ class SimNet:
         targets = set(self.gossip_targets(origin))
         if not self.gmesh[origin]:
             # the agent's QuietGossipSub: its own message with an empty mesh (a pruned leaf) goes
-            # to up to D connected peers, as gossipsub's fanout, not to nobody
-            targets.update(self.rng.sample(sorted(self.links[origin]),
-                                           min(self.topo.d, len(self.links[origin]))))
+            # to every connected peer (flood publishing), not to nobody
+            targets.update(self.links[origin])
         for p in sorted(targets):
             self._send_gossip(origin, p, msg, 0)
 

@@ -237,12 +237,12 @@ class QuietGossipSub(GossipSub):
             peers.update(self.pruned_peers(topic) - {msg_forwarder, origin})
             # Our own message and an empty mesh (every mesh peer PRUNEd us: a hub's leaf, for
             # the prune backoff): py-libp2p sends it to nobody, and the flood never starts. It
-            # goes to up to D subscribed peers instead, as gossipsub does for a topic it is not
-            # in (fanout); they forward it into their meshes.
-            if msg_forwarder == origin == pubsub.my_id and not self.mesh[topic] \
-                    and pubsub.peer_topics.get(topic):
-                peers.update(self._get_in_topic_gossipsub_peers_from_minus(
-                    topic, self.degree, ()))
+            # goes to every subscribed peer instead (flood publishing, as go's gossipsub does
+            # with every message of its own); they forward it into their meshes. All, not D at
+            # random: the sync layer then knows whom it reached (Spread._gossip_reach).
+            if msg_forwarder == origin == pubsub.my_id and not self.mesh[topic]:
+                peers.update(p for p in pubsub.peer_topics.get(topic, ())
+                             if p in self.peer_protocol)
         return peers
 
     def _perform_opportunistic_grafting(self, topic, peers_to_graft) -> int:
