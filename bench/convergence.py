@@ -116,6 +116,7 @@ async def bench_ours(n: int, kind: str, args: argparse.Namespace) -> dict[str, A
                                     unit_processes=args.unit_processes) as fleet:
         run["all_ready_s"] = round(time.monotonic() - started, 1)
         run["mesh_formed_s"] = round(await common.wait_mesh_formed(fleet, kind, 60), 1)
+        await trio.sleep(args.settle)
         tag = f"{kind}{n}-{int(time.time())}"
         latencies: list[float] = []
         per_agent: list[float] = []
@@ -194,6 +195,7 @@ async def bench_serf(serf: str, n: int, kind: str, args: argparse.Namespace) -> 
                            "loadavg_start": list(common.machine()["loadavg"])}
     async with running_serf(serf, n, kind, seed=args.seed + n) as cluster:
         run["mesh_formed_s"] = round(cluster.formed_s, 1)
+        await trio.sleep(args.settle)
         latencies: list[float] = []
         per_agent: list[float] = []
         reached: list[int] = []
@@ -321,7 +323,8 @@ def report(runs: list[dict], meta: dict) -> str:
         "handler ran (Serf)", "",
         f"Machine: {common.machine_line(meta['machine'])}.", "",
         f"Command: `{meta['command']}`. {meta['publishes']} publishes per run from random "
-        f"agents, 1-2 s apart, after one warm-up publish; miss = not applied by all N within "
+        f"agents, 1-2 s apart, after {meta.get('settle_s', 0):g} s idle once the mesh formed "
+        f"and one warm-up publish; miss = not applied by all N within "
         f"{meta['deadline']:.0f} s. unit-p2p: agent defaults (announce interval "
         f"{meta['announce_interval']:g} s, log level info), mDNS off; mesh = each agent "
         f"bootstraps from 2-3 random earlier agents, DHT on; star = every agent bootstraps "
@@ -417,7 +420,7 @@ async def main(args: argparse.Namespace) -> int:
     serf = None if args.no_serf else await trio.to_thread.run_sync(ensure_serf)
     meta = {"machine": common.machine(), "n": args.n, "topologies": args.topology,
             "publishes": args.publishes, "deadline": args.deadline,
-            "announce_interval": args.announce_interval,
+            "announce_interval": args.announce_interval, "settle_s": args.settle,
             "serf_version": serf_version(serf) if serf else "not run",
             "command": "python -m bench.convergence " + " ".join(sys.argv[1:]),
             "out": args.out,
@@ -463,6 +466,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unit-processes", action="store_true",
                    help="run each emulated Unit as a process of its own, as each host has its "
                    "own Unit (default: all in the benchmark's process)")
+    p.add_argument("--settle", type=float, default=0.0,
+                   help="seconds both systems idle after their mesh formed, before the warm-up "
+                   "publish (the start's discovery rounds, handshakes and mesh upkeep over)")
     p.add_argument("--poll", action="store_true",
                    help="poll every agent's status during a publish instead of waiting on the "
                    "publish (what-if: the cost of watching)")
