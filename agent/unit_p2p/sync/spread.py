@@ -269,13 +269,11 @@ class Spread:
         if carried is not None:
             if not passed_on:
                 self._spawn(self._relay_to_starved, carried, holders)
-            else:
+            elif (mine := self._head()) is not None:
                 # the pruned peers that depend on us: they took our head from us (``_repair``)
-                mine = self._head()
-                prior = mine.revision if mine else None
                 self._spawn(self._repair, carried, lambda: [
                     peer for peer in self.mesh.gossip_pruned_peers()
-                    if prior is not None and self._holding.get(peer) == prior])
+                    if self._holding.get(peer) == mine.revision])
         else:
             self._spawn(self._offer, head, holders)
 
@@ -293,7 +291,8 @@ class Spread:
         pruned = self.mesh.gossip_pruned_peers()
         await self._push_on(msg, skip=set(holders) | (set(self.mesh.connected_peers()) - pruned))
 
-    async def _repair(self, msg: wire.Message, targets: Callable[[], Collection[str]]) -> None:
+    async def _repair(self, msg: wire.Broadcast | wire.Announce,
+                      targets: Callable[[], Collection[str]]) -> None:
         """Push ``msg`` to those of ``targets()`` that have not told us they hold its revision
         once the reports stop arriving.
 
@@ -311,18 +310,20 @@ class Spread:
         rev = msg.head.revision
         latest = trio.current_time() + REPAIR_MAX
         await trio.sleep(REPAIR_WAIT)
-        # then until the reports pause (news of holdings is a timestamp, not an event to await)
-        while (quiet := self._holding_news + REPAIR_QUIET) > trio.current_time() < latest:  # noqa: ASYNC110
+        while True:  # then until the reports pause (their news is a time, not an event)
+            quiet, now = self._holding_news + REPAIR_QUIET, trio.current_time()
+            if now >= quiet or now >= latest:
+                break
             await trio.sleep_until(min(quiet, latest))
         missing = {peer for peer in targets()
                    if (held := self._holding.get(peer)) is None or held < rev}
         if missing:
             log.debug("revision %s: %d peers gossiped to did not report it, pushing", rev,
                       len(missing))
-            await self.broadcast(msg, skip_holders_of=rev, gossip=False,
-                                 skip=set(self.mesh.connected_peers()) - missing)
+            await self._push_on(msg, skip=set(self.mesh.connected_peers()) - missing)
 
-    async def _push_on(self, msg: wire.Broadcast, skip: Collection[str] = frozenset()) -> None:
+    async def _push_on(self, msg: wire.Broadcast | wire.Announce,
+                       skip: Collection[str] = frozenset()) -> None:
         """Push ``msg`` to every connected trusted peer not known to hold it, but ``skip``."""
         await self.broadcast(msg, skip_holders_of=msg.head.revision, gossip=False, skip=skip)
 
