@@ -327,7 +327,7 @@ class Reconciler(ReconcilerViews):
         head = cand.head
         doc = await self.fetcher.fetch(cand)
         held = not self.rollouts.may_apply(head, plan_of(doc))
-        if held or doc.size > wire.MAX_INLINE_BYTES or doc.blobs():
+        if held or not self.spread.travels_inline(doc) or doc.blobs():
             # Stored now, verified, when it is needed before the commit stores it: a bigger
             # document is offered next and pulled from us while our Unit applies it; a staged
             # one waits here for its wave; a document's blobs are kept from pruning only while

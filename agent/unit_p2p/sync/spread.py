@@ -121,10 +121,15 @@ class Spread:
         """``head`` with its document, when the document is small enough to travel along;
         marked ``flood`` when our gossip reaches nobody (no peer subscribed to the topic; see
         ``reflood``)."""
-        if doc.size > wire.MAX_INLINE_BYTES:
+        if not self.travels_inline(doc):
             return None
         return wire.Broadcast(self.mesh_name, head, doc.data,
                               flood=not self.mesh.gossip_peers())
+
+    @staticmethod
+    def travels_inline(doc: Document) -> bool:
+        """Whether ``doc`` travels with its head (``carrying``), so nobody pulls it from us."""
+        return doc.size <= wire.MAX_INLINE_BYTES
 
     def encode(self, protocol: str, msg: wire.Message) -> bytes:
         """``msg`` on the wire, counted as sent over ``protocol`` (a metrics label)."""
@@ -239,7 +244,7 @@ class Spread:
         direct = self._gossip_reach()
         await self.broadcast(msg, skip=direct)
         if direct:
-            self._spawn(self._repair, msg, lambda: direct)
+            self._spawn(self._repair, msg, direct)
 
     def _gossip_reach(self) -> set[str]:
         """The peers our own gossip goes to directly (QuietGossipSub): our mesh and the peers it
@@ -271,9 +276,10 @@ class Spread:
                 self._spawn(self._relay_to_starved, carried, holders)
             elif (mine := self._head()) is not None:
                 # the pruned peers that depend on us: they took our head from us (``_repair``)
-                self._spawn(self._repair, carried, lambda: [
-                    peer for peer in self.mesh.gossip_pruned_peers()
-                    if self._holding.get(peer) == mine.revision])
+                dependents = {peer for peer in self.mesh.gossip_pruned_peers()
+                              if self._holding.get(peer) == mine.revision}
+                if dependents:
+                    self._spawn(self._repair, carried, dependents)
         else:
             self._spawn(self._offer, head, holders)
 
@@ -292,8 +298,8 @@ class Spread:
         await self._push_on(msg, skip=set(holders) | (set(self.mesh.connected_peers()) - pruned))
 
     async def _repair(self, msg: wire.Broadcast | wire.Announce,
-                      targets: Callable[[], Collection[str]]) -> None:
-        """Push ``msg`` to those of ``targets()`` that have not told us they hold its revision
+                      targets: Collection[str]) -> None:
+        """Push ``msg`` to those of ``targets`` that have not told us they hold its revision
         once the reports stop arriving.
 
         Gossip is not acknowledged, and a copy can be lost without anyone knowing: py-libp2p
@@ -315,7 +321,7 @@ class Spread:
             if now >= quiet or now >= latest:
                 break
             await trio.sleep_until(min(quiet, latest))
-        missing = {peer for peer in targets()
+        missing = {peer for peer in targets
                    if (held := self._holding.get(peer)) is None or held < rev}
         if missing:
             log.debug("revision %s: %d peers gossiped to did not report it, pushing", rev,
